@@ -1,0 +1,1 @@
+"""The Parcelo coordinator daemon."""

@@ -1,0 +1,1 @@
+"""Parcelo: parcel out huge numeric ranges to workers over gRPC."""

@@ -1,0 +1,71 @@
+"""Defaults shared by the CLIs, the constructors and the coordinator: one table, one place.
+
+Each constant carries a line on why it has the value it has.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+
+DEFAULT_TARGET = "localhost:50051"
+"""Where the CLI and workers look for a coordinator; overridden by ``PARCELO_TARGET``."""
+
+DEFAULT_LISTEN = "[::]:50051"
+"""The coordinator listens on every interface, as gRPC servers conventionally do."""
+
+DEFAULT_QUEUE = "default"
+"""Queue of jobs and workers that name none."""
+
+LEASE_TTL = timedelta(seconds=30)
+"""Long enough to ride out a GC pause or a slow network, short enough to re-run a dead worker's leaf soon."""
+
+MIN_LEASE_TTL = timedelta(milliseconds=200)
+"""Below this, heartbeats would be most of the traffic."""
+
+HEARTBEAT_FRACTION = 3
+"""Workers heartbeat every TTL / 3, so two lost heartbeats still do not expire a lease."""
+
+MAX_ATTEMPTS = 3
+"""Attempts per leaf before it goes to error; matches common job queues (Celery, BullMQ)."""
+
+INITIAL_BACKOFF = timedelta(seconds=1)
+"""First retry delay: long enough for a flaky dependency to recover."""
+
+BACKOFF_MULTIPLIER = 2.0
+"""Exponential backoff doubles the delay per attempt."""
+
+MAX_BACKOFF = timedelta(seconds=60)
+"""Cap on the retry delay so a retried leaf is never parked for long."""
+
+WORKER_CONCURRENCY = 4
+"""Handlers run at once by one worker process."""
+
+WORKER_PREFETCH = 64
+"""Leases a worker keeps in hand beyond its running handlers; one grant message carries many."""
+
+COMPLETION_BATCH = 256
+"""Most completions a worker sends in one message."""
+
+COMPLETION_FLUSH = timedelta(milliseconds=2)
+"""A worker holds finished leases this long to send them together."""
+
+DRAIN_TIMEOUT = timedelta(seconds=30)
+"""On SIGTERM a worker lets running handlers finish for this long before it gives up."""
+
+RECONNECT_INITIAL = timedelta(milliseconds=100)
+"""First reconnect delay of a worker that lost its coordinator."""
+
+RECONNECT_MAX = timedelta(seconds=5)
+"""Reconnect delay cap: a restarted coordinator is found within seconds."""
+
+LIST_PAGE_SIZE = 50
+"""Jobs per ListJobs page when the caller asks for none."""
+
+MAX_LIST_PAGE_SIZE = 1000
+"""Bound on one ListJobs page, so one call cannot build a huge message."""
+
+EVENT_RETENTION = 10_000
+"""Events kept per job; a watcher that falls further behind misses the oldest."""
+
+STATS_EVENT_INTERVAL = timedelta(milliseconds=250)
+"""STATS_UPDATED events are coalesced to at most four per second per job."""
