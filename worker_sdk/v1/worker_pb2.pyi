@@ -591,6 +591,7 @@ class Failure(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     HAS_CHECKPOINT_FIELD_NUMBER: _builtins.int
+    RELEASED_FIELD_NUMBER: _builtins.int
     fence: _builtins.int
     retryable: _builtins.bool
     """False: do not retry (permanent error); the leaf goes to error at once."""
@@ -599,6 +600,11 @@ class Failure(_message.Message):
     """Optional checkpoint reached before the failure."""
     details: _builtins.bytes
     has_checkpoint: _builtins.bool
+    released: _builtins.bool
+    """The worker gives the lease back unfinished (after a RELEASE directive, or
+    leases it prefetched but will not run because it is shutting down). The
+    node goes back to pending at once and the attempt is not counted.
+    """
     def __init__(
         self,
         *,
@@ -608,10 +614,11 @@ class Failure(_message.Message):
         cursor: _builtins.int = ...,
         details: _builtins.bytes = ...,
         has_checkpoint: _builtins.bool = ...,
+        released: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "details", b"details", "fence", b"fence", "has_checkpoint", b"has_checkpoint", "message", b"message", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "details", b"details", "fence", b"fence", "has_checkpoint", b"has_checkpoint", "message", b"message", "released", b"released", "retryable", b"retryable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
