@@ -1,0 +1,104 @@
+"""``parcelo-coordinator``: run the coordinator daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+import click
+
+from parcelo import defaults
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    required=True,
+    envvar="PARCELO_DATA_DIR",
+    help="Directory of the embedded RocksDB (created if missing).",
+)
+@click.option(
+    "--listen",
+    default=defaults.DEFAULT_LISTEN,
+    show_default=True,
+    envvar="PARCELO_LISTEN",
+    help="HOST:PORT to serve gRPC on (port 0 picks a free one).",
+)
+@click.option(
+    "--metrics-port",
+    type=int,
+    default=0,
+    show_default=True,
+    envvar="PARCELO_METRICS_PORT",
+    help="Serve Prometheus metrics on this port (0: off).",
+)
+@click.option(
+    "--heartbeat-interval-ms",
+    type=int,
+    default=0,
+    show_default=True,
+    help="Heartbeat interval suggested to workers (0: a third of each lease's TTL).",
+)
+@click.option(
+    "--event-retention",
+    type=int,
+    default=defaults.EVENT_RETENTION,
+    show_default=True,
+    help="Events kept per job.",
+)
+@click.option(
+    "--grace",
+    type=float,
+    default=10.0,
+    show_default=True,
+    help="Seconds in-flight calls get to finish on SIGTERM.",
+)
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def main(
+    data_dir: Path,
+    listen: str,
+    metrics_port: int,
+    heartbeat_interval_ms: int,
+    event_retention: int,
+    grace: float,
+    log_level: str,
+) -> None:
+    """Run a Parcelo coordinator: jobs and leases in RocksDB under DATA_DIR, gRPC on LISTEN."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        from parcelo.coordinator.server import Config, serve
+    except ImportError as err:
+        click.echo(
+            f"error: the coordinator needs the 'coordinator' extra (pip install 'parcelo[coordinator]'): {err}",
+            err=True,
+        )
+        sys.exit(2)
+    if event_retention < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--event-retention")
+    config = Config(
+        data_dir=data_dir,
+        listen=listen,
+        metrics_port=metrics_port,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        event_retention=event_retention,
+        grace=grace,
+    )
+    try:
+        import uvloop
+
+        uvloop.install()
+    except ImportError:
+        pass
+    try:
+        asyncio.run(serve(config))
+    except OSError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(1)

@@ -1,0 +1,200 @@
+"""The per-job event log: numbered events, a recent window in memory, listeners.
+
+Events are numbered per job from 1 without gaps. The newest ``MEMORY_WINDOW``
+stay in memory for watchers; the store keeps the newest ``retention`` (older
+ones are deleted as new ones are written), so a watcher that reconnects with
+its last sequence number misses nothing still retained.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections import deque
+from collections.abc import Callable
+from enum import IntEnum
+
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from parcelo.v1 import types_pb2
+
+MEMORY_WINDOW = 2048
+"""Events per job kept in memory; older retained ones are read from the store."""
+
+_HEAD = struct.Struct(">QBdQQI")
+_STATS = struct.Struct(">12Q")
+
+
+class EventType(IntEnum):
+    """Event types; values equal ``parcelo.v1.EventType``."""
+
+    JOB_CREATED = 1
+    JOB_STARTED = 2
+    JOB_PAUSED = 3
+    JOB_RESUMED = 4
+    JOB_CANCELLED = 5
+    JOB_COMPLETED = 6
+    JOB_FAILED = 7
+    NODE_SPLIT = 8
+    NODE_SKIPPED = 9
+    NODE_STARTED = 10
+    NODE_COMPLETED = 11
+    NODE_FAILED = 12
+    STATS_UPDATED = 13
+    JOB_DELETED = 14
+
+
+Stats = tuple[int, ...]
+"""Job stats as a tuple in JobStats field order, plus the job status last."""
+
+
+class Event:
+    """One event; compact until a watcher or the store needs it."""
+
+    __slots__ = ("attempt", "end", "job_id", "message", "seq", "start", "stats", "time", "type")
+
+    def __init__(
+        self,
+        job_id: str,
+        seq: int,
+        type_: EventType,
+        time: float,
+        start: int = 0,
+        end: int = 0,
+        attempt: int = 0,
+        message: str = "",
+        stats: Stats | None = None,
+    ) -> None:
+        self.job_id = job_id
+        self.seq = seq
+        self.type = type_
+        self.time = time
+        self.start = start
+        self.end = end
+        self.attempt = attempt
+        self.message = message
+        self.stats = stats
+
+    def encode(self) -> bytes:
+        """Bytes for the store (fixed header, optional stats, message)."""
+        head = _HEAD.pack(self.seq, self.type, self.time, self.start, self.end, self.attempt)
+        stats = _STATS.pack(*self.stats) if self.stats else b""
+        return head + bytes([len(stats)]) + stats + self.message.encode()
+
+    @classmethod
+    def decode(cls, job_id: str, data: bytes) -> Event:
+        seq, type_, time, start, end, attempt = _HEAD.unpack_from(data)
+        pos = _HEAD.size
+        n = data[pos]
+        stats = _STATS.unpack_from(data, pos + 1) if n else None
+        message = data[pos + 1 + n :].decode()
+        return cls(job_id, seq, EventType(type_), time, start, end, attempt, message, stats)
+
+    def to_proto(self) -> types_pb2.JobEvent:
+        ts = Timestamp()
+        ts.FromNanoseconds(int(self.time * 1e9))
+        msg = types_pb2.JobEvent(
+            seq=self.seq,
+            type=self.type.value,  # type: ignore[arg-type]
+            job_id=self.job_id,
+            time=ts,
+            attempt=self.attempt,
+            message=self.message,
+        )
+        if self.end:
+            msg.range.start = self.start
+            msg.range.end = self.end
+        if self.stats:
+            stats_to_proto(self.stats, msg.stats)
+            msg.status = self.stats[-1]  # type: ignore[assignment]
+        return msg
+
+
+STAT_FIELDS = (
+    "total_nodes",
+    "pending_nodes",
+    "running_nodes",
+    "done_nodes",
+    "skipped_nodes",
+    "error_nodes",
+    "range_processed",
+    "range_skipped",
+    "range_total",
+    "active_leases",
+    "failed_attempts",
+)
+
+
+def stats_to_proto(stats: Stats, out: types_pb2.JobStats) -> None:
+    """Fill ``out`` from a stats tuple (STAT_FIELDS order)."""
+    for name, value in zip(STAT_FIELDS, stats, strict=False):
+        setattr(out, name, value)
+
+
+Listener = Callable[[Event], None]
+
+
+class EventLog:
+    """Numbering, memory window and listeners of every job's events."""
+
+    def __init__(self, retention: int) -> None:
+        self.retention = retention
+        self._seq: dict[str, int] = {}
+        self._recent: dict[str, deque[Event]] = {}
+        self._listeners: dict[str, set[Listener]] = {}
+        # Events not yet written, and old sequence numbers to delete: drained by the committer.
+        self.unwritten: list[Event] = []
+        self.expired: list[tuple[str, int]] = []
+
+    def restore(self, job_id: str, last_seq: int, recent: list[Event]) -> None:
+        """Resume a job's numbering after a restart."""
+        self._seq[job_id] = last_seq
+        self._recent[job_id] = deque(recent, maxlen=MEMORY_WINDOW)
+
+    def append(self, event_job: str, type_: EventType, now: float, **fields: object) -> Event:
+        """Number, remember and publish a new event."""
+        seq = self._seq.get(event_job, 0) + 1
+        self._seq[event_job] = seq
+        event = Event(event_job, seq, type_, now, **fields)  # type: ignore[arg-type]
+        recent = self._recent.get(event_job)
+        if recent is None:
+            recent = self._recent[event_job] = deque(maxlen=MEMORY_WINDOW)
+        recent.append(event)
+        self.unwritten.append(event)
+        if seq > self.retention:
+            self.expired.append((event_job, seq - self.retention))
+        for listener in tuple(self._listeners.get(event_job, ())):
+            listener(event)
+        return event
+
+    def last_seq(self, job_id: str) -> int:
+        return self._seq.get(job_id, 0)
+
+    def oldest_retained(self, job_id: str) -> int:
+        """Sequence number of the oldest event the store still keeps."""
+        return max(1, self._seq.get(job_id, 0) - self.retention + 1)
+
+    def recent(self, job_id: str, after_seq: int) -> tuple[list[Event], bool]:
+        """Events after ``after_seq`` from memory, and whether memory covered the whole gap."""
+        recent = self._recent.get(job_id)
+        if not recent:
+            return [], after_seq >= self._seq.get(job_id, 0)
+        covered = recent[0].seq <= after_seq + 1
+        return [e for e in recent if e.seq > after_seq], covered
+
+    def subscribe(self, job_id: str, listener: Listener) -> Callable[[], None]:
+        """Call ``listener`` with each new event of ``job_id``; returns the unsubscribe function."""
+        self._listeners.setdefault(job_id, set()).add(listener)
+
+        def unsubscribe() -> None:
+            listeners = self._listeners.get(job_id)
+            if listeners is not None:
+                listeners.discard(listener)
+                if not listeners:
+                    del self._listeners[job_id]
+
+        return unsubscribe
+
+    def forget(self, job_id: str) -> None:
+        """Drop a deleted job's memory (listeners stay until they unsubscribe)."""
+        self._seq.pop(job_id, None)
+        self._recent.pop(job_id, None)

@@ -1,0 +1,182 @@
+"""Jobs: spec validation, retry policy and the job state machine (no I/O)."""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+from dataclasses import dataclass
+from enum import IntEnum
+
+from parcelo import defaults
+from parcelo.coordinator.errors import FailedPrecondition, InvalidArgument
+from parcelo.coordinator.tree import RangeTree
+from parcelo.v1 import types_pb2
+
+MAX_U64 = (1 << 64) - 1
+JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+QUEUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+MAX_PARAMS_BYTES = 1 << 20
+
+
+class JobStatus(IntEnum):
+    """Job status; values equal ``parcelo.v1.JobStatus``."""
+
+    PENDING = 1
+    RUNNING = 2
+    PAUSED = 3
+    COMPLETED = 4
+    FAILED = 5
+    CANCELLED = 6
+
+
+FINISHED = frozenset({JobStatus.COMPLETED, JobStatus.FAILED, JobStatus.CANCELLED})
+LEASABLE = frozenset({JobStatus.PENDING, JobStatus.RUNNING})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How a failed leaf is retried: exponential backoff with jitter, bounded attempts."""
+
+    max_attempts: int
+    initial_backoff: float
+    multiplier: float
+    max_backoff: float
+    jitter: float
+
+    def delay(self, attempt: int, rng: random.Random) -> float:
+        """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
+        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, attempt - 1))
+        if self.jitter:
+            base *= 1 + self.jitter * (2 * rng.random() - 1)
+        return max(0.0, base)
+
+
+def _seconds(duration: object) -> float:
+    return duration.seconds + duration.nanos / 1e9  # type: ignore[attr-defined,no-any-return]
+
+
+def validate_spec(spec: types_pb2.JobSpec) -> None:
+    """Raise :class:`InvalidArgument` naming the first bad field of ``spec``."""
+    if spec.job_id and not JOB_ID_RE.match(spec.job_id):
+        raise InvalidArgument("job_id", "must be 1-128 characters of letters, digits, '.', '_' or '-'")
+    if spec.queue and not QUEUE_RE.match(spec.queue):
+        raise InvalidArgument("queue", "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+    if not spec.HasField("range"):
+        raise InvalidArgument("range", "is required")
+    if spec.range.start >= spec.range.end:
+        raise InvalidArgument(
+            "range", f"is empty: start ({spec.range.start}) must be less than end ({spec.range.end})"
+        )
+    if spec.max_range_size == 0:
+        raise InvalidArgument("max_range_size", "must be greater than 0")
+    if spec.params_json:
+        if len(spec.params_json) > MAX_PARAMS_BYTES:
+            raise InvalidArgument("params_json", f"is larger than {MAX_PARAMS_BYTES} bytes")
+        try:
+            json.loads(spec.params_json)
+        except ValueError as err:
+            raise InvalidArgument("params_json", f"is not valid JSON: {err}") from None
+    for name in ("lease_ttl", "leaf_timeout"):
+        if spec.HasField(name):
+            value = getattr(spec, name)
+            if value.seconds < 0 or value.nanos < 0:
+                raise InvalidArgument(name, "must not be negative")
+    if spec.HasField("lease_ttl") and _seconds(spec.lease_ttl) < defaults.MIN_LEASE_TTL.total_seconds():
+        raise InvalidArgument("lease_ttl", f"must be at least {defaults.MIN_LEASE_TTL.total_seconds()} s")
+    retry = spec.retry
+    if retry.backoff_multiplier < 0 or (0 < retry.backoff_multiplier < 1):
+        raise InvalidArgument("retry.backoff_multiplier", "must be 0 (default) or at least 1")
+    if not 0 <= retry.jitter <= 1:
+        raise InvalidArgument("retry.jitter", "must be between 0 and 1")
+    for name, value in (("initial_backoff", retry.initial_backoff), ("max_backoff", retry.max_backoff)):
+        if _seconds(value) < 0:
+            raise InvalidArgument(f"retry.{name}", "must not be negative")
+    for key in spec.labels:
+        if not key:
+            raise InvalidArgument("labels", "keys must not be empty")
+
+
+def normalized(spec: types_pb2.JobSpec) -> types_pb2.JobSpec:
+    """A copy of ``spec`` with defaults filled in, as stored and returned by GetJob."""
+    out = types_pb2.JobSpec()
+    out.CopyFrom(spec)
+    if not out.queue:
+        out.queue = defaults.DEFAULT_QUEUE
+    if not out.params_json:
+        out.params_json = "{}"
+    if not out.HasField("lease_ttl"):
+        out.lease_ttl.FromTimedelta(defaults.LEASE_TTL)
+    retry = out.retry
+    if not retry.max_attempts:
+        retry.max_attempts = defaults.MAX_ATTEMPTS
+    if not retry.HasField("initial_backoff"):
+        retry.initial_backoff.FromTimedelta(defaults.INITIAL_BACKOFF)
+    if not retry.backoff_multiplier:
+        retry.backoff_multiplier = defaults.BACKOFF_MULTIPLIER
+    if not retry.HasField("max_backoff"):
+        retry.max_backoff.FromTimedelta(defaults.MAX_BACKOFF)
+    return out
+
+
+class JobState:
+    """One job: its normalised spec, status, timestamps and range tree."""
+
+    __slots__ = (
+        "created_at",
+        "deadline",
+        "finished_at",
+        "id",
+        "leaf_timeout",
+        "lease_ttl",
+        "order",
+        "reason",
+        "release_requested",
+        "retry",
+        "spec",
+        "started_at",
+        "status",
+        "tree",
+        "updated_at",
+    )
+
+    def __init__(
+        self, job_id: str, spec: types_pb2.JobSpec, tree: RangeTree, *, now: float, order: int
+    ) -> None:
+        self.id = job_id
+        self.spec = spec
+        self.tree = tree
+        self.status = JobStatus.PAUSED if spec.start_paused else JobStatus.PENDING
+        self.created_at = now
+        self.updated_at = now
+        self.started_at = 0.0
+        self.finished_at = 0.0
+        self.reason = ""
+        # Creation order: ties between equal priorities go to the older job.
+        self.order = order
+        # Set by PauseJob(release=True): heartbeats answer RELEASE until resumed.
+        self.release_requested = False
+        self.lease_ttl = _seconds(spec.lease_ttl)
+        self.leaf_timeout = _seconds(spec.leaf_timeout) if spec.HasField("leaf_timeout") else 0.0
+        self.deadline = _seconds(spec.deadline) if spec.HasField("deadline") else 0.0
+        r = spec.retry
+        self.retry = RetryPolicy(
+            max_attempts=r.max_attempts,
+            initial_backoff=_seconds(r.initial_backoff),
+            multiplier=r.backoff_multiplier,
+            max_backoff=_seconds(r.max_backoff),
+            jitter=r.jitter,
+        )
+
+    @property
+    def queue(self) -> str:
+        return self.spec.queue
+
+    @property
+    def finished(self) -> bool:
+        return self.status in FINISHED
+
+    def require(self, allowed: frozenset[JobStatus], action: str) -> None:
+        """Raise :class:`FailedPrecondition` unless the job is in one of ``allowed``."""
+        if self.status not in allowed:
+            raise FailedPrecondition(f"cannot {action} job '{self.id}': it is {self.status.name.lower()}")

@@ -1,0 +1,137 @@
+"""The coordinator daemon: open the store, rebuild state, serve gRPC, run the timers, stop cleanly."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from grpc import aio
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+
+from parcelo import defaults
+from parcelo.coordinator.core import Core
+from parcelo.coordinator.dispatch import Committer, Dispatcher
+from parcelo.coordinator.events import MEMORY_WINDOW
+from parcelo.coordinator.service import JobServicer, WorkerServicer
+from parcelo.coordinator.store import Store
+from parcelo.coordinator.telemetry import Telemetry
+from parcelo.v1 import jobs_pb2_grpc, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Config:
+    """How a coordinator runs; the CLI flags fill it."""
+
+    data_dir: Path
+    listen: str = defaults.DEFAULT_LISTEN
+    tick_interval: float = 0.05
+    heartbeat_interval_ms: int = 0
+    metrics_port: int = 0
+    event_retention: int = defaults.EVENT_RETENTION
+    grace: float = 10.0
+
+
+class Coordinator:
+    """A running coordinator: ``await start()``, then ``await stop()``."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.port = 0
+        self._tasks: list[asyncio.Task[None]] = []
+        self._stopped = asyncio.Event()
+
+    async def start(self) -> int:
+        """Load the store, reserve fences, bind and serve. Returns the bound port."""
+        cfg = self.config
+        started = time.perf_counter()
+        self.store = Store(cfg.data_dir)
+        self.core = Core(fence_limit=self.store.fence_limit(), event_retention=cfg.event_retention)
+        stored = self.store.load(MEMORY_WINDOW)
+        self.core.restore(stored, time.time())
+        self.telemetry = Telemetry(self.core, cfg.metrics_port)
+        self.committer = Committer(self.core, self.store, on_batch=self.telemetry.on_batch)
+        # Reserve the first block of fences before any lease can be handed out.
+        self.committer.write_now()
+        self.dispatcher = Dispatcher(self.core, self.committer, on_grant=self.telemetry.on_grant)
+        self.committer.after_commit = self.dispatcher.credit_changed
+        self.server = aio.server(
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)]
+        )
+        heartbeat_ms = cfg.heartbeat_interval_ms or 0
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(
+            JobServicer(self.core, self.store, self.committer, self.dispatcher), self.server
+        )
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(
+            WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms), self.server
+        )
+        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        self.port = self.server.add_insecure_port(cfg.listen)
+        if not self.port:
+            raise OSError(f"cannot listen on {cfg.listen}")
+        await self.server.start()
+        await _maybe_await(self.health.set("", health_pb2.HealthCheckResponse.SERVING))
+        self._tasks = [
+            asyncio.create_task(self.committer.run(), name="committer"),
+            asyncio.create_task(self._tick(), name="ticker"),
+        ]
+        log.info(
+            "serving on port %d (data dir %s, %d jobs, %d live leases, ready in %.3f s)",
+            self.port,
+            cfg.data_dir,
+            len(self.core.jobs),
+            len(self.core.leases),
+            time.perf_counter() - started,
+        )
+        return self.port
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.tick_interval)
+            try:
+                self.core.tick(time.time())
+            except Exception:
+                log.exception("tick failed")
+            self.dispatcher.poke()
+            self.committer.kick()
+
+    async def stop(self) -> None:
+        """Stop accepting, let in-flight calls finish, write everything, close the store."""
+        await _maybe_await(self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
+        await self.server.stop(self.config.grace)
+        for task in self._tasks[1:]:
+            task.cancel()
+        await self.committer.close()
+        for task in self._tasks:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self.telemetry.close()
+        self.store.close()
+        self._stopped.set()
+
+
+async def _maybe_await(value: object) -> None:
+    if asyncio.iscoroutine(value):
+        await value
+
+
+async def serve(config: Config) -> None:
+    """Run a coordinator until SIGTERM or SIGINT, then stop gracefully."""
+    coordinator = Coordinator(config)
+    await coordinator.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing in-flight calls and writes")
+    await coordinator.stop()
+    log.info("stopped")

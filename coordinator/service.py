@@ -1,0 +1,356 @@
+"""gRPC servicers: translate protobuf to core calls and core errors to status codes.
+
+Every state change is made durable (group commit) before it is acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import wraps
+from typing import Any, TypeVar
+
+import grpc
+from grpc import aio
+
+from parcelo.coordinator import errors
+from parcelo.coordinator.codec import job_to_proto, tree_to_proto
+from parcelo.coordinator.core import Beat, Core, Failure, Rejection
+from parcelo.coordinator.dispatch import Committer, Dispatcher, Session
+from parcelo.coordinator.events import Event, EventType
+from parcelo.coordinator.jobs import JobState
+from parcelo.coordinator.store import Store
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+STATUS_OF: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
+    errors.InvalidArgument: grpc.StatusCode.INVALID_ARGUMENT,
+    errors.NotFound: grpc.StatusCode.NOT_FOUND,
+    errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
+    errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+}
+"""The one table from core errors to gRPC status codes."""
+
+WATCH_BUFFER = 50_000
+"""Events buffered for one watcher; a watcher further behind is dropped and must reconnect with after_seq."""
+
+TERMINAL_EVENTS = frozenset(
+    {EventType.JOB_COMPLETED, EventType.JOB_FAILED, EventType.JOB_CANCELLED, EventType.JOB_DELETED}
+)
+
+F = TypeVar("F", bound=Callable[..., Awaitable[Any]])
+
+
+def rpc(method: F) -> F:
+    """Map core errors to gRPC status codes; never let a request crash the daemon."""
+
+    @wraps(method)
+    async def wrapper(self: Any, request: Any, context: aio.ServicerContext[Any, Any]) -> Any:
+        try:
+            return await method(self, request, context)
+        except errors.CoordinatorError as err:
+            await context.abort(STATUS_OF[type(err)], str(err))
+        except (aio.AbortError, asyncio.CancelledError):
+            raise
+        except Exception:
+            log.exception("internal error in %s", method.__name__)
+            await context.abort(
+                grpc.StatusCode.INTERNAL, f"internal error in {method.__name__}; see coordinator log"
+            )
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _rejections(items: list[Rejection], out: Any) -> None:
+    for fence, reason, message in items:
+        out.add(fence=fence, reason=int(reason), message=message)
+
+
+class JobServicer(jobs_pb2_grpc.JobServiceServicer):
+    """The admin API."""
+
+    def __init__(self, core: Core, store: Store, committer: Committer, dispatcher: Dispatcher) -> None:
+        self._core = core
+        self._store = store
+        self._committer = committer
+        self._dispatcher = dispatcher
+
+    def _job(self, job: JobState) -> types_pb2.Job:
+        return job_to_proto(job, self._core.stats(job))
+
+    async def _changed(self, job: JobState) -> types_pb2.Job:
+        """Make the change durable, let waiting workers see new work, answer with the job."""
+        self._dispatcher.poke()
+        await self._committer.durable()
+        return self._job(job)
+
+    @rpc
+    async def CreateJob(self, request: jobs_pb2.CreateJobRequest, context: Any) -> types_pb2.Job:
+        job, _ = self._core.create_job(request.spec, time.time())
+        return await self._changed(job)
+
+    @rpc
+    async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Any) -> types_pb2.Job:
+        return self._job(self._core.get(request.job_id))
+
+    @rpc
+    async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: Any) -> jobs_pb2.ListJobsResponse:
+        jobs, token = self._core.list_jobs(
+            statuses=list(request.statuses),
+            queue=request.queue,
+            page_size=request.page_size,
+            page_token=request.page_token,
+        )
+        return jobs_pb2.ListJobsResponse(jobs=[self._job(j) for j in jobs], next_page_token=token)
+
+    @rpc
+    async def PauseJob(self, request: jobs_pb2.PauseJobRequest, context: Any) -> types_pb2.Job:
+        return await self._changed(self._core.pause(request.job_id, time.time(), release=request.release))
+
+    @rpc
+    async def ResumeJob(self, request: jobs_pb2.ResumeJobRequest, context: Any) -> types_pb2.Job:
+        return await self._changed(self._core.resume(request.job_id, time.time()))
+
+    @rpc
+    async def CancelJob(self, request: jobs_pb2.CancelJobRequest, context: Any) -> types_pb2.Job:
+        return await self._changed(self._core.cancel(request.job_id, time.time(), request.reason))
+
+    @rpc
+    async def DeleteJob(self, request: jobs_pb2.DeleteJobRequest, context: Any) -> jobs_pb2.DeleteJobResponse:
+        self._core.delete(request.job_id, time.time())
+        await self._committer.durable()
+        return jobs_pb2.DeleteJobResponse()
+
+    @rpc
+    async def RetryFailed(self, request: jobs_pb2.RetryFailedRequest, context: Any) -> types_pb2.Job:
+        return await self._changed(self._core.retry_failed(request.job_id, time.time()))
+
+    @rpc
+    async def GetJobTree(
+        self, request: jobs_pb2.GetJobTreeRequest, context: Any
+    ) -> jobs_pb2.GetJobTreeResponse:
+        job = self._core.get(request.job_id)
+        if request.max_depth > 64:
+            raise errors.InvalidArgument("max_depth", "must be at most 64")
+        out = jobs_pb2.GetJobTreeResponse(job=self._job(job))
+        tree_to_proto(job.tree.root, request.max_depth, out.root)
+        return out
+
+    async def WatchJob(
+        self, request: jobs_pb2.WatchJobRequest, context: Any
+    ) -> AsyncIterator[types_pb2.JobEvent]:
+        """Backlog after ``after_seq``, then live events, until the job ends (unless ``follow``)."""
+        try:
+            job = self._core.get(request.job_id)
+        except errors.CoordinatorError as err:
+            await context.abort(STATUS_OF[type(err)], str(err))
+            return
+        types = {EventType(t) for t in request.types if t in EventType._value2member_map_}
+        live: asyncio.Queue[Event | None] = asyncio.Queue()
+
+        def listen(event: Event) -> None:
+            if live.qsize() >= WATCH_BUFFER:
+                live.put_nowait(None)
+            else:
+                live.put_nowait(event)
+
+        unsubscribe = self._core.events.subscribe(job.id, listen)
+        try:
+            last = request.after_seq
+            backlog, covered = self._core.events.recent(job.id, last)
+            if not covered:
+                # Older events are on disk only; make sure everything before the window is written.
+                await self._committer.durable()
+                first = backlog[0].seq if backlog else self._core.events.last_seq(job.id) + 1
+                loop = asyncio.get_running_loop()
+                older = await loop.run_in_executor(None, self._store.read_events, job.id, last, first - 1)
+                backlog = older + backlog
+            for event in backlog:
+                last = event.seq
+                if not types or event.type in types:
+                    yield event.to_proto()
+            if job.finished and not request.follow:
+                return
+            while True:
+                pushed = await live.get()
+                if pushed is None:
+                    await context.abort(
+                        grpc.StatusCode.RESOURCE_EXHAUSTED,
+                        f"watcher fell behind; reconnect with after_seq={last}",
+                    )
+                    return
+                if pushed.seq <= last:
+                    continue
+                last = pushed.seq
+                if not types or pushed.type in types:
+                    yield pushed.to_proto()
+                if pushed.type in TERMINAL_EVENTS and not request.follow:
+                    return
+        finally:
+            unsubscribe()
+
+
+class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
+    """The worker API: the Work stream and its unary forms."""
+
+    def __init__(self, core: Core, committer: Committer, dispatcher: Dispatcher, heartbeat_ms: int) -> None:
+        self._core = core
+        self._committer = committer
+        self._dispatcher = dispatcher
+        self._heartbeat_ms = heartbeat_ms
+
+    # -- shared by stream and unary -------------------------------------------------------------
+
+    def _heartbeat(self, request: worker_pb2.HeartbeatRequest) -> worker_pb2.HeartbeatResponse:
+        beats = [
+            Beat(
+                fence=h.fence,
+                cursor=h.cursor if h.has_checkpoint else None,
+                details=h.details,
+                message=h.message,
+            )
+            for h in request.leases
+        ]
+        out = worker_pb2.HeartbeatResponse()
+        for fence, action, reason in self._core.heartbeat(beats, time.time()):
+            out.directives.add(fence=fence, action=int(action), reason=reason)
+        return out
+
+    def _complete(self, request: worker_pb2.CompleteRequest) -> worker_pb2.CompleteResponse:
+        accepted, rejected = self._core.complete(request.fences, request.skipped, time.time())
+        out = worker_pb2.CompleteResponse(accepted=accepted)
+        _rejections(rejected, out.rejected)
+        self._dispatcher.poke()
+        return out
+
+    def _fail(self, request: worker_pb2.FailRequest) -> worker_pb2.FailResponse:
+        failures = [
+            Failure(
+                fence=f.fence,
+                retryable=f.retryable,
+                message=f.message,
+                released=f.released,
+                cursor=f.cursor if f.has_checkpoint else None,
+                details=f.details,
+            )
+            for f in request.failures
+        ]
+        accepted, rejected = self._core.fail(failures, time.time())
+        out = worker_pb2.FailResponse(accepted=accepted)
+        _rejections(rejected, out.rejected)
+        self._dispatcher.poke()
+        return out
+
+    # -- stream ---------------------------------------------------------------------------------
+
+    async def Work(
+        self, request_iterator: AsyncIterator[worker_pb2.WorkRequest], context: Any
+    ) -> AsyncIterator[worker_pb2.WorkResponse]:
+        """One worker's stream: a reader task applies requests; this generator writes responses."""
+        session = Session(worker_id=context.peer(), queues=("default",))
+        reader = asyncio.create_task(self._read(request_iterator, session))
+        reader.add_done_callback(lambda _: session.out.put_nowait(None))
+        try:
+            while True:
+                msg = await session.out.get()
+                if msg is None:
+                    break
+                yield msg
+            if reader.done() and not reader.cancelled() and reader.exception() is not None:
+                err = reader.exception()
+                if isinstance(err, errors.CoordinatorError):
+                    await context.abort(STATUS_OF[type(err)], str(err))
+                raise err  # type: ignore[misc]
+        finally:
+            self._dispatcher.remove(session)
+            reader.cancel()
+
+    def _reply_when_durable(self, session: Session, response: worker_pb2.WorkResponse) -> None:
+        def send(fut: asyncio.Future[None]) -> None:
+            if fut.cancelled() or fut.exception() is not None:
+                # Not durable: end the stream so the worker reconnects and sends its results again.
+                session.out.put_nowait(None)
+            else:
+                session.out.put_nowait(response)
+
+        self._committer.durable().add_done_callback(send)
+
+    async def _read(self, requests: AsyncIterator[worker_pb2.WorkRequest], session: Session) -> None:
+        hello_seen = False
+        async for request in requests:
+            kind = request.WhichOneof("msg")
+            if kind == "hello":
+                hello = request.hello
+                session.worker_id = hello.worker_id or session.worker_id
+                session.queues = tuple(hello.queues) or ("default",)
+                hello_seen = True
+                self._dispatcher.add(session)
+                session.out.put_nowait(
+                    worker_pb2.WorkResponse(
+                        welcome=worker_pb2.Welcome(
+                            heartbeat_interval_ms=self._heartbeat_ms, coordinator_version="0.1.0"
+                        )
+                    )
+                )
+            elif not hello_seen:
+                raise errors.InvalidArgument("hello", "the first message of a Work stream must be hello")
+            elif kind == "lease":
+                if request.lease.count:
+                    self._dispatcher.credit(session, request.lease.count)
+            elif kind == "heartbeat":
+                session.out.put_nowait(worker_pb2.WorkResponse(heartbeat=self._heartbeat(request.heartbeat)))
+            elif kind == "complete":
+                self._reply_when_durable(
+                    session, worker_pb2.WorkResponse(complete=self._complete(request.complete))
+                )
+            elif kind == "fail":
+                self._reply_when_durable(session, worker_pb2.WorkResponse(fail=self._fail(request.fail)))
+
+    # -- unary ----------------------------------------------------------------------------------
+
+    @rpc
+    async def Lease(self, request: worker_pb2.LeaseRequest, context: Any) -> worker_pb2.LeaseGrant:
+        if request.count == 0:
+            raise errors.InvalidArgument("count", "must be greater than 0")
+        session = Session(
+            worker_id=request.worker_id or context.peer(), queues=tuple(request.queues) or ("default",)
+        )
+        self._dispatcher.add(session)
+        self._dispatcher.credit(session, request.count)
+        grant = worker_pb2.LeaseGrant()
+        try:
+            first = await asyncio.wait_for(session.out.get(), timeout=max(request.wait_ms, 1) / 1000)
+            if first is not None and first.HasField("grant"):
+                grant.MergeFrom(first.grant)
+        except TimeoutError:
+            pass
+        finally:
+            self._dispatcher.remove(session)
+        while not session.out.empty():
+            late = session.out.get_nowait()
+            if late is not None and late.HasField("grant"):
+                grant.MergeFrom(late.grant)
+        return grant
+
+    @rpc
+    async def Heartbeat(
+        self, request: worker_pb2.HeartbeatRequest, context: Any
+    ) -> worker_pb2.HeartbeatResponse:
+        return self._heartbeat(request)
+
+    @rpc
+    async def Complete(
+        self, request: worker_pb2.CompleteRequest, context: Any
+    ) -> worker_pb2.CompleteResponse:
+        out = self._complete(request)
+        await self._committer.durable()
+        return out
+
+    @rpc
+    async def Fail(self, request: worker_pb2.FailRequest, context: Any) -> worker_pb2.FailResponse:
+        out = self._fail(request)
+        await self._committer.durable()
+        return out

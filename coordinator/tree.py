@@ -1,0 +1,439 @@
+"""The range tree of one job: splitting, lease-able frontier, status propagation and collapse.
+
+Pure logic over plain objects; the clock is passed in. The tree is split
+lazily (a node is split only when a worker needs work from it) and collapsed
+eagerly (when both children of a node are done or skipped, their records go
+and the parent keeps the summary), so memory and storage follow the frontier
+of the job, not the width of its range.
+
+Leaves are handed out deeper-first, then by start, as in the seed scheduler:
+with lazy splitting this sweeps the range from left to right.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+from collections.abc import Callable, Iterator
+from enum import IntEnum
+
+
+class Status(IntEnum):
+    """Node status; values equal ``parcelo.v1.NodeStatus``."""
+
+    PENDING = 1
+    RUNNING = 2
+    DONE = 3
+    SKIPPED = 4
+    ERROR = 5
+
+
+TERMINAL = frozenset({Status.DONE, Status.SKIPPED, Status.ERROR})
+FINISHED_OK = frozenset({Status.DONE, Status.SKIPPED})
+
+
+def split_point(start: int, end: int) -> int:
+    """Where a node splits: ``mid = start + (end - start) // 2`` (part of the wire contract)."""
+    return start + (end - start) // 2
+
+
+class Node:
+    """One node of the range tree; a leaf when ``end - start <= max_range_size``.
+
+    A plain ``__slots__`` class rather than a dataclass: millions are created
+    and touched on the lease hot path.
+    """
+
+    __slots__ = (
+        "attempts",
+        "cursor",
+        "depth",
+        "details",
+        "end",
+        "expires_at",
+        "fence",
+        "is_leaf",
+        "last_error",
+        "left",
+        "message",
+        "not_before",
+        "parent",
+        "persisted",
+        "probe",
+        "probed",
+        "queued",
+        "right",
+        "start",
+        "status",
+        "timeout_at",
+    )
+
+    def __init__(
+        self, start: int, end: int, depth: int, parent: Node | None, is_leaf: bool, probed: bool
+    ) -> None:
+        self.start = start
+        self.end = end
+        self.depth = depth
+        self.parent = parent
+        self.is_leaf = is_leaf
+        self.status = Status.PENDING
+        self.left: Node | None = None
+        self.right: Node | None = None
+        # Pruning: whether should_process already said yes for this node.
+        self.probed = probed
+        # Whether the current lease is a probe rather than a leaf run.
+        self.probe = False
+        self.attempts = 0
+        self.fence = 0
+        # Checkpoint: first id not yet done (0 when none was reported).
+        self.cursor = 0
+        self.details = b""
+        self.last_error = ""
+        self.message = ""
+        self.not_before = 0.0
+        self.expires_at = 0.0
+        self.timeout_at = 0.0
+        # Whether a record of this node may exist in the store (a delete is needed when it goes).
+        self.persisted = False
+        # Whether an entry for this node sits in the pending heap.
+        self.queued = False
+
+    @property
+    def key(self) -> tuple[int, int]:
+        return (self.start, self.end)
+
+    @property
+    def width(self) -> int:
+        return self.end - self.start
+
+    @property
+    def done_upto(self) -> int:
+        """First id not yet done, from the last checkpoint (``start`` when none)."""
+        return self.cursor if self.cursor > self.start else self.start
+
+    def __repr__(self) -> str:
+        return f"Node([{self.start}, {self.end}) {self.status.name} d={self.depth})"
+
+
+class RangeTree:
+    """The range tree of one job with its counters.
+
+    Mutating methods record what changed in ``dirty`` (nodes to write) and
+    ``deleted`` (node keys to remove), which the caller drains to the store,
+    and call ``on_event`` for node events.
+    """
+
+    def __init__(self, start: int, end: int, max_range_size: int, *, pruning: bool = False) -> None:
+        if end <= start or max_range_size <= 0:
+            raise ValueError("need start < end and max_range_size > 0")
+        self.max_range_size = max_range_size
+        self.pruning = pruning
+        self.range_total = end - start
+        self.total_nodes = 0
+        self.pending_nodes = 0
+        self.running_nodes = 0
+        self.done_nodes = 0
+        self.skipped_nodes = 0
+        self.error_nodes = 0
+        self.range_processed = 0
+        self.range_skipped = 0
+        self.active_leases = 0
+        self.failed_attempts = 0
+        self.dirty: set[Node] = set()
+        self.deleted: list[tuple[int, int]] = []
+        self._heap: list[tuple[int, int, int, Node]] = []
+        self._delayed: list[tuple[float, int, Node]] = []
+        self._seq = itertools.count()
+        # Called with each node as it is split (the core turns it into a NODE_SPLIT event).
+        self.on_split: Callable[[Node], None] | None = None
+        self.root = self._new_node(start, end, 0, None)
+
+    # -- construction ---------------------------------------------------------------------------
+
+    def _new_node(self, start: int, end: int, depth: int, parent: Node | None) -> Node:
+        node = Node(start, end, depth, parent, end - start <= self.max_range_size, not self.pruning)
+        self.total_nodes += 1
+        self.pending_nodes += 1
+        self.dirty.add(node)
+        self._push(node)
+        return node
+
+    def _push(self, node: Node) -> None:
+        if not node.queued:
+            node.queued = True
+            heapq.heappush(self._heap, (-node.depth, node.start, next(self._seq), node))
+
+    def _mark(self, node: Node) -> None:
+        self.dirty.add(node)
+
+    # -- handing out work -----------------------------------------------------------------------
+
+    def has_work(self, now: float) -> bool:
+        """Whether :meth:`next_work` would return a node now."""
+        return bool(self._heap) or bool(self._delayed and self._delayed[0][0] <= now)
+
+    def next_work(self, now: float) -> Node | None:
+        """The next node to lease: a leaf to run, or (with pruning) a node to probe.
+
+        Inner nodes that need no probe are split on the way, lazily. The
+        returned node is still pending; :meth:`lease` takes it.
+        """
+        delayed = self._delayed
+        while delayed and delayed[0][0] <= now:
+            node = heapq.heappop(delayed)[2]
+            if node.status is Status.PENDING:
+                self._push(node)
+        heap = self._heap
+        while heap:
+            node = heap[0][3]
+            if node.status is not Status.PENDING:
+                heapq.heappop(heap)
+                node.queued = False
+                continue
+            if node.is_leaf or not node.probed:
+                return node
+            heapq.heappop(heap)
+            node.queued = False
+            self._split(node)
+        return None
+
+    def _split(self, node: Node) -> None:
+        mid = split_point(node.start, node.end)
+        node.status = Status.RUNNING
+        self.pending_nodes -= 1
+        self.running_nodes += 1
+        self._mark(node)
+        node.left = self._new_node(node.start, mid, node.depth + 1, node)
+        node.right = self._new_node(mid, node.end, node.depth + 1, node)
+        if self.on_split is not None:
+            self.on_split(node)
+
+    def lease(self, node: Node, fence: int, now: float, ttl: float, timeout: float) -> None:
+        """Lease ``node`` (as returned by :meth:`next_work`) under ``fence``."""
+        heapq.heappop(self._heap)
+        node.queued = False
+        node.status = Status.RUNNING
+        node.probe = not node.probed
+        node.fence = fence
+        node.attempts += 1
+        node.expires_at = now + ttl
+        node.timeout_at = now + timeout if timeout > 0 else 0.0
+        self.pending_nodes -= 1
+        self.running_nodes += 1
+        self.active_leases += 1
+        self._mark(node)
+
+    # -- results --------------------------------------------------------------------------------
+
+    def _end_lease(self, node: Node) -> None:
+        node.fence = 0
+        self.active_leases -= 1
+        self.running_nodes -= 1
+
+    def complete(self, node: Node) -> bool:
+        """A leaf lease finished, or a probe said "process". Returns whether the tree is finished."""
+        self._end_lease(node)
+        if node.probe:
+            node.probe = False
+            node.probed = True
+            node.attempts = 0
+            node.status = Status.PENDING
+            self.pending_nodes += 1
+            self._mark(node)
+            self._push(node)
+            return False
+        self.range_processed += node.end - node.done_upto
+        node.status = Status.DONE
+        self.done_nodes += 1
+        self._mark(node)
+        return self._settle(node)
+
+    def skip(self, node: Node) -> bool:
+        """A probe said "do not process", or a leaf completed as skipped. Returns whether finished."""
+        self._end_lease(node)
+        node.probe = False
+        self.range_processed -= node.done_upto - node.start
+        self.range_skipped += node.width
+        node.status = Status.SKIPPED
+        self.skipped_nodes += 1
+        self._mark(node)
+        return self._settle(node)
+
+    def release(self, node: Node) -> None:
+        """The worker gave the lease back unfinished: pending again, the attempt not counted."""
+        self._end_lease(node)
+        node.attempts -= 1
+        node.probe = False
+        node.status = Status.PENDING
+        self.pending_nodes += 1
+        self._mark(node)
+        self._push(node)
+
+    def fail(self, node: Node, message: str, *, retry_at: float | None) -> bool:
+        """An attempt failed. ``retry_at`` None puts the leaf in error; else it is retried then.
+
+        Returns whether the tree is finished (its root is terminal).
+        """
+        self._end_lease(node)
+        node.probe = False
+        node.last_error = message
+        self.failed_attempts += 1
+        self._mark(node)
+        if retry_at is not None:
+            node.status = Status.PENDING
+            self.pending_nodes += 1
+            node.not_before = retry_at
+            heapq.heappush(self._delayed, (retry_at, next(self._seq), node))
+            return False
+        node.status = Status.ERROR
+        self.error_nodes += 1
+        return self._settle(node)
+
+    def checkpoint(self, node: Node, cursor: int, details: bytes) -> None:
+        """Record progress inside a running leaf: ``cursor`` is the first id not yet done."""
+        cursor = min(max(cursor, node.start), node.end)
+        self.range_processed += cursor - node.done_upto
+        node.cursor = cursor
+        node.details = details
+        self._mark(node)
+
+    def _settle(self, node: Node) -> bool:
+        """Propagate a node that just became terminal up the tree, collapsing finished pairs."""
+        parent = node.parent
+        while parent is not None:
+            left, right = parent.left, parent.right
+            assert left is not None and right is not None
+            if left.status not in TERMINAL or right.status not in TERMINAL:
+                return False
+            if left.status is Status.ERROR or right.status is Status.ERROR:
+                if parent.status is Status.ERROR:
+                    return False
+                parent.status = Status.ERROR
+                self.running_nodes -= 1
+                self.error_nodes += 1
+                self._mark(parent)
+            else:
+                parent.status = Status.DONE
+                self.running_nodes -= 1
+                self.done_nodes += 1
+                self._drop(left)
+                self._drop(right)
+                parent.left = parent.right = None
+                self._mark(parent)
+            parent = parent.parent
+        return True
+
+    def _drop(self, node: Node) -> None:
+        self.dirty.discard(node)
+        if node.persisted:
+            self.deleted.append((node.start, node.end))
+        node.parent = None
+
+    # -- recovery -------------------------------------------------------------------------------
+
+    def retry_failed(self, now: float) -> int:
+        """Put every error leaf back to pending (attempts reset); return how many."""
+        count = 0
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            if node.status is not Status.ERROR:
+                continue
+            self.error_nodes -= 1
+            self._mark(node)
+            if node.left is not None and node.right is not None:
+                node.status = Status.RUNNING
+                self.running_nodes += 1
+                stack.append(node.left)
+                stack.append(node.right)
+            else:
+                node.status = Status.PENDING
+                node.attempts = 0
+                node.not_before = 0.0
+                self.pending_nodes += 1
+                self._push(node)
+                count += 1
+        return count
+
+    def walk(self) -> Iterator[Node]:
+        """Every materialised node, pre-order."""
+        stack = [self.root]
+        while stack:
+            node = stack.pop()
+            yield node
+            if node.right is not None:
+                stack.append(node.right)
+            if node.left is not None:
+                stack.append(node.left)
+
+    def leased(self) -> Iterator[Node]:
+        """Nodes holding a lease right now."""
+        return (n for n in self.walk() if n.status is Status.RUNNING and n.fence)
+
+    @property
+    def finished(self) -> bool:
+        return self.root.status in TERMINAL
+
+    @classmethod
+    def restore(
+        cls,
+        start: int,
+        end: int,
+        max_range_size: int,
+        *,
+        pruning: bool,
+        nodes: list[Node],
+        counters: dict[str, int],
+    ) -> RangeTree:
+        """Rebuild a tree from stored node records (any order) and its stored counters.
+
+        Leased nodes come back running with their fence; the caller decides
+        their new expiry. Nodes that were being probed go back to pending:
+        a probe is cheap to ask again.
+        """
+        tree = cls.__new__(cls)
+        tree.max_range_size = max_range_size
+        tree.pruning = pruning
+        tree.range_total = end - start
+        for name, value in counters.items():
+            setattr(tree, name, value)
+        tree.dirty = set()
+        tree.deleted = []
+        tree._heap = []
+        tree._delayed = []
+        tree._seq = itertools.count()
+        tree.on_split = None
+        # Pre-order (start ascending, wider first) lets a stack find each node's parent.
+        nodes.sort(key=lambda n: (n.start, -n.end))
+        stack: list[Node] = []
+        root: Node | None = None
+        for node in nodes:
+            node.persisted = True
+            while stack and not (stack[-1].start <= node.start and node.end <= stack[-1].end):
+                stack.pop()
+            parent = stack[-1] if stack else None
+            node.parent = parent
+            if parent is None:
+                root = node
+            elif node.start == parent.start:
+                parent.left = node
+            else:
+                parent.right = node
+            stack.append(node)
+        if root is None or (root.start, root.end) != (start, end):
+            raise ValueError(f"stored tree has no root [{start}, {end})")
+        tree.root = root
+        tree.active_leases = 0
+        for node in tree.walk():
+            if node.status is Status.PENDING:
+                if node.not_before > 0:
+                    heapq.heappush(tree._delayed, (node.not_before, next(tree._seq), node))
+                else:
+                    tree._push(node)
+            elif node.status is Status.RUNNING and node.fence:
+                if node.probe:
+                    tree.active_leases += 1
+                    tree.release(node)
+                else:
+                    tree.active_leases += 1
+        return tree

@@ -1,0 +1,493 @@
+"""``parcelo``: the admin CLI of a Parcelo coordinator.
+
+Exit codes: 0 success; 1 the coordinator answered with an error or could not be reached, or the
+job waited on failed or was cancelled; 2 bad command line (click's usage errors and local checks);
+3 ``job wait`` timed out.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from datetime import datetime, timedelta
+from typing import IO, Any, NoReturn
+
+import click
+import grpc
+from google.protobuf.json_format import MessageToDict
+from google.protobuf.message import Message
+from rich.console import Console
+from rich.live import Live
+
+from parcelo import defaults, progress
+from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client, encode_params
+from parcelo.errors import ConfigError, RpcError, Unavailable
+from parcelo.v1 import types_pb2
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+EXIT_TIMEOUT = 3
+
+_STATUS_CHOICES = ["pending", "running", "paused", "completed", "failed", "cancelled"]
+
+# What `job watch` listens to: stats and job lifecycle, never per-node events (one per leaf).
+_WATCH_EVENTS = [
+    value
+    for name, value in types_pb2.EventType.items()
+    if name.startswith("EVENT_TYPE_JOB_") or name == "EVENT_TYPE_STATS_UPDATED"
+]
+
+
+class CliError(click.ClickException):
+    """A failure reported as one ``error: ...`` line on stderr (exit 1), without click's usage banner."""
+
+    exit_code = EXIT_FAILED
+
+    def show(self, file: IO[Any] | None = None) -> None:
+        click.echo(f"error: {self.format_message()}", err=True)
+
+
+class BadInput(CliError):
+    """A command line that local checks reject before any call (exit 2, like click's usage errors)."""
+
+    exit_code = EXIT_USAGE
+
+
+class WaitTimeout(CliError):
+    """``job wait`` gave up (exit 3)."""
+
+    exit_code = EXIT_TIMEOUT
+
+
+def rpc_error_message(err: RpcError, target: str) -> str:
+    """The one line shown for a coordinator error (without the ``error:`` prefix)."""
+    if isinstance(err, Unavailable):
+        return f"cannot reach coordinator at {target} ({err.code.name})"
+    if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"coordinator at {target} did not answer in time (DEADLINE_EXCEEDED)"
+    return str(err)
+
+
+def exit_code_for(job: types_pb2.Job) -> int:
+    """Exit code of ``job wait``/``job watch`` for a job that reached a terminal status."""
+    return EXIT_OK if job.status == types_pb2.JOB_STATUS_COMPLETED else EXIT_FAILED
+
+
+def parse_params(text: str | None) -> str | None:
+    """Check ``--params`` locally so a typo fails before any network call."""
+    if text is None:
+        return None
+    try:
+        return encode_params(text)
+    except ConfigError as err:
+        raise BadInput(f"--params is not valid JSON: {err.__cause__}") from err
+
+
+def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
+    """``("a=1", "b=x=y")`` -> ``{"a": "1", "b": "x=y"}``."""
+    labels: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--label expects KEY=VALUE, got {item!r}")
+        labels[key] = value
+    return labels
+
+
+def parse_deadline(text: str | None) -> datetime | None:
+    """ISO 8601 instant; without an offset it is local time."""
+    if text is None:
+        return None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as err:
+        raise BadInput(f"--deadline is not an ISO 8601 time: {err}") from err
+
+
+def seconds(value: float | None) -> timedelta | None:
+    """A ``--... SECONDS`` option as a timedelta (``None`` stays unset)."""
+    return None if value is None else timedelta(seconds=value)
+
+
+def to_dict(message: Message) -> dict[str, Any]:
+    """A message as JSON-ready data, field names as in the proto."""
+    return MessageToDict(message, preserving_proto_field_name=True)
+
+
+def echo_json(data: Any, *, compact: bool = False) -> None:
+    """Print data as JSON: indented, or on one line with ``compact``."""
+    click.echo(json.dumps(data, indent=None if compact else 2, sort_keys=False))
+
+
+class _Obj:
+    """State shared by subcommands: where the coordinator is and the console to print on."""
+
+    def __init__(self, target: str) -> None:
+        self.target = target
+        self.console = Console(highlight=False, soft_wrap=False)
+        if not self.console.is_terminal:
+            # Piped output would be cut to 80 columns; tables only take the width they need anyway.
+            self.console.width = 250
+
+    @contextmanager
+    def client(self) -> Iterator[Client]:
+        """A connected client; coordinator errors become one ``error:`` line and exit 1."""
+        try:
+            with Client(self.target) as client:
+                yield client
+        except RpcError as err:
+            raise CliError(rpc_error_message(err, self.target)) from err
+
+
+pass_obj = click.make_pass_decorator(_Obj)
+PositiveSeconds = click.FloatRange(min=0, min_open=True)
+Uint64 = click.IntRange(0, 2**64 - 1)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--target",
+    envvar="PARCELO_TARGET",
+    default=defaults.DEFAULT_TARGET,
+    show_default=True,
+    help="Coordinator address host:port (env PARCELO_TARGET).",
+)
+@click.version_option(package_name="parcelo")
+@click.pass_context
+def cli(ctx: click.Context, target: str) -> None:
+    """Administer jobs of a Parcelo coordinator.
+
+    Exit codes: 0 ok; 1 coordinator error, unreachable coordinator, or (wait/watch) job failed or
+    cancelled; 2 bad command line; 3 wait timed out.
+    """
+    ctx.obj = _Obj(target)
+
+
+@cli.group()
+def job() -> None:
+    """Create, inspect, steer and watch jobs."""
+
+
+@job.command("create")
+@click.option("--start", type=Uint64, required=True, help="First id of the range.")
+@click.option("--end", type=Uint64, required=True, help="One past the last id of the range.")
+@click.option("--max-range-size", type=click.IntRange(min=1), required=True, help="Widest range of one leaf.")
+@click.option("--queue", help="Queue whose workers run the job [default: default].")
+@click.option("--params", help="JSON handed to every handler call.")
+@click.option("--lease-ttl", type=PositiveSeconds, metavar="SECONDS", help="Lease expiry without heartbeat.")
+@click.option("--id", "job_id", help="Job id (idempotent: same id and spec returns the existing job).")
+@click.option("--request-id", help="Idempotency key.")
+@click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per leaf, the first included.")
+@click.option("--initial-backoff", type=PositiveSeconds, metavar="SECONDS", help="Delay before a retry.")
+@click.option("--max-backoff", type=PositiveSeconds, metavar="SECONDS", help="Upper bound of retry delays.")
+@click.option("--backoff-multiplier", type=click.FloatRange(min=1), help="Retry delay growth factor.")
+@click.option("--jitter", type=click.FloatRange(0, 1), help="Random fraction of each retry delay.")
+@click.option("--pruning", is_flag=True, help="Ask workers' should_process before splitting or running.")
+@click.option("--leaf-timeout", type=PositiveSeconds, metavar="SECONDS", help="Longest time of one attempt.")
+@click.option("--deadline", metavar="ISO8601", help="Fail the job if not completed by then (local time).")
+@click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first in a queue.")
+@click.option("--paused", is_flag=True, help="Create the job paused; `job resume` starts it.")
+@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print the created job as JSON instead of its id.")
+@pass_obj
+def create(
+    obj: _Obj,
+    start: int,
+    end: int,
+    max_range_size: int,
+    queue: str | None,
+    params: str | None,
+    lease_ttl: float | None,
+    job_id: str | None,
+    request_id: str | None,
+    max_attempts: int | None,
+    initial_backoff: float | None,
+    max_backoff: float | None,
+    backoff_multiplier: float | None,
+    jitter: float | None,
+    pruning: bool,
+    leaf_timeout: float | None,
+    deadline: str | None,
+    priority: int,
+    paused: bool,
+    labels: tuple[str, ...],
+    as_json: bool,
+) -> None:
+    """Create a job over [START, END) and print its id."""
+    if end <= start:
+        raise BadInput("--end must be greater than --start")
+    params_json = parse_params(params)
+    when = parse_deadline(deadline)
+    label_map = parse_labels(labels)
+    with obj.client() as client:
+        created = client.create_job(
+            start=start,
+            end=end,
+            max_range_size=max_range_size,
+            queue=queue,
+            params=params_json,
+            lease_ttl=seconds(lease_ttl),
+            job_id=job_id,
+            request_id=request_id,
+            max_attempts=max_attempts,
+            initial_backoff=seconds(initial_backoff),
+            max_backoff=seconds(max_backoff),
+            backoff_multiplier=backoff_multiplier,
+            jitter=jitter,
+            pruning=pruning,
+            leaf_timeout=seconds(leaf_timeout),
+            deadline=when,
+            priority=priority,
+            start_paused=paused,
+            labels=label_map,
+        )
+    if as_json:
+        echo_json(to_dict(created))
+    else:
+        click.echo(created.id)
+
+
+@job.command("get")
+@click.argument("job_id")
+@click.option("--json", "as_json", is_flag=True, help="Print the Job message as JSON.")
+@pass_obj
+def get(obj: _Obj, job_id: str, as_json: bool) -> None:
+    """Show a job: status, range, progress, node counts, timestamps."""
+    with obj.client() as client:
+        found = client.get_job(job_id)
+    if as_json:
+        echo_json(to_dict(found))
+    else:
+        obj.console.print(progress.job_summary(found))
+
+
+@job.command("list")
+@click.option(
+    "--status",
+    "statuses",
+    multiple=True,
+    type=click.Choice(_STATUS_CHOICES, case_sensitive=False),
+    help="Only jobs in this status (repeatable).",
+)
+@click.option("--queue", help="Only jobs of this queue.")
+@click.option(
+    "--limit", type=click.IntRange(min=0), default=50, show_default=True, help="Most jobs shown; 0: all."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of Job messages.")
+@pass_obj
+def list_(obj: _Obj, statuses: tuple[str, ...], queue: str | None, limit: int, as_json: bool) -> None:
+    """List jobs, newest first.
+
+    With --json the output is a JSON array (possibly empty) of Job objects, field names as in
+    the proto; 64-bit counters are strings, as the protobuf JSON mapping has it.
+    """
+    wanted = [types_pb2.JobStatus.Value(f"JOB_STATUS_{s.upper()}") for s in statuses]
+    page_size = min(limit, defaults.MAX_LIST_PAGE_SIZE) if limit else defaults.MAX_LIST_PAGE_SIZE
+    jobs: list[types_pb2.Job] = []
+    with obj.client() as client:
+        for found in client.list_jobs(statuses=wanted, queue=queue, page_size=page_size):
+            jobs.append(found)
+            if limit and len(jobs) >= limit:
+                break
+    if as_json:
+        echo_json([to_dict(j) for j in jobs])
+    elif jobs:
+        obj.console.print(progress.jobs_table(jobs))
+    else:
+        click.echo("no jobs", err=True)
+
+
+def _print_status(changed: types_pb2.Job) -> None:
+    click.echo(f"job {changed.id} {progress.job_status_name(changed.status)}")
+
+
+@job.command("pause")
+@click.argument("job_id")
+@click.option("--release", is_flag=True, help="Also make running handlers checkpoint and give leaves back.")
+@pass_obj
+def pause(obj: _Obj, job_id: str, release: bool) -> None:
+    """Stop handing out leases of a job."""
+    with obj.client() as client:
+        _print_status(client.pause_job(job_id, release=release))
+
+
+@job.command("resume")
+@click.argument("job_id")
+@pass_obj
+def resume(obj: _Obj, job_id: str) -> None:
+    """Continue a paused (or created --paused) job."""
+    with obj.client() as client:
+        _print_status(client.resume_job(job_id))
+
+
+@job.command("cancel")
+@click.argument("job_id")
+@click.option("--reason", default="", help="Why, recorded with the job.")
+@pass_obj
+def cancel(obj: _Obj, job_id: str, reason: str) -> None:
+    """Cancel a job; running handlers are told to stop."""
+    with obj.client() as client:
+        _print_status(client.cancel_job(job_id, reason=reason))
+
+
+@job.command("delete")
+@click.argument("job_id")
+@pass_obj
+def delete(obj: _Obj, job_id: str) -> None:
+    """Delete a finished job and all its records."""
+    with obj.client() as client:
+        client.delete_job(job_id)
+    click.echo(f"job {job_id} deleted")
+
+
+@job.command("retry")
+@click.argument("job_id")
+@pass_obj
+def retry(obj: _Obj, job_id: str) -> None:
+    """Retry a job's failed leaves.
+
+    Error leaves go back to pending and a failed job runs again.
+    """
+    with obj.client() as client:
+        _print_status(client.retry_failed(job_id))
+
+
+@job.command("tree")
+@click.argument("job_id")
+@click.option(
+    "--depth", type=click.IntRange(min=0), default=3, show_default=True, help="Deepest level shown (root: 0)."
+)
+@click.option("--json", "as_json", is_flag=True, help="Print the GetJobTreeResponse as JSON.")
+@pass_obj
+def tree(obj: _Obj, job_id: str, depth: int, as_json: bool) -> None:
+    """Show a job's range tree.
+
+    One line per node: range, status, attempts, checkpoint cursor, last error.
+    """
+    with obj.client() as client:
+        snapshot = client.get_tree(job_id, max_depth=depth)
+    if as_json:
+        echo_json(to_dict(snapshot))
+    else:
+        obj.console.print(progress.job_tree(snapshot))
+
+
+@job.command("wait")
+@click.argument("job_id")
+@click.option("--timeout", type=PositiveSeconds, metavar="SECONDS", help="Give up after this long (exit 3).")
+@pass_obj
+def wait(obj: _Obj, job_id: str, timeout: float | None) -> None:
+    """Wait until a job finishes.
+
+    Prints the final status line; exits 0 if the job completed, 1 if it failed or was
+    cancelled, 3 on timeout.
+    """
+    with obj.client() as client:
+        try:
+            final = client.wait(job_id, timeout=timeout)
+        except TimeoutError:
+            click.echo(f"job {job_id} still {progress.job_status_name(client.get_job(job_id).status)}")
+            raise WaitTimeout(f"timed out after {timeout}s waiting for job {job_id}") from None
+    click.echo(progress.final_line(final))
+    sys.exit(exit_code_for(final))
+
+
+@job.command("watch")
+@click.argument("job_id")
+@pass_obj
+def watch(obj: _Obj, job_id: str) -> None:
+    """Show a job's live progress until it ends.
+
+    A progress bar of processed+skipped ids, throughput (ids/s, leaves/s), ETA and node
+    counts. Exits like `job wait`: 0 completed, 1 failed or cancelled.
+    """
+    with obj.client() as client:
+        first = client.get_job(job_id)
+        state = progress.WatchState(first, progress.now_seconds())
+        if first.status not in TERMINAL_STATUSES:
+            with Live(state.render(), console=obj.console, refresh_per_second=4, transient=False) as live:
+                last = 0.0
+
+                def refresh() -> None:
+                    # A replay of thousands of retained events must not rebuild the display each time.
+                    nonlocal last
+                    if time.monotonic() - last >= 0.1:
+                        last = time.monotonic()
+                        live.update(state.render())
+
+                _follow(client, state, refresh)
+                # The last stats event may precede the final counters; the job itself has the last word.
+                final = client.get_job(job_id)
+                state.update_job(final, progress.now_seconds())
+                live.update(state.render(), refresh=True)
+        else:
+            final = first
+            obj.console.print(state.render())
+    click.echo(progress.final_line(final))
+    sys.exit(exit_code_for(final))
+
+
+def _follow(client: Client, state: progress.WatchState, refresh: Callable[[], None]) -> None:
+    """Feed ``state`` from WatchJob until the job is terminal; poll GetJob if the stream is unusable."""
+    job_id = state.job.id
+    after = 0
+    try:
+        while True:
+            for event in client.watch(job_id, after_seq=after, types=_WATCH_EVENTS):
+                after = event.seq
+                state.update_event(event, progress.now_seconds())
+                refresh()
+                # Replayed end events may predate a RetryFailed: confirm with the job itself.
+                if event.status in TERMINAL_STATUSES and client.get_job(job_id).status in TERMINAL_STATUSES:
+                    return
+            current = client.get_job(job_id)
+            state.update_job(current, progress.now_seconds())
+            refresh()
+            if current.status in TERMINAL_STATUSES:
+                return
+            time.sleep(POLL_INTERVAL)
+    except RpcError as err:
+        # Only a coordinator without WatchJob is worth polling; an unreachable one fails GetJob too.
+        if err.code != grpc.StatusCode.UNIMPLEMENTED:
+            raise
+    while True:
+        current = client.get_job(job_id)
+        state.update_job(current, progress.now_seconds())
+        refresh()
+        if current.status in TERMINAL_STATUSES:
+            return
+        time.sleep(POLL_INTERVAL)
+
+
+@job.command("events")
+@click.argument("job_id")
+@click.option("--follow", "-f", is_flag=True, help="Keep listening after the job has finished.")
+@click.option("--after", type=Uint64, default=0, metavar="SEQ", help="Only events with a larger seq.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON JobEvent per line.")
+@pass_obj
+def events(obj: _Obj, job_id: str, follow: bool, after: int, as_json: bool) -> None:
+    """Print a job's events.
+
+    Retained events after --after, then live ones until the job ends (for ever with
+    --follow). With --json, one JobEvent JSON object per line.
+    """
+    with obj.client() as client:
+        for event in client.watch(job_id, after_seq=after, follow=follow):
+            if as_json:
+                echo_json(to_dict(event), compact=True)
+            else:
+                click.echo(progress.event_line(event))
+
+
+def main(argv: list[str] | None = None) -> NoReturn:
+    """Console-script entry point of ``parcelo``."""
+    cli.main(args=argv, prog_name="parcelo")
+    raise SystemExit(0)  # unreachable: click exits itself in standalone mode
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,450 @@
+"""Synchronous client of the coordinator's admin API (``parcelo.v1.JobService``).
+
+The client is a thin, typed layer over the generated stub: it builds requests from Python values
+(``timedelta`` for durations, ``datetime`` for instants, ``dict`` for params), returns the protobuf
+messages unchanged, and turns every ``grpc.RpcError`` into a :class:`parcelo.errors.RpcError`.
+
+Example::
+
+    from datetime import timedelta
+    from parcelo.client import Client
+
+    with Client("localhost:50051") as client:
+        job = client.create_job(start=0, end=10**9, max_range_size=10**6, params={"k": 1})
+        final = client.wait(job.id, timeout=600)
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from datetime import UTC, datetime, timedelta
+from types import TracebackType
+from typing import Any, TypeAlias
+
+import grpc
+from google.protobuf.duration_pb2 import Duration
+from google.protobuf.timestamp_pb2 import Timestamp
+
+from parcelo import defaults
+from parcelo.errors import ConfigError, RpcError, from_grpc
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
+
+logger = logging.getLogger(__name__)
+
+JobStatus: TypeAlias = types_pb2.JobStatus.ValueType
+EventType: TypeAlias = types_pb2.EventType.ValueType
+
+TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
+    {
+        types_pb2.JOB_STATUS_COMPLETED,
+        types_pb2.JOB_STATUS_FAILED,
+        types_pb2.JOB_STATUS_CANCELLED,
+    }
+)
+"""Statuses a job does not leave on its own (only ``RetryFailed`` revives a failed job)."""
+
+_END_EVENTS: tuple[EventType, ...] = (
+    types_pb2.EVENT_TYPE_JOB_COMPLETED,
+    types_pb2.EVENT_TYPE_JOB_FAILED,
+    types_pb2.EVENT_TYPE_JOB_CANCELLED,
+    types_pb2.EVENT_TYPE_JOB_DELETED,
+)
+
+POLL_INTERVAL = 0.5
+"""Seconds between ``GetJob`` calls when a watch stream is not available."""
+
+# Streams that break for these reasons are worth replacing by polling; any other code (NOT_FOUND,
+# INVALID_ARGUMENT, ...) would fail the same way when polled, so it is raised instead.
+_FALLBACK_CODES = frozenset(
+    {
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.UNIMPLEMENTED,
+        grpc.StatusCode.INTERNAL,
+        grpc.StatusCode.UNKNOWN,
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+    }
+)
+
+
+def encode_params(params: Mapping[str, Any] | str | None) -> str:
+    """Turn job params into the JSON text carried by ``JobSpec.params_json``.
+
+    Args:
+        params: A mapping serialised as JSON, JSON text (checked, passed on unchanged) or ``None``.
+
+    Returns:
+        The JSON text; empty for ``None``, which the coordinator reads as ``{}``.
+
+    Raises:
+        ConfigError: ``params`` is a string that is not JSON, or a mapping JSON cannot encode.
+    """
+    if params is None:
+        return ""
+    if isinstance(params, str):
+        try:
+            json.loads(params)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"params is not valid JSON: {err}") from err
+        return params
+    try:
+        return json.dumps(params, separators=(",", ":"), allow_nan=False)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"params cannot be encoded as JSON: {err}") from err
+
+
+def _duration(value: timedelta | None) -> Duration | None:
+    if value is None:
+        return None
+    out = Duration()
+    out.FromTimedelta(value)
+    return out
+
+
+def _timestamp(value: datetime) -> Timestamp:
+    # A naive datetime means local time, as datetime.timestamp() reads it; protobuf would take it as UTC.
+    if value.tzinfo is None:
+        value = value.astimezone()
+    out = Timestamp()
+    out.FromDatetime(value.astimezone(UTC))
+    return out
+
+
+class Client:
+    """A connection to one coordinator's admin API.
+
+    Every method raises :class:`parcelo.errors.RpcError` (or the subclass matching the status code)
+    when the coordinator answers with an error, and :class:`parcelo.errors.Unavailable` when it
+    cannot be reached.
+
+    Args:
+        target: ``host:port`` of the coordinator.
+        timeout: Seconds each unary call may take; ``None`` for no limit. Streams are not limited.
+        channel: A ready channel to use instead of opening one to ``target`` (tests, TLS, interceptors).
+            The client does not close a channel it was given.
+    """
+
+    def __init__(
+        self,
+        target: str = defaults.DEFAULT_TARGET,
+        *,
+        timeout: float | None = 30,
+        channel: grpc.Channel | None = None,
+    ) -> None:
+        self.target = target
+        self.timeout = timeout
+        self._owns_channel = channel is None
+        self._channel: grpc.Channel = channel if channel is not None else grpc.insecure_channel(target)
+        self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the channel (unless it was passed in)."""
+        if self._owns_channel:
+            self._channel.close()
+
+    def _call(self, method: Any, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
+        try:
+            return method(request, timeout=self.timeout if timeout is None else timeout, **kwargs)
+        except grpc.RpcError as err:
+            raise from_grpc(err) from None
+
+    def create_job(
+        self,
+        *,
+        start: int,
+        end: int,
+        max_range_size: int,
+        queue: str | None = None,
+        params: Mapping[str, Any] | str | None = None,
+        lease_ttl: timedelta | None = None,
+        job_id: str | None = None,
+        request_id: str | None = None,
+        max_attempts: int | None = None,
+        initial_backoff: timedelta | None = None,
+        max_backoff: timedelta | None = None,
+        backoff_multiplier: float | None = None,
+        jitter: float | None = None,
+        pruning: bool = False,
+        leaf_timeout: timedelta | None = None,
+        deadline: datetime | None = None,
+        priority: int = 0,
+        start_paused: bool = False,
+        labels: Mapping[str, str] | None = None,
+    ) -> types_pb2.Job:
+        """Create a job over the half-open range ``[start, end)``.
+
+        Unset options take the coordinator's defaults (see :mod:`parcelo.defaults`). With ``job_id``
+        or ``request_id`` the call is idempotent: repeating it returns the job created first.
+
+        Args:
+            start: First id of the range.
+            end: One past the last id.
+            max_range_size: Widest range one leaf (one handler call) covers.
+            queue: Queue whose workers run the job; ``None`` means ``"default"``.
+            params: JSON-able mapping or JSON text handed to every handler call.
+            lease_ttl: A lease not heartbeated within this time expires.
+            job_id: Caller-chosen id (``[A-Za-z0-9._-]``, 1..128 chars).
+            request_id: Idempotency key.
+            max_attempts: Attempts per leaf, the first included.
+            initial_backoff: Delay before a leaf's second attempt.
+            max_backoff: Upper bound of the retry delay.
+            backoff_multiplier: Factor applied to the delay after each attempt.
+            jitter: Random fraction in [0, 1] added to or taken from each delay.
+            pruning: Ask workers' ``should_process`` before splitting or running a node.
+            leaf_timeout: Longest time one attempt may take, heartbeats notwithstanding.
+            deadline: The job fails if not completed by then (naive datetimes are local time).
+            priority: Higher runs first among the jobs of a queue.
+            start_paused: Create the job paused; :meth:`resume_job` starts it.
+            labels: Free-form labels shown with the job.
+
+        Returns:
+            The job as created (or as found, for an idempotent repeat).
+
+        Raises:
+            ConfigError: ``params`` is not JSON.
+            InvalidArgument: The coordinator rejected the spec; the message names the field.
+            AlreadyExists: ``job_id`` is taken by a job with a different spec.
+        """
+        spec = types_pb2.JobSpec(
+            job_id=job_id or "",
+            request_id=request_id or "",
+            queue=queue or "",
+            range=types_pb2.Range(start=start, end=end),
+            max_range_size=max_range_size,
+            params_json=encode_params(params),
+            lease_ttl=_duration(lease_ttl),
+            retry=types_pb2.RetryPolicy(
+                max_attempts=max_attempts or 0,
+                initial_backoff=_duration(initial_backoff),
+                max_backoff=_duration(max_backoff),
+                backoff_multiplier=backoff_multiplier or 0.0,
+                jitter=jitter or 0.0,
+            ),
+            pruning=pruning,
+            leaf_timeout=_duration(leaf_timeout),
+            deadline=_timestamp(deadline) if deadline is not None else None,
+            priority=priority,
+            start_paused=start_paused,
+            labels=dict(labels or {}),
+        )
+        job: types_pb2.Job = self._call(self._stub.CreateJob, jobs_pb2.CreateJobRequest(spec=spec))
+        return job
+
+    def get_job(self, job_id: str) -> types_pb2.Job:
+        """Return the job with its current status and stats.
+
+        Raises:
+            NotFound: No such job.
+        """
+        job: types_pb2.Job = self._call(self._stub.GetJob, jobs_pb2.GetJobRequest(job_id=job_id))
+        return job
+
+    def list_jobs(
+        self,
+        *,
+        statuses: Iterable[JobStatus] = (),
+        queue: str | None = None,
+        page_size: int | None = None,
+    ) -> Iterator[types_pb2.Job]:
+        """Yield jobs, newest first, fetching further pages as the caller iterates.
+
+        Args:
+            statuses: Only jobs in one of these statuses (all when empty).
+            queue: Only jobs of this queue.
+            page_size: Jobs fetched per call (server default when ``None``).
+        """
+        request = jobs_pb2.ListJobsRequest(
+            page_size=page_size or 0, statuses=list(statuses), queue=queue or ""
+        )
+        while True:
+            page: jobs_pb2.ListJobsResponse = self._call(self._stub.ListJobs, request)
+            yield from page.jobs
+            if not page.next_page_token:
+                return
+            request.page_token = page.next_page_token
+
+    def pause_job(self, job_id: str, release: bool = False) -> types_pb2.Job:
+        """Stop handing out leases of the job.
+
+        Args:
+            job_id: The job.
+            release: Also ask running handlers to checkpoint and give their leaves back now.
+
+        Raises:
+            FailedPrecondition: The job is finished.
+        """
+        request = jobs_pb2.PauseJobRequest(job_id=job_id, release=release)
+        job: types_pb2.Job = self._call(self._stub.PauseJob, request)
+        return job
+
+    def resume_job(self, job_id: str) -> types_pb2.Job:
+        """Continue a paused (or created-paused) job.
+
+        Raises:
+            FailedPrecondition: The job is neither paused nor pending.
+        """
+        job: types_pb2.Job = self._call(self._stub.ResumeJob, jobs_pb2.ResumeJobRequest(job_id=job_id))
+        return job
+
+    def cancel_job(self, job_id: str, reason: str = "") -> types_pb2.Job:
+        """End the job; running handlers are told to stop.
+
+        Raises:
+            FailedPrecondition: The job is already finished.
+        """
+        request = jobs_pb2.CancelJobRequest(job_id=job_id, reason=reason)
+        job: types_pb2.Job = self._call(self._stub.CancelJob, request)
+        return job
+
+    def delete_job(self, job_id: str) -> None:
+        """Remove a finished job and all its records.
+
+        Raises:
+            FailedPrecondition: The job is not finished.
+        """
+        self._call(self._stub.DeleteJob, jobs_pb2.DeleteJobRequest(job_id=job_id))
+
+    def retry_failed(self, job_id: str) -> types_pb2.Job:
+        """Put the job's error leaves back to pending (and a failed job back to running)."""
+        request = jobs_pb2.RetryFailedRequest(job_id=job_id)
+        job: types_pb2.Job = self._call(self._stub.RetryFailed, request)
+        return job
+
+    def get_tree(self, job_id: str, max_depth: int = 0) -> jobs_pb2.GetJobTreeResponse:
+        """Return a snapshot of the job's range tree down to ``max_depth`` (root is depth 0)."""
+        request = jobs_pb2.GetJobTreeRequest(job_id=job_id, max_depth=max_depth)
+        tree: jobs_pb2.GetJobTreeResponse = self._call(self._stub.GetJobTree, request)
+        return tree
+
+    def watch(
+        self,
+        job_id: str,
+        after_seq: int = 0,
+        follow: bool = False,
+        types: Iterable[EventType] = (),
+        timeout: float | None = None,
+    ) -> Iterator[types_pb2.JobEvent]:
+        """Yield the job's events after ``after_seq``, then live ones until the job ends.
+
+        The stream is cancelled when the iterator is closed or garbage-collected.
+
+        Args:
+            job_id: The job.
+            after_seq: Only events with a larger ``seq`` (0: from the oldest event retained).
+            follow: Keep the stream open after the job has finished.
+            types: Only these event types (all when empty).
+            timeout: Seconds the whole stream may last; ``None`` for no limit.
+
+        Raises:
+            NotFound: No such job.
+            RpcError: With code ``DEADLINE_EXCEEDED`` when ``timeout`` ran out.
+        """
+        request = jobs_pb2.WatchJobRequest(
+            job_id=job_id, after_seq=after_seq, follow=follow, types=list(types)
+        )
+        try:
+            call = self._stub.WatchJob(request, timeout=timeout)
+        except grpc.RpcError as err:
+            raise from_grpc(err) from None
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise from_grpc(err) from None
+        finally:
+            call.cancel()
+
+    def wait(self, job_id: str, timeout: float | None = None) -> types_pb2.Job:
+        """Block until the job is completed, failed or cancelled, and return it.
+
+        Listens on ``WatchJob`` for the job's end; if that stream breaks (coordinator restarted,
+        method not implemented), polls ``GetJob`` every :data:`POLL_INTERVAL` seconds instead.
+
+        Args:
+            job_id: The job.
+            timeout: Seconds to wait at most; ``None`` waits for ever.
+
+        Returns:
+            The job in its terminal status.
+
+        Raises:
+            TimeoutError: The job did not finish within ``timeout``.
+            NotFound: No such job (or it was deleted while waiting).
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        job = self.get_job(job_id)
+        if job.status in TERMINAL_STATUSES:
+            return job
+        try:
+            return self._wait_streaming(job_id, deadline)
+        except RpcError as err:
+            if err.code not in _FALLBACK_CODES:
+                raise
+            logger.info("watch of job %s broke (%s); polling instead", job_id, err)
+        return self._wait_polling(job_id, deadline)
+
+    def _wait_streaming(self, job_id: str, deadline: float | None) -> types_pb2.Job:
+        after_seq = 0
+        while True:
+            try:
+                for event in self.watch(job_id, after_seq, types=_END_EVENTS, timeout=_left(deadline)):
+                    after_seq = event.seq
+                    # Replayed end events may predate a RetryFailed, so the job itself has the last word.
+                    job = self.get_job(job_id)
+                    if job.status in TERMINAL_STATUSES:
+                        return job
+            except RpcError as err:
+                if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise TimeoutError(f"job {job_id!r} did not finish in time") from None
+                raise
+            # The server ends the stream when the job ends; a stream that ended early is resumed,
+            # after a pause so that a server ending streams at once is not hammered.
+            job = self.get_job(job_id)
+            if job.status in TERMINAL_STATUSES:
+                return job
+            _check_deadline(job_id, deadline)
+            left = _left(deadline)
+            time.sleep(POLL_INTERVAL if left is None else min(POLL_INTERVAL, left))
+
+    def _wait_polling(self, job_id: str, deadline: float | None) -> types_pb2.Job:
+        while True:
+            left = _left(deadline)
+            # wait_for_ready rides out a coordinator restart instead of failing at once.
+            request = jobs_pb2.GetJobRequest(job_id=job_id)
+            call_timeout = self.timeout if left is None else min(left, self.timeout or left)
+            try:
+                job: types_pb2.Job = self._call(
+                    self._stub.GetJob, request, timeout=call_timeout, wait_for_ready=True
+                )
+            except RpcError as err:
+                if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    _check_deadline(job_id, deadline)
+                    continue
+                raise
+            if job.status in TERMINAL_STATUSES:
+                return job
+            _check_deadline(job_id, deadline)
+            left = _left(deadline)
+            time.sleep(POLL_INTERVAL if left is None else min(POLL_INTERVAL, left))
+
+
+def _left(deadline: float | None) -> float | None:
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
+
+
+def _check_deadline(job_id: str, deadline: float | None) -> None:
+    if deadline is not None and time.monotonic() >= deadline:
+        raise TimeoutError(f"job {job_id!r} did not finish in time")
