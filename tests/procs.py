@@ -1,0 +1,201 @@
+"""Real processes for integration tests: a coordinator on a loopback port, worker processes.
+
+Every process is started in its own process group and stopped (SIGKILL as a
+last resort) by the fixture that made it, so no test leaves one behind.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import TypeVar
+
+import grpc
+
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2_grpc
+
+BIN = Path(sys.executable).parent
+T = TypeVar("T")
+
+
+def free_port() -> int:
+    """A port nobody listens on right now (the coordinator binds it a moment later)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for(predicate: Callable[[], T], timeout: float, what: str, interval: float = 0.02) -> T:
+    """Poll ``predicate`` until it returns something truthy; fail with ``what`` after ``timeout`` s."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+        time.sleep(interval)
+
+
+class Proc:
+    """A child process in its own process group, with its output in a log file."""
+
+    def __init__(self, args: Sequence[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+        self.args = list(args)
+        self.log_path = log_path
+        self._log = open(log_path, "ab")  # noqa: SIM115 - kept open for the life of the process
+        self.popen = subprocess.Popen(
+            self.args,
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env={**os.environ, **(env or {})},
+        )
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def alive(self) -> bool:
+        return self.popen.poll() is None
+
+    def kill9(self) -> None:
+        """SIGKILL the whole process group and reap it."""
+        if self.alive():
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        self.popen.wait(timeout=10)
+
+    def terminate(self, timeout: float = 20) -> int:
+        """SIGTERM and wait; SIGKILL if it does not exit in time. Returns the exit code."""
+        if self.alive():
+            self.popen.send_signal(signal.SIGTERM)
+            try:
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.kill9()
+        self._log.close()
+        return int(self.popen.returncode)
+
+    def output(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+
+class Coordinator:
+    """A real ``parcelo-coordinator`` process on a loopback port over a data dir."""
+
+    def __init__(
+        self, data_dir: Path, log_dir: Path, port: int | None = None, extra: Sequence[str] = ()
+    ) -> None:
+        self.data_dir = data_dir
+        self.log_dir = log_dir
+        self.port = port or free_port()
+        self.extra = list(extra)
+        self.proc: Proc | None = None
+        self._channel: grpc.Channel | None = None
+        self.starts = 0
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def start(self) -> Coordinator:
+        self.starts += 1
+        self.proc = Proc(
+            [
+                str(BIN / "parcelo-coordinator"),
+                "--data-dir",
+                str(self.data_dir),
+                "--listen",
+                self.target,
+                *self.extra,
+            ],
+            self.log_dir / f"coordinator-{self.port}-{self.starts}.log",
+        )
+        self.wait_ready()
+        return self
+
+    def wait_ready(self, timeout: float = 20) -> None:
+        def ready() -> bool:
+            assert self.proc is not None
+            if not self.proc.alive():
+                raise AssertionError(f"coordinator exited:\n{self.proc.output()}")
+            try:
+                self.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=1), timeout=1)
+                return True
+            except grpc.RpcError:
+                return False
+
+        wait_for(ready, timeout, "the coordinator to serve")
+
+    @property
+    def channel(self) -> grpc.Channel:
+        if self._channel is None:
+            self._channel = grpc.insecure_channel(self.target)
+        return self._channel
+
+    @property
+    def jobs(self) -> jobs_pb2_grpc.JobServiceStub:
+        return jobs_pb2_grpc.JobServiceStub(self.channel)
+
+    @property
+    def workers(self) -> worker_pb2_grpc.WorkerServiceStub:
+        return worker_pb2_grpc.WorkerServiceStub(self.channel)
+
+    def create_job(self, start: int, end: int, max_range_size: int, **fields: object) -> types_pb2.Job:
+        spec = types_pb2.JobSpec(range=types_pb2.Range(start=start, end=end), max_range_size=max_range_size)
+        for name, value in fields.items():
+            if name in ("lease_ttl", "leaf_timeout"):
+                getattr(spec, name).FromMilliseconds(int(float(value) * 1000))  # type: ignore[arg-type]
+            elif name == "retry":
+                spec.retry.CopyFrom(value)  # type: ignore[arg-type]
+            else:
+                setattr(spec, name, value)
+        return self.jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec), timeout=10)
+
+    def get_job(self, job_id: str) -> types_pb2.Job:
+        return self.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+
+    def wait_status(self, job_id: str, statuses: set[int], timeout: float = 60) -> types_pb2.Job:
+        def check() -> types_pb2.Job | None:
+            job = self.get_job(job_id)
+            return job if job.status in statuses else None
+
+        return wait_for(check, timeout, f"job {job_id} to reach {statuses}", interval=0.05)
+
+    def kill9(self) -> None:
+        self._close_channel()
+        if self.proc is not None:
+            self.proc.kill9()
+
+    def stop(self) -> int:
+        self._close_channel()
+        return self.proc.terminate() if self.proc is not None else 0
+
+    def _close_channel(self) -> None:
+        if self._channel is not None:
+            self._channel.close()
+            self._channel = None
+
+
+def start_worker(
+    target: str,
+    handler: str,
+    log_dir: Path,
+    *args: str,
+    env: dict[str, str] | None = None,
+    name: str = "worker",
+) -> Proc:
+    """A real ``parcelo-worker`` process."""
+    log = log_dir / f"{name}-{time.monotonic_ns()}.log"
+    return Proc(
+        [str(BIN / "parcelo-worker"), "--target", target, "--handler", handler, *args],
+        log,
+        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), **(env or {})},
+    )

@@ -1,0 +1,180 @@
+"""The coordinator core with the clock passed in, and its round trip through a real RocksDB store."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parcelo.coordinator.core import Action, Beat, Core, Failure, Reject
+from parcelo.coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from parcelo.coordinator.events import MEMORY_WINDOW, EventType
+from parcelo.coordinator.jobs import JobStatus
+from parcelo.coordinator.store import Store
+from parcelo.v1 import types_pb2
+
+
+def spec(start: int = 0, end: int = 1000, size: int = 100, **fields: object) -> types_pb2.JobSpec:
+    out = types_pb2.JobSpec(range=types_pb2.Range(start=start, end=end), max_range_size=size)
+    for name, value in fields.items():
+        if name == "lease_ttl":
+            out.lease_ttl.FromMilliseconds(int(float(value) * 1000))  # type: ignore[arg-type]
+        elif name == "max_attempts":
+            out.retry.max_attempts = int(value)  # type: ignore[call-overload]
+        elif name == "backoff":
+            out.retry.initial_backoff.FromMilliseconds(int(float(value) * 1000))  # type: ignore[arg-type]
+        else:
+            setattr(out, name, value)
+    return out
+
+
+def new_core() -> Core:
+    core = Core(fence_limit=1, seed=7)
+    core.fences.made_durable(core.fences.pending_limit() or 0)
+    return core
+
+
+@pytest.mark.parametrize(
+    ("bad", "field"),
+    [
+        (spec(5, 5), "range"),
+        (spec(9, 3), "range"),
+        (spec(size=0), "max_range_size"),
+        (spec(params_json="{nope"), "params_json"),
+        (spec(job_id="has space"), "job_id"),
+        (spec(lease_ttl=0.01), "lease_ttl"),
+        (types_pb2.JobSpec(max_range_size=5), "range"),
+    ],
+)
+def test_bad_specs_name_the_field(bad: types_pb2.JobSpec, field: str) -> None:
+    with pytest.raises(InvalidArgument) as err:
+        new_core().create_job(bad, 0)
+    assert err.value.field == field and str(err.value).startswith(field)
+
+
+def test_create_is_idempotent_by_job_id_and_request_id() -> None:
+    core = new_core()
+    a, created = core.create_job(spec(job_id="j1"), 0)
+    b, again = core.create_job(spec(job_id="j1"), 1)
+    assert created and not again and a is b
+    with pytest.raises(AlreadyExists):
+        core.create_job(spec(job_id="j1", end=2000), 2)
+    c, _ = core.create_job(spec(request_id="r1"), 3)
+    d, again = core.create_job(spec(request_id="r1"), 4)
+    assert c is d and not again
+    with pytest.raises(NotFound):
+        core.get("nope")
+
+
+def test_stale_fence_is_rejected_and_changes_nothing() -> None:
+    core = new_core()
+    job, _ = core.create_job(spec(end=100, size=100, lease_ttl=1, backoff=0), 0)
+    [(_, node)] = core.lease(["default"], 1, 0)
+    old = node.fence
+    core.tick(1.5)  # no heartbeat: the lease expires and the leaf is pending again
+    [(_, again)] = core.lease(["default"], 1, 2)
+    assert again is node and node.fence != old and node.attempts == 2
+    accepted, rejected = core.complete([old], [], 2)
+    assert accepted == [] and rejected[0][:2] == (old, Reject.STALE_FENCE)
+    assert node.status.name == "RUNNING" and job.status is JobStatus.RUNNING
+    assert core.heartbeat([Beat(old)], 2) == [(old, Action.LOST, "lease expired, timed out or unknown")]
+    new = node.fence
+    accepted, _ = core.complete([new], [], 2)
+    assert accepted == [new] and job.status is JobStatus.COMPLETED
+
+
+def test_heartbeat_keeps_a_lease_alive() -> None:
+    core = new_core()
+    core.create_job(spec(end=100, size=100, lease_ttl=1), 0)
+    [(_, node)] = core.lease(["default"], 1, 0)
+    for t in (0.8, 1.6, 2.4):
+        assert core.heartbeat([Beat(node.fence)], t)[0][1] is Action.CONTINUE
+        core.tick(t + 0.1)
+    assert node.fence in core.leases
+
+
+def test_retries_then_error_then_job_fails() -> None:
+    core = new_core()
+    job, _ = core.create_job(spec(end=100, size=100, max_attempts=2, backoff=1), 0)
+    [(_, node)] = core.lease(["default"], 1, 0)
+    core.fail([Failure(node.fence, True, "first")], 0)
+    assert core.lease(["default"], 1, 0.5) == []  # backing off
+    [(_, node)] = core.lease(["default"], 1, 1.0)
+    core.fail([Failure(node.fence, True, "second")], 1.0)
+    assert job.status is JobStatus.FAILED and "second" in job.reason
+    core.retry_failed(job.id, 2)
+    [(_, node)] = core.lease(["default"], 1, 2)
+    core.complete([node.fence], [], 2)
+    assert job.status is JobStatus.COMPLETED
+
+
+def test_permanent_failure_skips_retries() -> None:
+    core = new_core()
+    job, _ = core.create_job(spec(end=100, size=100, max_attempts=5), 0)
+    [(_, node)] = core.lease(["default"], 1, 0)
+    core.fail([Failure(node.fence, False, "PermanentError: no")], 0)
+    assert job.status is JobStatus.FAILED and node.attempts == 1
+
+
+def test_pause_resume_cancel() -> None:
+    core = new_core()
+    job, _ = core.create_job(spec(end=1000, size=100), 0)
+    first = [n.fence for _, n in core.lease(["default"], 2, 0)]
+    core.pause(job.id, 1)
+    assert core.lease(["default"], 5, 1) == []
+    with pytest.raises(FailedPrecondition):
+        core.retry_failed(job.id, 1)
+    core.resume(job.id, 2)
+    assert len(core.lease(["default"], 3, 2)) == 3
+    core.cancel(job.id, 3, "enough")
+    assert job.status is JobStatus.CANCELLED
+    beats = core.heartbeat([Beat(f) for f in first], 3)
+    assert {a for _, a, _ in beats} == {Action.CANCEL}
+    with pytest.raises(FailedPrecondition):
+        core.resume(job.id, 4)
+    _, rejected = core.complete([first[0]], [], 4)
+    assert rejected[0][1] is Reject.JOB_GONE
+
+
+def test_pause_with_release_asks_workers_to_give_leases_back() -> None:
+    core = new_core()
+    job, _ = core.create_job(spec(end=1000, size=100), 0)
+    [(_, node)] = core.lease(["default"], 1, 0)
+    fence = node.fence
+    core.pause(job.id, 1, release=True)
+    assert core.heartbeat([Beat(fence)], 1)[0][1] is Action.RELEASE
+    core.fail([Failure(fence, True, "", released=True, cursor=node.start + 50)], 1)
+    assert node.attempts == 0 and node.done_upto == node.start + 50
+    core.resume(job.id, 2)
+    [(_, again)] = core.lease(["default"], 1, 2)
+    assert again is node and again.attempts == 1
+
+
+def test_state_survives_a_round_trip_through_rocksdb(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    core = Core(fence_limit=store.fence_limit())
+    ops, limit = core.collect_writes()
+    store.write(ops)
+    assert limit is not None
+    core.fences.made_durable(limit)
+    job, _ = core.create_job(spec(end=10_000, size=100, job_id="rt"), 0)
+    leases = core.lease(["default"], 10, 0)
+    fences = [n.fence for _, n in leases]
+    core.complete(fences[:6], [], 1)
+    core.heartbeat([Beat(fences[6], cursor=leases[6][1].start + 7, details=b"d")], 1)
+    store.write(core.collect_writes()[0])
+    store.close()
+
+    store = Store(tmp_path / "db")
+    back = Core(fence_limit=store.fence_limit())
+    back.restore(store.load(MEMORY_WINDOW), 5)
+    rjob = back.get("rt")
+    assert back.stats(rjob) == core.stats(job)
+    assert len(back.leases) == 4 and back.fences.next >= core.fences.next
+    assert all(back.leases.get(f) is not None for f in fences[6:])
+    node7 = back.leases.get(fences[6])
+    assert node7 is not None and node7.node.done_upto == leases[6][1].start + 7 and node7.node.details == b"d"
+    events = back.events.recent("rt", 0)[0]
+    assert [e.seq for e in events] == list(range(1, len(events) + 1))
+    assert events[0].type is EventType.JOB_CREATED
+    store.close()

@@ -1,0 +1,186 @@
+"""The range tree alone: split rule, lazy split, collapse, statuses, pruning, restore."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from parcelo.coordinator.store import decode_node, encode_node
+from parcelo.coordinator.tree import Node, RangeTree, Status, split_point
+
+
+def reference_leaves(start: int, end: int, max_size: int) -> list[tuple[int, int]]:
+    """Leaves by the contract's rule, computed eagerly and independently of the tree."""
+    if end - start <= max_size:
+        return [(start, end)]
+    mid = start + (end - start) // 2
+    return reference_leaves(start, mid, max_size) + reference_leaves(mid, end, max_size)
+
+
+def lease_all(tree: RangeTree, now: float = 0.0, limit: int = 10**9) -> list[Node]:
+    out = []
+    fence = 1
+    while len(out) < limit:
+        node = tree.next_work(now)
+        if node is None:
+            break
+        tree.lease(node, fence, now, ttl=30, timeout=0)
+        fence += 1
+        out.append(node)
+    return out
+
+
+def check_counters(tree: RangeTree) -> None:
+    assert tree.total_nodes == (
+        tree.pending_nodes + tree.running_nodes + tree.done_nodes + tree.skipped_nodes + tree.error_nodes
+    )
+    assert tree.range_processed + tree.range_skipped <= tree.range_total
+
+
+def test_split_rule_gives_128_leaves_covering_every_id_once() -> None:
+    tree = RangeTree(0, 100_000, 1000)
+    leaves = lease_all(tree)
+    spans = [(n.start, n.end) for n in leaves]
+    assert len(spans) == 128
+    assert sorted(spans) == reference_leaves(0, 100_000, 1000)
+    assert all(n.end - n.start <= 1000 and n.is_leaf for n in leaves)
+    assert split_point(0, 100_000) == 50_000
+    for node in leaves:
+        assert not tree.complete(node) or node is leaves[-1]
+    assert tree.finished and tree.root.status is Status.DONE
+    assert (tree.total_nodes, tree.done_nodes, tree.range_processed) == (255, 255, 100_000)
+    check_counters(tree)
+
+
+def test_leaves_are_handed_out_deeper_first_then_by_start() -> None:
+    tree = RangeTree(0, 1000, 100)
+    starts = [n.start for n in lease_all(tree)]
+    assert starts == sorted(starts)
+
+
+def test_split_is_lazy() -> None:
+    tree = RangeTree(0, 1 << 62, 1 << 42)
+    lease_all(tree, limit=4)
+    # Leasing four leaves of a million materialises one path and its siblings, not the tree.
+    assert tree.total_nodes < 2 * 21 + 8
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=5000),
+    st.integers(min_value=1, max_value=300),
+    st.randoms(use_true_random=False),
+)
+def test_collapse_keeps_answers_right_in_any_completion_order(
+    width: int, max_size: int, rnd: random.Random
+) -> None:
+    start = rnd.randrange(0, 1 << 40)
+    tree = RangeTree(start, start + width, max_size)
+    seen: list[tuple[int, int]] = []
+    held: list[Node] = []
+    while True:
+        held += lease_all(tree, limit=rnd.randint(1, 8))
+        if not held:
+            break
+        rnd.shuffle(held)
+        for node in held[: rnd.randint(1, len(held))]:
+            seen.append((node.start, node.end))
+            tree.complete(node)
+            check_counters(tree)
+        held = [n for n in held if n.status is Status.RUNNING]
+    assert sorted(seen) == reference_leaves(start, start + width, max_size)
+    assert tree.finished and tree.root.status is Status.DONE
+    assert tree.range_processed == width
+    assert tree.done_nodes == tree.total_nodes == 2 * len(seen) - 1
+    # Everything collapsed into the root.
+    assert list(tree.walk()) == [tree.root]
+
+
+def test_error_propagates_and_retry_failed_recovers() -> None:
+    tree = RangeTree(0, 400, 100)
+    a, b, c, d = lease_all(tree)
+    tree.complete(a)
+    assert not tree.fail(b, "boom", retry_at=None)
+    assert b.status is Status.ERROR and b.parent is not None
+    assert b.parent.status is Status.ERROR  # both children finished, one in error
+    assert tree.root.status is Status.RUNNING
+    tree.complete(c)
+    assert tree.fail(d, "bang", retry_at=None)  # the root is terminal now
+    assert tree.root.status is Status.ERROR
+    assert tree.error_nodes == 2 + 3  # two leaves, their two parents and the root
+    check_counters(tree)
+    assert tree.retry_failed(now=0) == 2
+    assert tree.root.status is Status.RUNNING and tree.error_nodes == 0
+    again = lease_all(tree)
+    assert sorted((n.start, n.end) for n in again) == [(100, 200), (300, 400)]
+    for node in again:
+        tree.complete(node)
+    assert tree.root.status is Status.DONE
+    check_counters(tree)
+
+
+def test_retry_waits_for_backoff() -> None:
+    tree = RangeTree(0, 10, 10)
+    (leaf,) = lease_all(tree)
+    tree.fail(leaf, "flaky", retry_at=5.0)
+    assert tree.next_work(4.9) is None and not tree.has_work(4.9)
+    assert tree.next_work(5.0) is leaf
+    assert leaf.last_error == "flaky"
+
+
+def test_pruned_subtree_is_skipped_without_splitting() -> None:
+    tree = RangeTree(0, 1000, 10, pruning=True)
+    probe = tree.next_work(0)
+    assert probe is tree.root and not probe.probed
+    tree.lease(probe, 1, 0, 30, 0)
+    assert probe.probe
+    assert tree.skip(probe)
+    assert tree.root.status is Status.SKIPPED and tree.range_skipped == 1000
+    assert tree.total_nodes == 1 and tree.next_work(0) is None
+
+
+def test_checkpoint_moves_progress_inside_a_leaf() -> None:
+    tree = RangeTree(100, 200, 100)
+    (leaf,) = lease_all(tree)
+    tree.checkpoint(leaf, 140, b"state")
+    assert tree.range_processed == 40
+    tree.fail(leaf, "killed", retry_at=0.0)
+    again = tree.next_work(0.0)
+    assert again is leaf and leaf.done_upto == 140 and leaf.details == b"state"
+    tree.lease(leaf, 2, 0, 30, 0)
+    tree.complete(leaf)
+    assert tree.range_processed == 100
+
+
+def test_restore_from_records_continues_the_job() -> None:
+    tree = RangeTree(0, 10_000, 100)
+    leased = lease_all(tree, limit=10)
+    for node in leased[:5]:
+        tree.complete(node)
+    records = [(n.start, n.end, encode_node(n)) for n in tree.walk()]
+    counters = {
+        name: getattr(tree, name)
+        for name in (
+            "total_nodes",
+            "pending_nodes",
+            "running_nodes",
+            "done_nodes",
+            "skipped_nodes",
+            "error_nodes",
+            "range_processed",
+            "range_skipped",
+            "failed_attempts",
+        )
+    }
+    back = RangeTree.restore(
+        0, 10_000, 100, pruning=False, nodes=[decode_node(s, e, d) for s, e, d in records], counters=counters
+    )
+    assert back.active_leases == 5
+    running = [n for n in back.walk() if n.status is Status.RUNNING and n.fence]
+    assert sorted(n.start for n in running) == sorted(n.start for n in leased[5:])
+    for node in running + lease_all(back):
+        back.complete(node)
+    assert back.root.status is Status.DONE and back.range_processed == 10_000
+    check_counters(back)
