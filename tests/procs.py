@@ -167,7 +167,9 @@ class Coordinator:
             job = self.get_job(job_id)
             return job if job.status in statuses else None
 
-        return wait_for(check, timeout, f"job {job_id} to reach {statuses}", interval=0.05)
+        job = wait_for(check, timeout, f"job {job_id} to reach {statuses}", interval=0.05)
+        assert job is not None
+        return job
 
     def kill9(self) -> None:
         self._close_channel()

@@ -20,7 +20,7 @@ def reference_leaves(start: int, end: int, max_size: int) -> list[tuple[int, int
 
 
 def lease_all(tree: RangeTree, now: float = 0.0, limit: int = 10**9) -> list[Node]:
-    out = []
+    out: list[Node] = []
     fence = 1
     while len(out) < limit:
         node = tree.next_work(now)
