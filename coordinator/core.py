@@ -85,7 +85,8 @@ class Core:
         # Fences taken back by cancel, timeout or expiry: heartbeats learn why (fence -> action, forget-at).
         self._revoked: dict[int, tuple[Action, float]] = {}
         self._dirty_jobs: set[str] = set()
-        self._extra_ops: list[store.Op] = []
+        # Whole jobs to remove with the next batch (key ranges).
+        self._deleted_ranges: list[tuple[bytes, bytes]] = []
         self._stats_changed: set[str] = set()
         self._stats_sent: dict[str, float] = {}
         # Raised when leases may have become available; the dispatcher clears it.
@@ -214,15 +215,9 @@ class Core:
         job = self.get(job_id)
         job.require(FINISHED, "delete")
         self._revoke_all(job, Action.LOST, now)
-        for node in job.tree.walk():
-            if node.persisted:
-                self._extra_ops.append((store.node_key(job.id, node.start, node.end), None))
-        for node_start, node_end in job.tree.deleted:
-            self._extra_ops.append((store.node_key(job.id, node_start, node_end), None))
-        last = self.events.last_seq(job.id)
-        for seq in range(self.events.oldest_retained(job.id), last + 1):
-            self._extra_ops.append((store.event_key(job.id, seq), None))
-        self._extra_ops.append((store.job_key(job.id), None))
+        self._deleted_ranges.append(store.prefix_range(store.node_prefix(job.id)))
+        self._deleted_ranges.append(store.prefix_range(store.event_prefix(job.id)))
+        self._deleted_ranges.append((store.job_key(job.id), store.job_key(job.id) + b"\x00"))
         self._event(job, EventType.JOB_DELETED, now)
         del self.jobs[job.id]
         self._requests.pop(job.spec.request_id, None)
@@ -490,37 +485,38 @@ class Core:
 
     # -- persistence ----------------------------------------------------------------------------
 
-    def collect_writes(self) -> tuple[list[store.Op], int | None]:
-        """Everything changed since the last call, as store ops; and a fence limit to make durable."""
+    def collect_writes(self) -> store.Batch:
+        """Everything changed since the last call, as one store batch."""
         from parcelo.coordinator.codec import job_to_proto
 
-        ops = self._extra_ops
-        self._extra_ops = []
+        batch = store.Batch(ranges=self._deleted_ranges)
+        self._deleted_ranges = []
+        ops = batch.ops
+        node_key = store.node_key
+        encode = store.encode_node
         for job_id in self._dirty_jobs:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
             tree = job.tree
             for start, end in tree.deleted:
-                ops.append((store.node_key(job_id, start, end), None))
+                ops.append((node_key(job_id, start, end), None))
             tree.deleted.clear()
             for node in tree.dirty:
-                ops.append((store.node_key(job_id, node.start, node.end), store.encode_node(node)))
+                ops.append((node_key(job_id, node.start, node.end), encode(node)))
                 node.persisted = True
             tree.dirty.clear()
             ops.append((store.job_key(job_id), job_to_proto(job, self.stats(job)).SerializeToString()))
         self._dirty_jobs.clear()
-        for event in self.events.unwritten:
-            if event.job_id in self.jobs:
-                ops.append((store.event_key(event.job_id, event.seq), event.encode()))
-        self.events.unwritten.clear()
-        for job_id, seq in self.events.expired:
-            ops.append((store.event_key(job_id, seq), None))
-        self.events.expired.clear()
-        limit = self.fences.pending_limit()
-        if limit is not None:
-            ops.append((store.FENCE_KEY, limit.to_bytes(8, "big")))
-        return ops, limit
+        written, expired = self.events.drain()
+        for job_id, first, blob in written:
+            ops.append((store.event_key(job_id, first), blob))
+        for job_id, first in expired:
+            ops.append((store.event_key(job_id, first), None))
+        batch.fence_limit = self.fences.pending_limit()
+        if batch.fence_limit is not None:
+            ops.append((store.FENCE_KEY, batch.fence_limit.to_bytes(8, "big")))
+        return batch
 
     def restore(self, stored: Iterable[store.StoredJob], now: float) -> None:
         """Rebuild state loaded from the store; live leases get a fresh TTL from ``now``."""
@@ -530,7 +526,7 @@ class Core:
         for item in stored:
             job = job_from_stored(item)
             self._add(job)
-            self.events.restore(job.id, item.last_seq, item.events)
+            self.events.restore(job.id, item.last_seq, item.events, item.segments)
             for node in job.tree.walk():
                 if node.status is Status.RUNNING and node.fence and not node.probe:
                     node.expires_at = now + job.lease_ttl

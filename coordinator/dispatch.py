@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 from parcelo.coordinator.codec import lease_to_proto
 from parcelo.coordinator.core import Core
-from parcelo.coordinator.store import Op, Store
+from parcelo.coordinator.store import Batch, Store
 from parcelo.v1 import worker_pb2
 
 log = logging.getLogger(__name__)
@@ -54,26 +54,27 @@ class Committer:
 
     def write_now(self) -> None:
         """Synchronously write and sync everything pending (start-up and shutdown)."""
-        ops, limit = self._core.collect_writes()
-        self._store.write(ops, sync=True)
-        if limit is not None:
-            self._core.fences.made_durable(limit)
+        batch = self._core.collect_writes()
+        self._store.write(batch, sync=True)
+        if batch.fence_limit is not None:
+            self._core.fences.made_durable(batch.fence_limit)
 
-    def _write(self, ops: list[Op], sync: bool) -> None:
-        self._store.write(ops, sync=sync)
+    def _write(self, batch: Batch, sync: bool) -> None:
+        self._store.write(batch, sync=sync)
 
     async def run(self) -> None:
         loop = asyncio.get_running_loop()
         while True:
             await self._wake.wait()
             self._wake.clear()
-            ops, limit = self._core.collect_writes()
+            batch = self._core.collect_writes()
+            limit = batch.fence_limit
             waiters, self._waiting = self._waiting, []
             started = time.perf_counter()
             try:
-                if ops:
+                if batch:
                     sync = bool(waiters) or limit is not None
-                    await loop.run_in_executor(self._pool, self._write, ops, sync)
+                    await loop.run_in_executor(self._pool, self._write, batch, sync)
             except Exception as err:
                 log.exception("store write failed")
                 for fut in waiters:
@@ -87,8 +88,8 @@ class Committer:
             for fut in waiters:
                 if not fut.done():
                     fut.set_result(None)
-            if self._on_batch is not None and ops:
-                self._on_batch(len(ops), time.perf_counter() - started)
+            if self._on_batch is not None and batch:
+                self._on_batch(len(batch.ops), time.perf_counter() - started)
             if self._stopping and not self._waiting:
                 return
 

@@ -1,9 +1,11 @@
 """The per-job event log: numbered events, a recent window in memory, listeners.
 
 Events are numbered per job from 1 without gaps. The newest ``MEMORY_WINDOW``
-stay in memory for watchers; the store keeps the newest ``retention`` (older
-ones are deleted as new ones are written), so a watcher that reconnects with
-its last sequence number misses nothing still retained.
+stay in memory for watchers. The store keeps them in segments, one per job per
+group commit (so a batch of thousands of node events costs one RocksDB put),
+and drops whole segments once at least ``retention`` newer events are kept; a
+watcher that reconnects with its last sequence number misses nothing still
+retained.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ MEMORY_WINDOW = 2048
 """Events per job kept in memory; older retained ones are read from the store."""
 
 _HEAD = struct.Struct(">QBdQQI")
+_LEN = struct.Struct(">I")
 _STATS = struct.Struct(">12Q")
 
 
@@ -130,6 +133,30 @@ def stats_to_proto(stats: Stats, out: types_pb2.JobStats) -> None:
         setattr(out, name, value)
 
 
+def encode_segment(events: list[Event]) -> bytes:
+    """Length-prefixed encoded events, as one store value."""
+    parts = []
+    for event in events:
+        data = event.encode()
+        parts.append(_LEN.pack(len(data)))
+        parts.append(data)
+    return b"".join(parts)
+
+
+def decode_segment(job_id: str, blob: bytes) -> list[Event]:
+    out = []
+    pos = 0
+    while pos < len(blob):
+        (size,) = _LEN.unpack_from(blob, pos)
+        pos += _LEN.size
+        out.append(Event.decode(job_id, blob[pos : pos + size]))
+        pos += size
+    return out
+
+
+Segment = tuple[int, int]
+"""A stored segment: (first seq, last seq)."""
+
 Listener = Callable[[Event], None]
 
 
@@ -141,14 +168,31 @@ class EventLog:
         self._seq: dict[str, int] = {}
         self._recent: dict[str, deque[Event]] = {}
         self._listeners: dict[str, set[Listener]] = {}
-        # Events not yet written, and old sequence numbers to delete: drained by the committer.
-        self.unwritten: list[Event] = []
-        self.expired: list[tuple[str, int]] = []
+        self._segments: dict[str, deque[Segment]] = {}
+        # Events not yet written, grouped by job: drained by the committer.
+        self._unwritten: dict[str, list[Event]] = {}
 
-    def restore(self, job_id: str, last_seq: int, recent: list[Event]) -> None:
+    def restore(self, job_id: str, last_seq: int, recent: list[Event], segments: list[Segment]) -> None:
         """Resume a job's numbering after a restart."""
         self._seq[job_id] = last_seq
         self._recent[job_id] = deque(recent, maxlen=MEMORY_WINDOW)
+        self._segments[job_id] = deque(segments)
+
+    def drain(self) -> tuple[list[tuple[str, int, bytes]], list[tuple[str, int]]]:
+        """New segments to write (job, first seq, blob) and expired ones to delete (job, first seq)."""
+        written = []
+        expired = []
+        for job_id, events in self._unwritten.items():
+            if job_id not in self._seq:
+                continue
+            first, last = events[0].seq, events[-1].seq
+            written.append((job_id, first, encode_segment(events)))
+            segments = self._segments.setdefault(job_id, deque())
+            segments.append((first, last))
+            while segments and segments[0][1] <= last - self.retention:
+                expired.append((job_id, segments.popleft()[0]))
+        self._unwritten = {}
+        return written, expired
 
     def append(self, event_job: str, type_: EventType, now: float, **fields: object) -> Event:
         """Number, remember and publish a new event."""
@@ -159,19 +203,17 @@ class EventLog:
         if recent is None:
             recent = self._recent[event_job] = deque(maxlen=MEMORY_WINDOW)
         recent.append(event)
-        self.unwritten.append(event)
-        if seq > self.retention:
-            self.expired.append((event_job, seq - self.retention))
+        pending = self._unwritten.get(event_job)
+        if pending is None:
+            self._unwritten[event_job] = [event]
+        else:
+            pending.append(event)
         for listener in tuple(self._listeners.get(event_job, ())):
             listener(event)
         return event
 
     def last_seq(self, job_id: str) -> int:
         return self._seq.get(job_id, 0)
-
-    def oldest_retained(self, job_id: str) -> int:
-        """Sequence number of the oldest event the store still keeps."""
-        return max(1, self._seq.get(job_id, 0) - self.retention + 1)
 
     def recent(self, job_id: str, after_seq: int) -> tuple[list[Event], bool]:
         """Events after ``after_seq`` from memory, and whether memory covered the whole gap."""
@@ -198,3 +240,5 @@ class EventLog:
         """Drop a deleted job's memory (listeners stay until they unsubscribe)."""
         self._seq.pop(job_id, None)
         self._recent.pop(job_id, None)
+        self._segments.pop(job_id, None)
+        self._unwritten.pop(job_id, None)

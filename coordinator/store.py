@@ -5,8 +5,7 @@ Key layout (all keys bytes; integers big-endian so keys sort numerically)::
     M fence                      -> u64: fences below this may have been handed out
     J <job_id>                   -> parcelo.v1.Job (spec, status, stats, timestamps)
     N <job_id> 0x00 <start><end> -> node record (see ``encode_node``)
-    E <job_id> 0x00 <seq>        -> event (``events.Event.encode``)
-    R <request_id>               -> job id created by that CreateJob request
+    E <job_id> 0x00 <first seq>  -> event segment (``events.encode_segment``)
 
 Atomicity: :meth:`Store.write` applies one list of puts and deletes as a
 single RocksDB WriteBatch, synced to disk when asked, so a job record and the
@@ -23,7 +22,7 @@ from pathlib import Path
 
 from rocksdict import Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
-from parcelo.coordinator.events import Event
+from parcelo.coordinator.events import Event, Segment, decode_segment
 from parcelo.coordinator.tree import Node, Status
 from parcelo.v1 import types_pb2
 
@@ -34,6 +33,20 @@ _SPAN = struct.Struct(">QQ")
 
 Op = tuple[bytes, bytes | None]
 """One write: (key, value) puts, (key, None) deletes."""
+
+
+@dataclass
+class Batch:
+    """What one group commit writes, atomically."""
+
+    ops: list[Op] = field(default_factory=list)
+    # [begin, end) key ranges to delete (a deleted job's nodes and events).
+    ranges: list[tuple[bytes, bytes]] = field(default_factory=list)
+    # A new fence high-water mark in ``ops``, made durable by this batch.
+    fence_limit: int | None = None
+
+    def __bool__(self) -> bool:
+        return bool(self.ops or self.ranges)
 
 
 def job_key(job_id: str) -> bytes:
@@ -56,8 +69,9 @@ def event_key(job_id: str, seq: int) -> bytes:
     return event_prefix(job_id) + _U64.pack(seq)
 
 
-def request_key(request_id: str) -> bytes:
-    return b"R" + request_id.encode()
+def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
+    """The key range holding exactly the keys that start with ``prefix`` (which ends in 0x00)."""
+    return prefix, prefix[:-1] + b"\x01"
 
 
 def encode_node(node: Node) -> bytes:
@@ -106,6 +120,7 @@ class StoredJob:
     job: types_pb2.Job
     nodes: list[Node] = field(default_factory=list)
     events: list[Event] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
     last_seq: int = 0
 
 
@@ -128,23 +143,24 @@ class Store:
     def close(self) -> None:
         self._db.close()
 
-    def write(self, ops: Iterable[Op], *, sync: bool = True) -> int:
-        """Apply ``ops`` atomically; with ``sync`` they are on disk when this returns. Returns the op count."""
-        batch = WriteBatch(raw_mode=True)
-        count = 0
-        for key, value in ops:
+    def write(self, batch: Batch | Iterable[Op], *, sync: bool = True) -> int:
+        """Apply a batch atomically; with ``sync`` it is on disk when this returns. Returns the op count."""
+        if not isinstance(batch, Batch):
+            batch = Batch(ops=list(batch))
+        wb = WriteBatch(raw_mode=True)
+        for begin, end in batch.ranges:
+            wb.delete_range(begin, end)
+        put = wb.put
+        delete = wb.delete
+        for key, value in batch.ops:
             if value is None:
-                batch.delete(key)
+                delete(key)
             else:
-                batch.put(key, value)
-            count += 1
+                put(key, value)
+        count = len(batch.ops) + len(batch.ranges)
         if count:
-            self._db.write(batch, self._sync if sync else self._nosync)
+            self._db.write(wb, self._sync if sync else self._nosync)
         return count
-
-    def delete_prefix(self, prefix: bytes) -> None:
-        """Remove every key starting with ``prefix`` (a deleted job's nodes and events), synced."""
-        self._db.delete_range(prefix, prefix + b"\xff" * 32, self._sync)
 
     def _scan(self, prefix: bytes) -> Iterator[tuple[bytes, bytes]]:
         for key, value in self._db.items(from_key=prefix):
@@ -156,10 +172,6 @@ class Store:
         """The durable fence high-water mark (1 on a new store: fence 0 means "no lease")."""
         value = self._db.get(FENCE_KEY)
         return _U64.unpack(value)[0] if value else 1
-
-    def request_job(self, request_id: str) -> str | None:
-        value = self._db.get(request_key(request_id))
-        return value.decode() if value else None
 
     def load(self, event_window: int) -> list[StoredJob]:
         """Every job with its node records and its newest ``event_window`` events."""
@@ -173,35 +185,38 @@ class Store:
             for key, data in self._scan(prefix):
                 start, end = _SPAN.unpack_from(key, skip)
                 stored.nodes.append(decode_node(start, end, data))
-            last = self._last_event(job.id)
-            if last:
-                stored.last_seq = last
-                first = max(1, last - event_window + 1)
-                stored.events = self.read_events(job.id, first - 1, last)
+            prefix = event_prefix(job.id)
+            tail: list[Event] = []
+            for key, blob in self._scan(prefix):
+                events = decode_segment(job.id, blob)
+                if not events:
+                    continue
+                stored.segments.append((int(_U64.unpack_from(key, len(prefix))[0]), events[-1].seq))
+                tail = (tail + events)[-event_window:]
+            stored.events = tail
+            stored.last_seq = tail[-1].seq if tail else 0
             jobs.append(stored)
         return jobs
-
-    def _last_event(self, job_id: str) -> int:
-        prefix = event_prefix(job_id)
-        it = self._db.iter()
-        it.seek_for_prev(prefix + b"\xff" * 8)
-        if it.valid():
-            key = it.key()
-            if key.startswith(prefix):
-                return int(_U64.unpack_from(key, len(prefix))[0])
-        return 0
 
     def read_events(self, job_id: str, after_seq: int, upto_seq: int) -> list[Event]:
         """Stored events with ``after_seq < seq <= upto_seq``, in order."""
         prefix = event_prefix(job_id)
-        events = []
-        for key, data in self._db.items(from_key=event_key(job_id, after_seq + 1)):
-            if not isinstance(key, bytes) or not key.startswith(prefix):
+        it = self._db.iter()
+        # The segment holding after_seq + 1 starts at or before it.
+        it.seek_for_prev(event_key(job_id, after_seq + 1))
+        if not it.valid() or not bytes(it.key()).startswith(prefix):
+            it.seek(prefix)
+        events: list[Event] = []
+        while it.valid():
+            key = bytes(it.key())
+            if not key.startswith(prefix):
                 break
-            event = Event.decode(job_id, data)
-            if event.seq > upto_seq:
-                break
-            events.append(event)
+            for event in decode_segment(job_id, bytes(it.value())):
+                if event.seq > upto_seq:
+                    return events
+                if event.seq > after_seq:
+                    events.append(event)
+            it.next()
         return events
 
     def backup(self, dest: Path | str) -> None:

@@ -153,16 +153,16 @@ def test_pause_with_release_asks_workers_to_give_leases_back() -> None:
 def test_state_survives_a_round_trip_through_rocksdb(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     core = Core(fence_limit=store.fence_limit())
-    ops, limit = core.collect_writes()
-    store.write(ops)
-    assert limit is not None
-    core.fences.made_durable(limit)
+    batch = core.collect_writes()
+    store.write(batch)
+    assert batch.fence_limit is not None
+    core.fences.made_durable(batch.fence_limit)
     job, _ = core.create_job(spec(end=10_000, size=100, job_id="rt"), 0)
     leases = core.lease(["default"], 10, 0)
     fences = [n.fence for _, n in leases]
     core.complete(fences[:6], [], 1)
     core.heartbeat([Beat(fences[6], cursor=leases[6][1].start + 7, details=b"d")], 1)
-    store.write(core.collect_writes()[0])
+    store.write(core.collect_writes())
     store.close()
 
     store = Store(tmp_path / "db")
@@ -177,4 +177,31 @@ def test_state_survives_a_round_trip_through_rocksdb(tmp_path: Path) -> None:
     events = back.events.recent("rt", 0)[0]
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert events[0].type is EventType.JOB_CREATED
+    store.close()
+
+
+def test_events_are_kept_in_segments_with_bounded_retention(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db")
+    core = Core(fence_limit=store.fence_limit(), event_retention=50)
+    job, _ = core.create_job(spec(end=100_000, size=100, job_id="ev"), 0)
+    for step in range(30):
+        fences = [n.fence for _, n in core.lease(["default"], 5, step)]
+        core.complete(fences, [], step)
+        batch = core.collect_writes()
+        store.write(batch)
+        if batch.fence_limit:
+            core.fences.made_durable(batch.fence_limit)
+    last = core.events.last_seq("ev")
+    kept = store.read_events("ev", 0, last)
+    seqs = [e.seq for e in kept]
+    assert seqs == list(range(seqs[0], last + 1))  # contiguous up to the newest
+    assert 50 <= len(kept) < 50 + 30  # at least the retention, at most one segment more
+    assert [e.seq for e in store.read_events("ev", last - 7, last - 2)] == list(range(last - 6, last - 1))
+    store.close()
+    store = Store(tmp_path / "db")
+    back = Core(fence_limit=store.fence_limit(), event_retention=50)
+    back.restore(store.load(MEMORY_WINDOW), 100)
+    assert back.events.last_seq("ev") == last
+    event = back.events.append("ev", EventType.STATS_UPDATED, 101, stats=back.stats(back.get("ev")))
+    assert event.seq == last + 1
     store.close()
