@@ -12,7 +12,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 from typing import TypeVar
 
@@ -163,7 +163,7 @@ class Coordinator:
     def get_job(self, job_id: str) -> types_pb2.Job:
         return self.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
 
-    def wait_status(self, job_id: str, statuses: set[int], timeout: float = 60) -> types_pb2.Job:
+    def wait_status(self, job_id: str, statuses: Collection[int], timeout: float = 60) -> types_pb2.Job:
         def check() -> types_pb2.Job | None:
             job = self.get_job(job_id)
             return job if job.status in statuses else None

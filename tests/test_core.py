@@ -183,7 +183,7 @@ def test_state_survives_a_round_trip_through_rocksdb(tmp_path: Path) -> None:
 def test_events_are_kept_in_segments_with_bounded_retention(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     core = Core(fence_limit=store.fence_limit(), event_retention=50)
-    job, _ = core.create_job(spec(end=100_000, size=100, job_id="ev"), 0)
+    core.create_job(spec(end=100_000, size=100, job_id="ev"), 0)
     for step in range(30):
         fences = [n.fence for _, n in core.lease(["default"], 5, step)]
         core.complete(fences, [], step)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
@@ -16,7 +17,7 @@ from tests.wire import RawWorker
 
 pytestmark = pytest.mark.integration
 
-COMPLETED = {types_pb2.JOB_STATUS_COMPLETED}
+COMPLETED: set[int] = {types_pb2.JOB_STATUS_COMPLETED}
 
 
 def runs(log: Path, event: str = "run") -> list[tuple[int, int, int]]:
@@ -157,7 +158,7 @@ BAD_SPECS = [
 
 
 @pytest.mark.parametrize(("fields", "field"), BAD_SPECS)
-def test_bad_create_over_grpc_is_invalid_argument(coordinator: Coordinator, fields: dict, field: str) -> None:
+def test_bad_create_over_grpc_is_invalid_argument(coordinator: Coordinator, fields: dict[str, Any], field: str) -> None:
     with pytest.raises(grpc.RpcError) as err:
         coordinator.create_job(**fields)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
