@@ -379,11 +379,13 @@ class Core:
             accepted.append(failure.fence)
         return accepted, rejected
 
-    def _fail_node(self, job: JobState, node: Node, message: str, retryable: bool, now: float) -> None:
+    def _fail_node(
+        self, job: JobState, node: Node, message: str, retryable: bool, now: float, *, backoff: bool = True
+    ) -> None:
         attempt = node.attempts
         retry_at = None
         if retryable and attempt < job.retry.max_attempts:
-            retry_at = now + job.retry.delay(attempt, self._rng)
+            retry_at = now + job.retry.delay(attempt, self._rng) if backoff else now
             self.new_work = True
         self.events.append(
             job.id,
@@ -438,9 +440,11 @@ class Core:
             self._revoked[node.fence] = (Action.LOST, now + job.lease_ttl * 2)
             if timed_out:
                 message = f"leaf timed out after {job.leaf_timeout:g} s"
+                self._fail_node(job, node, message, True, now)
             else:
+                # A dead worker says nothing about the leaf: run it again at once, no backoff.
                 message = f"lease expired: no heartbeat within {job.lease_ttl:g} s"
-            self._fail_node(job, node, message, True, now)
+                self._fail_node(job, node, message, True, now, backoff=False)
             self._touch(job)
             self.new_work = True
         for job in self.jobs.values():
@@ -527,11 +531,13 @@ class Core:
             job = job_from_stored(item)
             self._add(job)
             self.events.restore(job.id, item.last_seq, item.events, item.segments)
-            for node in job.tree.walk():
-                if node.status is Status.RUNNING and node.fence and not node.probe:
-                    node.expires_at = now + job.lease_ttl
-                    node.timeout_at = now + job.leaf_timeout if job.leaf_timeout else 0.0
-                    self.leases.add(job.id, node)
+            expires = now + job.lease_ttl
+            timeout_at = now + job.leaf_timeout if job.leaf_timeout else 0.0
+            for node in job.tree.restored_leases:
+                node.expires_at = expires
+                node.timeout_at = timeout_at
+            self.leases.add_many(job.id, job.tree.restored_leases)
+            job.tree.restored_leases = []
             if job.status in FINISHED:
                 self._dequeue(job)
         self._dirty_jobs.clear()

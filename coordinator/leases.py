@@ -76,6 +76,14 @@ class LeaseTable:
         self._by_fence[node.fence] = Lease(job_id, node)
         heapq.heappush(self._heap, (_due(node), node.fence))
 
+    def add_many(self, job_id: str, nodes: list[Node]) -> None:
+        """Add many leases at once (restart): one heapify instead of a push each."""
+        by_fence = self._by_fence
+        for node in nodes:
+            by_fence[node.fence] = Lease(job_id, node)
+        self._heap.extend((_due(node), node.fence) for node in nodes)
+        heapq.heapify(self._heap)
+
     def get(self, fence: int) -> Lease | None:
         """The live lease with this fence, or None when it is stale or unknown."""
         lease = self._by_fence.get(fence)

@@ -4,7 +4,8 @@ Key layout (all keys bytes; integers big-endian so keys sort numerically)::
 
     M fence                      -> u64: fences below this may have been handed out
     J <job_id>                   -> parcelo.v1.Job (spec, status, stats, timestamps)
-    N <job_id> 0x00 <start><end> -> node record (see ``encode_node``)
+    N <job_id> 0x00 <start><~end> -> node record (see ``encode_node``); ~end = 2^64-1-end, so
+                                   key order is pre-order (parents before children)
     E <job_id> 0x00 <first seq>  -> event segment (``events.encode_segment``)
 
 Atomicity: :meth:`Store.write` applies one list of puts and deletes as a
@@ -30,6 +31,8 @@ FENCE_KEY = b"Mfence"
 _NODE = struct.Struct(">BBHIQQdIH")
 _U64 = struct.Struct(">Q")
 _SPAN = struct.Struct(">QQ")
+_MAX = (1 << 64) - 1
+_STATUSES = (None, *Status)
 
 Op = tuple[bytes, bytes | None]
 """One write: (key, value) puts, (key, None) deletes."""
@@ -58,7 +61,7 @@ def node_prefix(job_id: str) -> bytes:
 
 
 def node_key(job_id: str, start: int, end: int) -> bytes:
-    return node_prefix(job_id) + _SPAN.pack(start, end)
+    return node_prefix(job_id) + _SPAN.pack(start, _MAX - end)
 
 
 def event_prefix(job_id: str) -> bytes:
@@ -99,17 +102,18 @@ def encode_node(node: Node) -> bytes:
 def decode_node(start: int, end: int, data: bytes) -> Node:
     status, flags, depth, attempts, fence, cursor, not_before, n_details, n_error = _NODE.unpack_from(data)
     node = Node(start, end, depth, None, bool(flags & 1), bool(flags & 2))
-    node.status = Status(status)
+    node.status = _STATUSES[status]
     node.probe = bool(flags & 4)
     node.attempts = attempts
     node.fence = fence
     node.cursor = cursor
     node.not_before = not_before
     pos = _NODE.size
-    node.details = data[pos : pos + n_details]
-    pos += n_details
-    node.last_error = data[pos : pos + n_error].decode(errors="replace")
-    node.message = data[pos + n_error :].decode(errors="replace")
+    if len(data) > pos:  # most records have no details, error or message
+        node.details = data[pos : pos + n_details]
+        pos += n_details
+        node.last_error = data[pos : pos + n_error].decode(errors="replace")
+        node.message = data[pos + n_error :].decode(errors="replace")
     return node
 
 
@@ -183,8 +187,8 @@ class Store:
             prefix = node_prefix(job.id)
             skip = len(prefix)
             for key, data in self._scan(prefix):
-                start, end = _SPAN.unpack_from(key, skip)
-                stored.nodes.append(decode_node(start, end, data))
+                start, inv_end = _SPAN.unpack_from(key, skip)
+                stored.nodes.append(decode_node(start, _MAX - inv_end, data))
             prefix = event_prefix(job.id)
             tail: list[Event] = []
             for key, blob in self._scan(prefix):

@@ -146,6 +146,8 @@ class RangeTree:
         self._seq = itertools.count()
         # Called with each node as it is split (the core turns it into a NODE_SPLIT event).
         self.on_split: Callable[[Node], None] | None = None
+        # Leaves that held a lease when the tree was restored (see ``restore``).
+        self.restored_leases: list[Node] = []
         self.root = self._new_node(start, end, 0, None)
 
     # -- construction ---------------------------------------------------------------------------
@@ -403,7 +405,8 @@ class RangeTree:
         tree._delayed = []
         tree._seq = itertools.count()
         tree.on_split = None
-        # Pre-order (start ascending, wider first) lets a stack find each node's parent.
+        # Pre-order (start ascending, wider first) lets a stack find each node's parent;
+        # the store's key order already is pre-order, so this sort is a cheap check.
         nodes.sort(key=lambda n: (n.start, -n.end))
         stack: list[Node] = []
         root: Node | None = None
@@ -424,16 +427,20 @@ class RangeTree:
             raise ValueError(f"stored tree has no root [{start}, {end})")
         tree.root = root
         tree.active_leases = 0
-        for node in tree.walk():
+        tree.restored_leases = []
+        for node in nodes:
             if node.status is Status.PENDING:
                 if node.not_before > 0:
-                    heapq.heappush(tree._delayed, (node.not_before, next(tree._seq), node))
+                    tree._delayed.append((node.not_before, next(tree._seq), node))
                 else:
-                    tree._push(node)
+                    node.queued = True
+                    tree._heap.append((-node.depth, node.start, next(tree._seq), node))
             elif node.status is Status.RUNNING and node.fence:
+                tree.active_leases += 1
                 if node.probe:
-                    tree.active_leases += 1
                     tree.release(node)
                 else:
-                    tree.active_leases += 1
+                    tree.restored_leases.append(node)
+        heapq.heapify(tree._heap)
+        heapq.heapify(tree._delayed)
         return tree

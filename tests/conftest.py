@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.procs import Coordinator, Proc
+from parcelo.testing import CoordinatorProcess as Coordinator
+from parcelo.testing import Proc
 
 
 @pytest.fixture

@@ -10,8 +10,9 @@ from typing import Any
 import grpc
 import pytest
 
+from parcelo.testing import BIN, Proc, start_worker, wait_for
+from parcelo.testing import CoordinatorProcess as Coordinator
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
-from tests.procs import BIN, Coordinator, Proc, start_worker, wait_for
 from tests.test_tree import reference_leaves
 from tests.wire import RawWorker
 
@@ -158,7 +159,9 @@ BAD_SPECS = [
 
 
 @pytest.mark.parametrize(("fields", "field"), BAD_SPECS)
-def test_bad_create_over_grpc_is_invalid_argument(coordinator: Coordinator, fields: dict[str, Any], field: str) -> None:
+def test_bad_create_over_grpc_is_invalid_argument(
+    coordinator: Coordinator, fields: dict[str, Any], field: str
+) -> None:
     with pytest.raises(grpc.RpcError) as err:
         coordinator.create_job(**fields)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT

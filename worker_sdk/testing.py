@@ -1,7 +1,18 @@
-"""Real processes for integration tests: a coordinator on a loopback port, worker processes.
+"""Testing aid: run a real coordinator and real workers as processes on loopback ports.
 
-Every process is started in its own process group and stopped (SIGKILL as a
-last resort) by the fixture that made it, so no test leaves one behind.
+Used by Parcelo's own tests and benchmarks, and by users who want to test a
+handler against the real protocol::
+
+    from parcelo.testing import CoordinatorProcess, start_worker
+
+    coord = CoordinatorProcess(tmp_path / "data", tmp_path).start()
+    job = coord.create_job(0, 10_000, 100)
+    worker = start_worker(coord.target, "mymodule:handler", tmp_path)
+    coord.wait_status(job.id, {parcelo.v1.types_pb2.JOB_STATUS_COMPLETED})
+    worker.terminate(); coord.stop()
+
+Every process starts in its own process group; ``kill9`` kills the group.
+The coordinator needs the ``coordinator`` extra installed.
 """
 
 from __future__ import annotations
@@ -88,7 +99,7 @@ class Proc:
         return self.log_path.read_text(errors="replace")
 
 
-class Coordinator:
+class CoordinatorProcess:
     """A real ``parcelo-coordinator`` process on a loopback port over a data dir."""
 
     def __init__(
@@ -106,7 +117,7 @@ class Coordinator:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    def start(self) -> Coordinator:
+    def start(self) -> CoordinatorProcess:
         self.starts += 1
         self.proc = Proc(
             [
@@ -138,7 +149,11 @@ class Coordinator:
     @property
     def channel(self) -> grpc.Channel:
         if self._channel is None:
-            self._channel = grpc.insecure_channel(self.target)
+            # Short reconnect backoff: the tests restart coordinators and should see them at once.
+            self._channel = grpc.insecure_channel(
+                self.target,
+                options=[("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 250)],
+            )
         return self._channel
 
     @property
@@ -158,10 +173,12 @@ class Coordinator:
                 spec.retry.CopyFrom(value)  # type: ignore[arg-type]
             else:
                 setattr(spec, name, value)
-        return self.jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec), timeout=10)
+        job: types_pb2.Job = self.jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec), timeout=10)
+        return job
 
     def get_job(self, job_id: str) -> types_pb2.Job:
-        return self.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+        job: types_pb2.Job = self.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+        return job
 
     def wait_status(self, job_id: str, statuses: Collection[int], timeout: float = 60) -> types_pb2.Job:
         def check() -> types_pb2.Job | None:
@@ -200,5 +217,5 @@ def start_worker(
     return Proc(
         [str(BIN / "parcelo-worker"), "--target", target, "--handler", handler, *args],
         log,
-        env={"PYTHONPATH": str(Path(__file__).resolve().parent.parent), **(env or {})},
+        env={"PYTHONPATH": os.pathsep.join([os.getcwd(), os.environ.get("PYTHONPATH", "")]), **(env or {})},
     )

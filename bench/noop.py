@@ -1,0 +1,9 @@
+"""The no-op handler of the throughput benchmarks (async: no thread hop per leaf)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+async def noop(range_: Any, ctx: Any) -> None:
+    """Do nothing: the benchmark measures Parcelo, not the work."""

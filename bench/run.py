@@ -1,0 +1,369 @@
+"""`make bench`: measure Parcelo (and its peers) on this machine; print a table, write docs/benchmarks.md.
+
+Every figure comes from real processes on loopback: a ``parcelo-coordinator``
+over a fresh RocksDB data dir, ``parcelo-worker`` processes running a no-op
+async handler, completions durable (acknowledged after a synced write).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import grpc
+import psutil
+
+from parcelo.testing import CoordinatorProcess, Proc, start_worker, wait_for
+from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2, worker_pb2_grpc
+
+ROOT = Path(__file__).resolve().parent.parent
+DONE = {types_pb2.JOB_STATUS_COMPLETED}
+
+
+@dataclass
+class Row:
+    """One line of the result table."""
+
+    name: str
+    value: str
+    target: str
+    ok: bool | None
+
+
+def _workers(coord: CoordinatorProcess, logs: Path, n: int = 2, concurrency: int = 32) -> list[Proc]:
+    return [
+        start_worker(
+            coord.target,
+            "bench.noop:noop",
+            logs,
+            "--concurrency",
+            str(concurrency),
+            "--prefetch",
+            "512",
+            "--log-level",
+            "WARNING",
+            name=f"bench-worker{i}",
+        )
+        for i in range(n)
+    ]
+
+
+def run_job(
+    work: Path, start: int, end: int, leaf: int, *, sample: Callable[[CoordinatorProcess], None] | None = None
+) -> tuple[float, CoordinatorProcess, Path]:
+    """Run one job with 2 worker processes; returns (seconds from creation to completion, coordinator, data dir)."""
+    data = work / f"data-{time.monotonic_ns()}"
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    coord = CoordinatorProcess(data, logs, extra=["--log-level", "WARNING"]).start()
+    workers = _workers(coord, logs)
+    try:
+        # Let the workers connect and ask for credit before the clock starts.
+        time.sleep(1.5)
+        began = time.perf_counter()
+        job = coord.create_job(start, end, leaf)
+        while True:
+            got = coord.get_job(job.id)
+            if got.status in DONE:
+                break
+            if got.status == types_pb2.JOB_STATUS_FAILED:
+                raise RuntimeError(f"benchmark job failed: {got.reason}")
+            if sample is not None:
+                sample(coord)
+            time.sleep(0.02)
+        return time.perf_counter() - began, coord, data
+    finally:
+        for proc in workers:
+            proc.terminate(timeout=30)
+
+
+def throughput(work: Path, leaves: int) -> float:
+    seconds, coord, _ = run_job(work, 0, leaves * 1000, 1000)
+    coord.stop()
+    return leaves / seconds
+
+
+def width(work: Path, leaves: int) -> tuple[float, float]:
+    # Leaves of equal count: widths 10^6·k and 10^15·k give max_range_size 10^6·k/leaves etc.
+    narrow_s, c1, _ = run_job(work, 0, 10**6 * leaves, 10**6)
+    c1.stop()
+    wide_s, c2, _ = run_job(work, 0, 10**15 * leaves, 10**15)
+    c2.stop()
+    return leaves / narrow_s, leaves / wide_s
+
+
+def big_range(work: Path) -> tuple[float, float, float, int]:
+    """[0, 2^62) over 2^20 leaves: (leaves/s, peak RSS MB, data dir MB at the end, leaves)."""
+    peak = [0]
+
+    def sample(coord: CoordinatorProcess) -> None:
+        assert coord.proc is not None
+        try:
+            rss = psutil.Process(coord.proc.pid).memory_info().rss
+        except psutil.Error:
+            return
+        peak[0] = max(peak[0], rss)
+
+    leaves = 1 << 20
+    seconds, coord, data = run_job(work, 0, 1 << 62, 1 << 42, sample=sample)
+    sample(coord)
+    size_live = _dir_size(data)
+    coord.stop()
+    size = max(size_live, _dir_size(data))
+    return leaves / seconds, peak[0] / 2**20, size / 2**20, leaves
+
+
+def _dir_size(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+async def _latency(target: str, rate: int, seconds: float) -> list[float]:
+    """Lease one leaf at a time at a fixed rate on a stream; time from request to grant."""
+    samples: list[float] = []
+    async with grpc.aio.insecure_channel(target) as channel:
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        outbox: asyncio.Queue[worker_pb2.WorkRequest | None] = asyncio.Queue()
+
+        async def requests() -> AsyncIterator[worker_pb2.WorkRequest]:
+            yield worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id="latency"))
+            while (msg := await outbox.get()) is not None:
+                yield msg
+
+        call = stub.Work(requests())
+        await call.read()  # welcome
+        sent: list[float] = []
+        done: list[int] = []
+
+        async def reader() -> None:
+            while True:
+                msg = await call.read()
+                if msg is grpc.aio.EOF:
+                    return
+                if msg.WhichOneof("msg") == "grant":
+                    now = time.perf_counter()
+                    for lease in msg.grant.leases:
+                        samples.append(now - sent.pop(0))
+                        done.append(lease.fence)
+
+        task = asyncio.create_task(reader())
+        interval = 1 / rate
+        began = time.perf_counter()
+        n = 0
+        while time.perf_counter() - began < seconds:
+            due = began + n * interval
+            delay = due - time.perf_counter()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            sent.append(time.perf_counter())
+            outbox.put_nowait(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=1)))
+            n += 1
+            if len(done) >= 64:
+                outbox.put_nowait(worker_pb2.WorkRequest(complete=worker_pb2.CompleteRequest(fences=done[:])))
+                done.clear()
+        await asyncio.sleep(0.2)
+        outbox.put_nowait(None)
+        task.cancel()
+    return samples[int(rate * 0.5) :]  # drop the first half second (connection warm-up)
+
+
+def latency(work: Path, rate: int = 1000, seconds: float = 10) -> tuple[float, float, int]:
+    coord = CoordinatorProcess(work / "data-latency", work, extra=["--log-level", "WARNING"]).start()
+    coord.create_job(0, 10**12, 1000)
+    samples = asyncio.run(_latency(coord.target, rate, seconds))
+    coord.stop()
+    samples.sort()
+    return statistics.median(samples) * 1e3, samples[int(len(samples) * 0.99)] * 1e3, len(samples)
+
+
+def expiry(work: Path, ttl: float = 2.0) -> float:
+    """A worker process holding a lease is killed with kill -9; seconds until the leaf is leased again."""
+    coord = CoordinatorProcess(work / "data-expiry", work, extra=["--log-level", "WARNING"]).start()
+    coord.create_job(0, 1000, 1000, lease_ttl=ttl)
+    holder = Proc(
+        [sys.executable, "-c", _HOLDER, coord.target],
+        work / "holder.log",
+    )
+    wait_for(lambda: "leased" in holder.output(), 20, "the holder to take its lease")
+    holder.kill9()
+    died = time.perf_counter()
+    channel = grpc.insecure_channel(coord.target)
+    stub = worker_pb2_grpc.WorkerServiceStub(channel)
+    while True:
+        grant = stub.Lease(worker_pb2.LeaseRequest(count=1, wait_ms=5000), timeout=10)
+        if grant.leases:
+            break
+    took = time.perf_counter() - died
+    channel.close()
+    coord.stop()
+    return took
+
+
+_HOLDER = """
+import sys, grpc
+from parcelo.v1 import worker_pb2, worker_pb2_grpc
+stub = worker_pb2_grpc.WorkerServiceStub(grpc.insecure_channel(sys.argv[1]))
+grant = stub.Lease(worker_pb2.LeaseRequest(count=1, wait_ms=5000))
+# Heartbeat once right away so the TTL runs from (about) the moment of death.
+stub.Heartbeat(worker_pb2.HeartbeatRequest(leases=[worker_pb2.LeaseHeartbeat(fence=grant.leases[0].fence)]))
+print("leased", flush=True)
+import time; time.sleep(3600)
+"""
+
+
+def restart(work: Path, live: int = 100_000) -> tuple[float, float]:
+    """100,000 live leases in the store; kill -9; seconds until the coordinator serves again."""
+    coord = CoordinatorProcess(work / "data-restart", work, extra=["--log-level", "INFO"]).start()
+    coord.create_job(0, live * 10, 10, lease_ttl=600)
+    stub = worker_pb2_grpc.WorkerServiceStub(coord.channel)
+    held = 0
+    while held < live:
+        grant = stub.Lease(worker_pb2.LeaseRequest(count=min(5000, live - held), wait_ms=1000), timeout=30)
+        held += len(grant.leases)
+    # A synced write (a no-op pause/resume pair is enough) makes sure every grant is on disk.
+    job = coord.jobs.ListJobs(jobs_pb2.ListJobsRequest()).jobs[0]
+    coord.jobs.PauseJob(jobs_pb2.PauseJobRequest(job_id=job.id))
+    assert coord.get_job(job.id).stats.active_leases == live
+    coord.kill9()
+    began = time.perf_counter()
+    coord.start()
+    took = time.perf_counter() - began
+    assert coord.get_job(job.id).stats.active_leases == live
+    assert coord.proc is not None
+    ready = [line for line in coord.proc.output().splitlines() if "ready in" in line]
+    inside = float(ready[-1].rsplit("ready in ", 1)[1].split()[0]) if ready else float("nan")
+    coord.stop()
+    return took, inside
+
+
+def machine() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    mem = psutil.virtual_memory().total / 2**30
+    return f"{cpu}, {os.cpu_count()} cores, {mem:.0f} GiB RAM, Linux {platform.release()}, Python {platform.python_version()}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--leaves", type=int, default=200_000, help="leaves of the throughput run")
+    parser.add_argument("--peer-tasks", type=int, default=20_000, help="tasks of each peer run")
+    parser.add_argument("--skip-peers", action="store_true")
+    parser.add_argument("--write", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    args = parser.parse_args()
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="parcelo-bench-") as tmp:
+        work = Path(tmp)
+
+        def report(row: Row) -> None:
+            rows.append(row)
+            mark = {True: "ok", False: "MISSED", None: ""}[row.ok]
+            print(f"{row.name:<48} {row.value:>28}   target {row.target:<18} {mark}", flush=True)
+
+        rate = throughput(work, args.leaves)
+        report(
+            Row(
+                f"1. throughput, {args.leaves:,} leaves, durable",
+                f"{rate:,.0f} leaves/s",
+                ">= 25,000",
+                rate >= 25_000,
+            )
+        )
+        narrow, wide = width(work, args.leaves // 2)
+        ratio = wide / narrow
+        report(Row("2. width [0,1e6*k) vs [0,1e15*k)", f"{narrow:,.0f} vs {wide:,.0f}/s", "", None))
+        report(Row("2. width ratio", f"{ratio:.3f}", "0.9 - 1.1", 0.9 <= ratio <= 1.1))
+        big_rate, rss, size, leaves = big_range(work)
+        report(Row(f"3. [0, 2^62) over {leaves:,} leaves", f"{big_rate:,.0f} leaves/s", "", None))
+        report(Row("3. coordinator peak RSS", f"{rss:,.0f} MB", "< 200 MB", rss < 200))
+        report(Row("3. data dir at the end", f"{size:,.1f} MB", "< 50 MB", size < 50))
+        p50, p99, n = latency(work)
+        report(
+            Row(
+                f"4. lease latency at 1,000/s ({n:,} leases)",
+                f"p50 {p50:.2f} ms, p99 {p99:.2f} ms",
+                "p99 < 5 ms",
+                p99 < 5,
+            )
+        )
+        took = expiry(work)
+        report(Row("5. re-lease after kill -9 (TTL 2 s)", f"{took:.2f} s", "<= 3 s", took <= 3))
+        outside, inside = restart(work)
+        report(
+            Row(
+                "6. restart with 100,000 live leases",
+                f"{outside:.2f} s (load {inside:.2f} s)",
+                "< 2 s",
+                outside < 2,
+            )
+        )
+        if not args.skip_peers:
+            from bench.peers import run_celery, run_huey
+
+            peer_rate = throughput(work, args.peer_tasks)
+            report(Row(f"7. Parcelo, {args.peer_tasks:,} leaves", f"{peer_rate:,.0f} leaves/s", "", None))
+            huey = run_huey(args.peer_tasks, workers=2, workdir=work)
+            report(Row(f"7. Huey (SQLite), {huey.tasks:,} tasks", f"{huey.rate:,.0f} tasks/s", "", None))
+            report(
+                Row(
+                    "7. Parcelo / Huey",
+                    f"{peer_rate / huey.rate:,.1f}x",
+                    ">= 25x",
+                    peer_rate / huey.rate >= 25,
+                )
+            )
+            celery = run_celery(args.peer_tasks, workers=2, workdir=work)
+            report(Row(f"7. Celery (Redis), {celery.tasks:,} tasks", f"{celery.rate:,.0f} tasks/s", "", None))
+            report(
+                Row(
+                    "7. Parcelo / Celery",
+                    f"{peer_rate / celery.rate:,.1f}x",
+                    ">= 50x",
+                    peer_rate / celery.rate >= 50,
+                )
+            )
+    write_report(args.write, rows)
+
+
+def write_report(path: Path, rows: list[Row]) -> None:
+    """Replace the generated table in docs/benchmarks.md, keeping the hand-written analysis below it."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    table = [
+        "<!-- generated by `make bench`: do not edit between these markers -->",
+        f"Last run: {stamp} on {machine()}.",
+        "",
+        "| benchmark | result | target | |",
+        "|---|---|---|---|",
+        *[
+            f"| {r.name} | {r.value} | {r.target} | {'ok' if r.ok else ('MISSED' if r.ok is False else '')} |"
+            for r in rows
+        ],
+        "<!-- end of generated table -->",
+    ]
+    text = (
+        path.read_text()
+        if path.exists()
+        else "# Benchmarks\n\n<!-- generated -->\n<!-- end of generated table -->\n"
+    )
+    head, _, rest = text.partition("<!-- generated")
+    _, _, tail = rest.partition("<!-- end of generated table -->")
+    path.write_text(head + "\n".join(table) + tail)
+    print(f"\nwrote {path}")
+
+
+if __name__ == "__main__":
+    main()
