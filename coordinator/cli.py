@@ -57,6 +57,18 @@ from parcelo import defaults
     help="Seconds in-flight calls get to finish on SIGTERM.",
 )
 @click.option(
+    "--backup-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Where SIGUSR1 writes online backups [default: DATA_DIR-backups beside the data dir].",
+)
+@click.option(
+    "--backup-to",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Do not serve: copy the (stopped) coordinator's data dir to this new folder and exit.",
+)
+@click.option(
     "--log-level",
     default="INFO",
     show_default=True,
@@ -69,6 +81,8 @@ def main(
     heartbeat_interval_ms: int,
     event_retention: int,
     grace: float,
+    backup_dir: Path | None,
+    backup_to: Path | None,
     log_level: str,
 ) -> None:
     """Run a Parcelo coordinator: jobs and leases in RocksDB under DATA_DIR, gRPC on LISTEN."""
@@ -81,6 +95,9 @@ def main(
             err=True,
         )
         sys.exit(2)
+    if backup_to is not None:
+        _offline_backup(data_dir, backup_to)
+        return
     if event_retention < 1:
         raise click.BadParameter("must be at least 1", param_hint="--event-retention")
     config = Config(
@@ -90,6 +107,7 @@ def main(
         heartbeat_interval_ms=heartbeat_interval_ms,
         event_retention=event_retention,
         grace=grace,
+        backup_dir=backup_dir,
     )
     try:
         import uvloop
@@ -102,3 +120,28 @@ def main(
     except OSError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
+
+
+def _offline_backup(data_dir: Path, dest: Path) -> None:
+    from parcelo.coordinator.store import Store
+
+    if not (data_dir / "CURRENT").exists():
+        click.echo(f"error: {data_dir} is not a Parcelo data dir", err=True)
+        sys.exit(1)
+    if dest.exists():
+        click.echo(f"error: {dest} exists; give a new folder", err=True)
+        sys.exit(1)
+    try:
+        store = Store(data_dir)
+    except Exception as err:
+        click.echo(
+            f"error: cannot open {data_dir} ({err}); if the coordinator is running, "
+            "send it SIGUSR1 for an online backup instead",
+            err=True,
+        )
+        sys.exit(1)
+    try:
+        store.backup(dest)
+    finally:
+        store.close()
+    click.echo(f"backup written to {dest}")

@@ -36,6 +36,12 @@ class Config:
     metrics_port: int = 0
     event_retention: int = defaults.EVENT_RETENTION
     grace: float = 10.0
+    backup_dir: Path | None = None
+
+    @property
+    def backups(self) -> Path:
+        """Where SIGUSR1 writes online backups."""
+        return self.backup_dir or self.data_dir.with_name(self.data_dir.name + "-backups")
 
 
 class Coordinator:
@@ -102,6 +108,15 @@ class Coordinator:
             self.dispatcher.poke()
             self.committer.kick()
 
+    async def backup(self) -> Path:
+        """A consistent online copy of the store (RocksDB checkpoint) in a new timestamped folder."""
+        await self.committer.durable()
+        dest = self.config.backups / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.store.backup, dest)
+        log.info("backup written to %s", dest)
+        return dest
+
     async def stop(self) -> None:
         """Stop accepting, let in-flight calls finish, write everything, close the store."""
         await _maybe_await(self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
@@ -131,6 +146,14 @@ async def serve(config: Config) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    backups: set[asyncio.Task[Path]] = set()
+
+    def backup() -> None:
+        task = asyncio.create_task(coordinator.backup())
+        backups.add(task)
+        task.add_done_callback(backups.discard)
+
+    loop.add_signal_handler(signal.SIGUSR1, backup)
     await stop.wait()
     log.info("stopping: finishing in-flight calls and writes")
     await coordinator.stop()

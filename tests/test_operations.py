@@ -1,0 +1,64 @@
+"""Operations: online backup (SIGUSR1), offline backup, health service, metrics."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import urllib.request
+from pathlib import Path
+
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from parcelo.testing import BIN, CoordinatorProcess, free_port, wait_for
+
+pytestmark = pytest.mark.integration
+
+
+def test_online_and_offline_backups_restore_the_jobs(
+    make_coordinator: type[CoordinatorProcess], log_dir: Path, tmp_path: Path
+) -> None:
+    coord = make_coordinator(tmp_path / "data", log_dir).start()
+    coord.create_job(0, 1000, 10, job_id="saved")
+    assert coord.proc is not None
+    os.kill(coord.proc.pid, signal.SIGUSR1)
+    backups = tmp_path / "data-backups"
+    online = wait_for(
+        lambda: [p for p in backups.glob("*") if (p / "CURRENT").exists()], 20, "the online backup"
+    )[0]
+    assert coord.stop() == 0
+
+    offline = tmp_path / "offline"
+    result = subprocess.run(
+        [str(BIN / "parcelo-coordinator"), "--data-dir", str(tmp_path / "data"), "--backup-to", str(offline)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    for copy in (online, offline):
+        restored = make_coordinator(copy, log_dir).start()
+        assert restored.get_job("saved").spec.max_range_size == 10
+        restored.stop()
+
+
+def test_health_and_prometheus_metrics(
+    make_coordinator: type[CoordinatorProcess], log_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    coord = make_coordinator(tmp_path / "data", log_dir, extra=["--metrics-port", str(port)]).start()
+    coord.create_job(0, 100, 10)
+    health = health_pb2_grpc.HealthStub(coord.channel)
+    assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
+
+    def scrape() -> str:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+                return str(response.read().decode())
+        except OSError:
+            return ""
+
+    text = wait_for(lambda: "parcelo_jobs" in scrape() and scrape(), 20, "metrics")
+    assert 'status="pending"' in text
+    assert coord.stop() == 0
