@@ -59,6 +59,10 @@ def test_health_and_prometheus_metrics(
         except OSError:
             return ""
 
-    text = wait_for(lambda: "parcelo_jobs" in scrape() and scrape(), 20, "metrics")
+    def jobs_metric() -> str:
+        text = scrape()
+        return text if "parcelo_jobs" in text else ""
+
+    text = wait_for(jobs_metric, 20, "metrics")
     assert 'status="pending"' in text
     assert coord.stop() == 0
