@@ -1,0 +1,121 @@
+"""What a handler receives: the range to work on and its context."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Range:
+    """A half-open range ``[start, end)`` of ids."""
+
+    start: int
+    end: int
+
+    def __len__(self) -> int:
+        return self.end - self.start
+
+
+class Context:
+    """The context of one attempt at a leaf.
+
+    Attributes:
+        job_id: The job the leaf belongs to.
+        params: The job's JSON params, parsed.
+        attempt: 1 for the first attempt, 2 for the first retry, ...
+        fence: The lease's fencing token (for logs and idempotency keys).
+        leaf: The whole leaf; the handler's range starts at ``cursor``.
+        cursor: Where this attempt starts (``leaf.start`` unless an earlier attempt checkpointed).
+        details: Bytes saved with that checkpoint, or None.
+        cancelled: Set when the handler should stop: the job was cancelled or
+            paused with release, the lease was lost, or the worker is shutting
+            down past its drain timeout. Sync handlers poll it; async handlers
+            are also cancelled.
+    """
+
+    __slots__ = (
+        "_checkpoint",
+        "_end",
+        "_message",
+        "attempt",
+        "cancelled",
+        "cursor",
+        "details",
+        "fence",
+        "job_id",
+        "leaf",
+        "params",
+    )
+
+    def __init__(
+        self,
+        *,
+        job_id: str,
+        params: dict[str, Any],
+        attempt: int,
+        fence: int,
+        leaf: Range,
+        cursor: int,
+        details: bytes | None,
+    ) -> None:
+        self.job_id = job_id
+        self.params = params
+        self.attempt = attempt
+        self.fence = fence
+        self.leaf = leaf
+        self.cursor = cursor
+        self.details = details
+        self.cancelled = threading.Event()
+        self._end = leaf.end
+        # Newest checkpoint not yet sent, and the newest ever (sent with a failure or release).
+        self._checkpoint: tuple[int, bytes] | None = None
+        self._message = ""
+
+    @property
+    def end(self) -> int:
+        """Where the handler should stop; smaller than ``leaf.end`` if the coordinator shrank the leaf."""
+        return self._end
+
+    def checkpoint(self, cursor: int, details: bytes | None = None) -> None:
+        """Record that every id below ``cursor`` is done.
+
+        The next heartbeat carries it (only the newest is sent). If this
+        attempt dies, the next one starts at ``cursor`` and gets ``details``.
+
+        Raises:
+            ValueError: ``cursor`` is outside ``[leaf.start, end]``.
+        """
+        if not self.leaf.start <= cursor <= self._end:
+            raise ValueError(f"cursor {cursor} is outside the leaf [{self.leaf.start}, {self._end}]")
+        self._checkpoint = (cursor, details or b"")
+
+    def progress(self, message: str) -> None:
+        """A free-form progress message, sent with the next heartbeat."""
+        self._message = message
+
+    # -- used by the worker ---------------------------------------------------------------------
+
+    def take_message(self) -> str:
+        message, self._message = self._message, ""
+        return message
+
+    @property
+    def last_checkpoint(self) -> tuple[int, bytes] | None:
+        return self._checkpoint
+
+    def shrink(self, new_end: int) -> None:
+        if self.leaf.start <= new_end < self._end:
+            self._end = new_end
+
+
+class Handler(Protocol):
+    """A handler: ``(range, ctx)``; plain or ``async``. Returning completes the leaf."""
+
+    def __call__(self, range_: Range, ctx: Context, /) -> Any: ...
+
+
+ShouldProcess = Callable[[Range, bool], "bool | Awaitable[bool]"]
+"""Pruning callback: ``(range, is_leaf) -> keep?``; plain or ``async``."""

@@ -1,0 +1,543 @@
+"""The Python worker: pull leases over one stream, run the handler, heartbeat, report in batches.
+
+One asyncio loop per worker process. Sync handlers run in a thread pool of
+``concurrency`` threads; async handlers run as tasks on the loop. Results are
+batched (one message per few milliseconds) and kept until the coordinator
+acknowledges them, so a reconnect after a coordinator restart sends them again.
+See docs/protocol.md for the wire contract this follows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import inspect
+import json
+import logging
+import os
+import random
+import signal
+import socket
+from collections import deque
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
+
+from grpc import aio
+
+from parcelo import defaults
+from parcelo.context import Context, Handler, Range, ShouldProcess
+from parcelo.errors import PermanentError
+from parcelo.v1 import worker_pb2, worker_pb2_grpc
+
+log = logging.getLogger(__name__)
+
+SDK = "parcelo-python/0.1.0"
+MAX_MESSAGE = 4096
+
+
+@dataclass
+class WorkerStats:
+    """What a worker did; handy in tests and logs."""
+
+    completed: int = 0
+    skipped: int = 0
+    failed: int = 0
+    released: int = 0
+    rejected: int = 0
+    dropped: int = 0
+    connects: int = 0
+
+
+@dataclass(eq=False)
+class _Held:
+    """A lease in hand: waiting for a slot, or running."""
+
+    lease: worker_pb2.Lease
+    ctx: Context | None = None
+    task: asyncio.Future[Any] | None = None
+    # Set by directives: report nothing (cancel/lost), or give the lease back (release).
+    dropped: bool = False
+    release: bool = False
+
+
+def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Any:
+    """Reconnect delays: exponential from ``initial`` to ``maximum``, each with ±20% jitter."""
+    delay = initial
+    while True:
+        yield delay * (0.8 + 0.4 * rng.random())
+        delay = min(maximum, delay * 2)
+
+
+@dataclass
+class _Results:
+    """Results waiting to be sent, and those sent but not yet acknowledged (by fence)."""
+
+    complete: list[int] = field(default_factory=list)
+    skipped: list[int] = field(default_factory=list)
+    failures: list[worker_pb2.Failure] = field(default_factory=list)
+    unacked: dict[int, tuple[str, worker_pb2.Failure | None]] = field(default_factory=dict)
+
+    def pending(self) -> int:
+        return len(self.complete) + len(self.skipped) + len(self.failures)
+
+
+class Worker:
+    """A worker that runs ``handler`` on leaves from a coordinator at ``target``.
+
+    Args:
+        target: ``host:port`` of the coordinator.
+        handler: ``(range, ctx)``, plain or async.
+        queues: Queues to take leases from.
+        concurrency: Handlers running at once.
+        prefetch: Leases kept in hand beyond the running ones.
+        should_process: Pruning callback ``(range, is_leaf) -> bool`` for probe leases.
+        worker_id: Name shown to the coordinator (default ``host:pid``).
+        drain_timeout: On stop, how long running handlers get to finish.
+    """
+
+    def __init__(
+        self,
+        target: str,
+        handler: Handler,
+        *,
+        queues: Sequence[str] = (defaults.DEFAULT_QUEUE,),
+        concurrency: int = defaults.WORKER_CONCURRENCY,
+        prefetch: int = defaults.WORKER_PREFETCH,
+        should_process: ShouldProcess | None = None,
+        worker_id: str | None = None,
+        drain_timeout: timedelta = defaults.DRAIN_TIMEOUT,
+    ) -> None:
+        if concurrency < 1:
+            raise ValueError("concurrency must be at least 1")
+        if prefetch < 0:
+            raise ValueError("prefetch must not be negative")
+        self.target = target
+        self.handler = handler
+        self.queues = list(queues) or [defaults.DEFAULT_QUEUE]
+        self.concurrency = concurrency
+        self.prefetch = prefetch
+        self.should_process = should_process
+        self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
+        self.drain_timeout = drain_timeout
+        self.stats = WorkerStats()
+        self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
+            type(handler).__call__
+        )
+        self._held: dict[int, _Held] = {}
+        self._waiting: deque[_Held] = deque()
+        self._running = 0
+        self._params: dict[str, dict[str, Any]] = {}
+        self._results = _Results()
+        self._outstanding = 0  # credit asked for on this stream and not yet granted
+        self._out: asyncio.Queue[worker_pb2.WorkRequest | None] | None = None
+        self._flush_handle: asyncio.TimerHandle | None = None
+        self._stopping = False
+        self._stop_event: asyncio.Event | None = None
+        self._changed: asyncio.Event | None = None
+        self._pool: ThreadPoolExecutor | None = None
+        self._rng = random.Random()
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def run_sync(self) -> None:
+        """Run until SIGTERM or SIGINT, then drain and return."""
+        try:
+            import uvloop
+
+            uvloop.install()
+        except ImportError:
+            pass
+
+        async def main() -> None:
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+            await self.run()
+
+        asyncio.run(main())
+
+    def stop(self) -> None:
+        """Begin a graceful stop: no new leases, running handlers finish (within the drain timeout)."""
+        self._stopping = True
+        if self._stop_event is not None:
+            self._stop_event.set()
+
+    async def run(self) -> None:
+        """Work until :meth:`stop` is called, then drain and return."""
+        self._stop_event = asyncio.Event()
+        self._changed = asyncio.Event()
+        if self._stopping:
+            self._stop_event.set()
+        self._pool = ThreadPoolExecutor(max_workers=self.concurrency, thread_name_prefix="parcelo-handler")
+        connection = asyncio.create_task(self._connect_forever())
+        try:
+            await self._stop_event.wait()
+            log.info(
+                "stopping: giving back %d waiting leases, draining %d running",
+                len(self._waiting),
+                self._running,
+            )
+            self._release_waiting()
+            if not await self._wait_until(lambda: self._running == 0, self.drain_timeout.total_seconds()):
+                log.warning("drain timeout: stopping %d running handlers", self._running)
+                for held in list(self._held.values()):
+                    if held.task is not None and held.ctx is not None:
+                        held.release = True
+                        held.ctx.cancelled.set()
+                        if self._is_async:
+                            held.task.cancel()
+                await self._wait_until(lambda: self._running == 0, 5)
+            self._flush()
+            await self._wait_until(lambda: not self._results.unacked and not self._results.pending(), 10)
+        finally:
+            connection.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await connection
+            self._pool.shutdown(wait=False, cancel_futures=True)
+
+    async def _wait_until(self, predicate: Any, seconds: float) -> bool:
+        assert self._changed is not None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + seconds
+        while not predicate():
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return False
+            self._changed.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+        return True
+
+    def _notify(self) -> None:
+        if self._changed is not None:
+            self._changed.set()
+
+    # -- connection -----------------------------------------------------------------------------
+
+    async def _connect_forever(self) -> None:
+        delays = backoff_delays(
+            defaults.RECONNECT_INITIAL.total_seconds(), defaults.RECONNECT_MAX.total_seconds(), self._rng
+        )
+        while True:
+            try:
+                if await self._session():
+                    delays = backoff_delays(
+                        defaults.RECONNECT_INITIAL.total_seconds(),
+                        defaults.RECONNECT_MAX.total_seconds(),
+                        self._rng,
+                    )
+            except asyncio.CancelledError:
+                raise
+            except aio.AioRpcError as err:
+                log.warning("stream to %s ended: %s %s", self.target, err.code().name, err.details())
+            except Exception:
+                log.exception("stream to %s failed", self.target)
+            finally:
+                self._out = None
+                self._outstanding = 0
+            await asyncio.sleep(next(delays))
+
+    async def _session(self) -> bool:
+        """One stream, from hello until it breaks. Returns whether it got as far as the welcome."""
+        async with aio.insecure_channel(
+            self.target, options=[("grpc.max_receive_message_length", 16 << 20)]
+        ) as channel:
+            call = worker_pb2_grpc.WorkerServiceStub(channel).Work()
+            hello = worker_pb2.Hello(
+                worker_id=self.worker_id, queues=self.queues, capacity=self.concurrency, sdk=SDK
+            )
+            await call.write(worker_pb2.WorkRequest(hello=hello))
+            welcome = await call.read()
+            if welcome is aio.EOF or welcome.WhichOneof("msg") != "welcome":
+                raise ConnectionError("coordinator did not answer hello")
+            self.stats.connects += 1
+            log.info("connected to %s as %s", self.target, self.worker_id)
+            out: asyncio.Queue[worker_pb2.WorkRequest | None] = asyncio.Queue()
+            self._out = out
+            writer = asyncio.create_task(self._write(call, out))
+            beats = asyncio.create_task(self._heartbeats(welcome.welcome.heartbeat_interval_ms))
+            try:
+                self._resend_unacked()
+                self._send_heartbeat()
+                self._ask_for_leases()
+                while True:
+                    msg = await call.read()
+                    if msg is aio.EOF:
+                        return True
+                    self._on_message(msg)
+            finally:
+                writer.cancel()
+                beats.cancel()
+                self._out = None
+
+    async def _write(self, call: Any, out: asyncio.Queue[worker_pb2.WorkRequest | None]) -> None:
+        # The only task that writes to the stream: grpc.aio forbids concurrent writes.
+        while (msg := await out.get()) is not None:
+            await call.write(msg)
+
+    def _send(self, msg: worker_pb2.WorkRequest) -> bool:
+        if self._out is None:
+            return False
+        self._out.put_nowait(msg)
+        return True
+
+    async def _heartbeats(self, interval_ms: int) -> None:
+        while True:
+            interval = interval_ms / 1000 if interval_ms else self._default_interval()
+            await asyncio.sleep(interval)
+            self._send_heartbeat()
+
+    def _default_interval(self) -> float:
+        ttls = [h.lease.ttl_ms for h in self._held.values() if h.lease.ttl_ms]
+        ttl = min(ttls) / 1000 if ttls else defaults.LEASE_TTL.total_seconds()
+        return max(0.05, ttl / defaults.HEARTBEAT_FRACTION)
+
+    def _send_heartbeat(self) -> None:
+        if not self._held:
+            return
+        request = worker_pb2.HeartbeatRequest(worker_id=self.worker_id)
+        for fence, held in self._held.items():
+            beat = request.leases.add(fence=fence)
+            ctx = held.ctx
+            if ctx is not None:
+                checkpoint = ctx.last_checkpoint
+                if checkpoint is not None:
+                    beat.has_checkpoint = True
+                    beat.cursor, beat.details = checkpoint
+                beat.message = ctx.take_message()
+        self._send(worker_pb2.WorkRequest(heartbeat=request))
+
+    # -- messages from the coordinator ----------------------------------------------------------
+
+    def _on_message(self, msg: worker_pb2.WorkResponse) -> None:
+        kind = msg.WhichOneof("msg")
+        if kind == "grant":
+            self._on_grant(msg.grant)
+        elif kind == "heartbeat":
+            self._on_directives(msg.heartbeat)
+        elif kind in ("complete", "fail"):
+            answer = msg.complete if kind == "complete" else msg.fail
+            for fence in answer.accepted:
+                self._results.unacked.pop(fence, None)
+            for rejection in answer.rejected:
+                self._results.unacked.pop(rejection.fence, None)
+                self.stats.rejected += 1
+                log.info("result for lease %d rejected: %s", rejection.fence, rejection.message)
+            self._notify()
+
+    def _on_grant(self, grant: worker_pb2.LeaseGrant) -> None:
+        for info in grant.jobs:
+            try:
+                self._params[info.job_id] = json.loads(info.params_json or "{}")
+            except ValueError:
+                self._params[info.job_id] = {}
+        self._outstanding = max(0, self._outstanding - len(grant.leases))
+        for lease in grant.leases:
+            held = _Held(lease)
+            if self._stopping:
+                self._held[lease.fence] = held
+                self._give_back(held)
+                continue
+            if lease.kind == worker_pb2.LEASE_KIND_PROBE:
+                self._held[lease.fence] = held
+                asyncio.get_running_loop().create_task(self._probe(held))
+            else:
+                self._held[lease.fence] = held
+                self._waiting.append(held)
+        self._pump()
+
+    def _on_directives(self, answer: worker_pb2.HeartbeatResponse) -> None:
+        for directive in answer.directives:
+            held = self._held.get(directive.fence)
+            if held is None or directive.action == worker_pb2.DIRECTIVE_ACTION_CONTINUE:
+                continue
+            action = directive.action
+            if action == worker_pb2.DIRECTIVE_ACTION_SHRINK:
+                if held.ctx is not None:
+                    held.ctx.shrink(directive.new_end)
+                continue
+            if action == worker_pb2.DIRECTIVE_ACTION_RELEASE:
+                held.release = True
+            else:  # CANCEL or LOST: the lease is gone; report nothing.
+                held.dropped = True
+                self.stats.dropped += 1
+            if held.task is None:
+                # Not started yet: forget it (release: give it back at once).
+                with contextlib.suppress(ValueError):
+                    self._waiting.remove(held)
+                if held.release and not held.dropped:
+                    self._give_back(held)
+                else:
+                    self._held.pop(directive.fence, None)
+            elif held.ctx is not None:
+                held.ctx.cancelled.set()
+                if self._is_async:
+                    held.task.cancel()
+        self._ask_for_leases()
+
+    # -- running --------------------------------------------------------------------------------
+
+    def _pump(self) -> None:
+        while self._waiting and self._running < self.concurrency and not self._stopping:
+            held = self._waiting.popleft()
+            lease = held.lease
+            held.ctx = Context(
+                job_id=lease.job_id,
+                params=self._params.get(lease.job_id, {}),
+                attempt=lease.attempt,
+                fence=lease.fence,
+                leaf=Range(lease.start, lease.end),
+                cursor=lease.cursor or lease.start,
+                details=lease.details or None,
+            )
+            self._running += 1
+            held.task = asyncio.get_running_loop().create_task(self._run(held))
+        self._ask_for_leases()
+
+    async def _run(self, held: _Held) -> None:
+        ctx = held.ctx
+        assert ctx is not None
+        range_ = Range(ctx.cursor, ctx.leaf.end)
+        error: BaseException | None = None
+        try:
+            if self._is_async:
+                await self.handler(range_, ctx)
+            else:
+                assert self._pool is not None
+                await asyncio.get_running_loop().run_in_executor(self._pool, self.handler, range_, ctx)
+        except asyncio.CancelledError:
+            error = None if (held.dropped or held.release) else asyncio.CancelledError()
+        except Exception as err:
+            error = err
+        finally:
+            self._running -= 1
+        self._finish(held, error)
+        self._notify()
+        self._pump()
+
+    async def _probe(self, held: _Held) -> None:
+        lease = held.lease
+        keep: Any = True
+        try:
+            if self.should_process is not None:
+                keep = self.should_process(Range(lease.start, lease.end), lease.is_leaf)
+                if inspect.isawaitable(keep):
+                    keep = await keep
+        except Exception as err:
+            self._finish(held, err)
+            return
+        held.ctx = None
+        self._finish(held, None, skip=not keep)
+
+    def _finish(self, held: _Held, error: BaseException | None, *, skip: bool = False) -> None:
+        fence = held.lease.fence
+        if self._held.pop(fence, None) is None or held.dropped:
+            return
+        checkpoint = held.ctx.last_checkpoint if held.ctx is not None else None
+        if held.release:
+            self._give_back(held, checkpoint)
+            return
+        results = self._results
+        if error is None:
+            if skip:
+                results.skipped.append(fence)
+                results.unacked[fence] = ("skip", None)
+                self.stats.skipped += 1
+            else:
+                results.complete.append(fence)
+                results.unacked[fence] = ("complete", None)
+                self.stats.completed += 1
+        else:
+            retryable = not isinstance(error, PermanentError)
+            failure = worker_pb2.Failure(
+                fence=fence, retryable=retryable, message=f"{type(error).__name__}: {error}"[:MAX_MESSAGE]
+            )
+            if checkpoint is not None:
+                failure.has_checkpoint = True
+                failure.cursor, failure.details = checkpoint
+            results.failures.append(failure)
+            results.unacked[fence] = ("fail", failure)
+            self.stats.failed += 1
+            log.info(
+                "leaf [%d, %d) of %s failed: %s",
+                held.lease.start,
+                held.lease.end,
+                held.lease.job_id,
+                failure.message,
+            )
+        self._schedule_flush()
+
+    def _give_back(self, held: _Held, checkpoint: tuple[int, bytes] | None = None) -> None:
+        self._held.pop(held.lease.fence, None)
+        failure = worker_pb2.Failure(
+            fence=held.lease.fence, retryable=True, released=True, message="released"
+        )
+        if checkpoint is not None:
+            failure.has_checkpoint = True
+            failure.cursor, failure.details = checkpoint
+        self._results.failures.append(failure)
+        self._results.unacked[failure.fence] = ("fail", failure)
+        self.stats.released += 1
+        self._schedule_flush()
+
+    def _release_waiting(self) -> None:
+        while self._waiting:
+            self._give_back(self._waiting.popleft())
+        self._flush()
+
+    # -- sending results and asking for more ----------------------------------------------------
+
+    def _schedule_flush(self) -> None:
+        if self._results.pending() >= defaults.COMPLETION_BATCH:
+            self._flush()
+        elif self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_later(
+                defaults.COMPLETION_FLUSH.total_seconds(), self._flush
+            )
+
+    def _flush(self) -> None:
+        if self._flush_handle is not None:
+            self._flush_handle.cancel()
+            self._flush_handle = None
+        results = self._results
+        if self._out is None or not results.pending():
+            return  # kept in unacked; sent again on reconnect
+        if results.complete or results.skipped:
+            self._send(
+                worker_pb2.WorkRequest(
+                    complete=worker_pb2.CompleteRequest(
+                        fences=results.complete, skipped=results.skipped, worker_id=self.worker_id
+                    )
+                )
+            )
+            results.complete, results.skipped = [], []
+        if results.failures:
+            self._send(
+                worker_pb2.WorkRequest(
+                    fail=worker_pb2.FailRequest(failures=results.failures, worker_id=self.worker_id)
+                )
+            )
+            results.failures = []
+
+    def _resend_unacked(self) -> None:
+        results = self._results
+        results.complete, results.skipped, results.failures = [], [], []
+        for fence, (kind, failure) in results.unacked.items():
+            if kind == "complete":
+                results.complete.append(fence)
+            elif kind == "skip":
+                results.skipped.append(fence)
+            elif failure is not None:
+                results.failures.append(failure)
+        self._flush()
+
+    def _ask_for_leases(self) -> None:
+        if self._stopping or self._out is None:
+            return
+        want = self.concurrency + self.prefetch - len(self._held) - self._outstanding
+        if want >= max(1, self.prefetch // 4) or (want > 0 and not self._held and not self._outstanding):
+            self._outstanding += want
+            self._send(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=want)))

@@ -1,0 +1,102 @@
+"""``parcelo-worker``: run a handler on leases from a coordinator."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from datetime import timedelta
+
+import click
+
+from parcelo import defaults
+from parcelo.errors import ConfigError
+from parcelo.handlers import load, module_should_process
+from parcelo.worker import Worker
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--target",
+    envvar="PARCELO_TARGET",
+    default=defaults.DEFAULT_TARGET,
+    show_default=True,
+    help="Coordinator host:port (env PARCELO_TARGET).",
+)
+@click.option("--handler", "handler_spec", required=True, help="The handler, as module:function.")
+@click.option(
+    "--should-process",
+    "should_spec",
+    default=None,
+    help="Pruning callback module:function [default: the handler module's should_process, if any].",
+)
+@click.option(
+    "--queue", "queues", multiple=True, help="Queue to take leases from (repeatable) [default: default]."
+)
+@click.option(
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=defaults.WORKER_CONCURRENCY,
+    show_default=True,
+    help="Handlers running at once.",
+)
+@click.option(
+    "--prefetch",
+    type=click.IntRange(min=0),
+    default=defaults.WORKER_PREFETCH,
+    show_default=True,
+    help="Leases kept in hand beyond the running ones.",
+)
+@click.option(
+    "--drain-timeout",
+    type=click.FloatRange(min=0),
+    default=defaults.DRAIN_TIMEOUT.total_seconds(),
+    show_default=True,
+    metavar="SECONDS",
+    help="On SIGTERM, how long running handlers get to finish.",
+)
+@click.option("--worker-id", default=None, help="Name shown to the coordinator [default: host:pid].")
+@click.option(
+    "--log-level",
+    default="INFO",
+    show_default=True,
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+)
+def main(
+    target: str,
+    handler_spec: str,
+    should_spec: str | None,
+    queues: tuple[str, ...],
+    concurrency: int,
+    prefetch: int,
+    drain_timeout: float,
+    worker_id: str | None,
+    log_level: str,
+) -> None:
+    """Pull leases from the coordinator at TARGET and run HANDLER on them until SIGTERM."""
+    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        handler = load(handler_spec)
+        should = load(should_spec) if should_spec else module_should_process(handler_spec)
+    except ConfigError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
+    worker = Worker(
+        target,
+        handler,
+        queues=queues or (defaults.DEFAULT_QUEUE,),
+        concurrency=concurrency,
+        prefetch=prefetch,
+        should_process=should,
+        worker_id=worker_id,
+        drain_timeout=timedelta(seconds=drain_timeout),
+    )
+    worker.run_sync()
+    s = worker.stats
+    logging.getLogger(__name__).info(
+        "stopped: %d completed, %d skipped, %d failed, %d released, %d rejected",
+        s.completed,
+        s.skipped,
+        s.failed,
+        s.released,
+        s.rejected,
+    )
