@@ -131,7 +131,7 @@ class Core:
 
     def _splitter(self, job: JobState) -> Callable[[Node], None]:
         def on_split(node: Node) -> None:
-            self.events.append(job.id, EventType.NODE_SPLIT, self._now, start=node.start, end=node.end)
+            self.events.append(job.id, EventType.NODE_SPLIT, self._now, node.start, node.end)
 
         return on_split
 
@@ -344,13 +344,13 @@ class Core:
             tree = job.tree
             if skip:
                 finished = tree.skip(node)
-                self.events.append(job.id, EventType.NODE_SKIPPED, now, start=node.start, end=node.end)
+                self.events.append(job.id, EventType.NODE_SKIPPED, now, node.start, node.end)
             else:
                 finished = tree.complete(node)
                 if was_probe:
                     self.new_work = True
                 else:
-                    self.events.append(job.id, EventType.NODE_COMPLETED, now, start=node.start, end=node.end)
+                    self.events.append(job.id, EventType.NODE_COMPLETED, now, node.start, node.end)
             self._touch(job)
             if finished:
                 self._finish(job, now)
@@ -496,18 +496,19 @@ class Core:
         batch = store.Batch(ranges=self._deleted_ranges)
         self._deleted_ranges = []
         ops = batch.ops
-        node_key = store.node_key
+        suffix = store.node_suffix
         encode = store.encode_node
         for job_id in self._dirty_jobs:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
             tree = job.tree
+            prefix = store.node_prefix(job_id)
             for start, end in tree.deleted:
-                ops.append((node_key(job_id, start, end), None))
+                ops.append((prefix + suffix(start, end), None))
             tree.deleted.clear()
             for node in tree.dirty:
-                ops.append((node_key(job_id, node.start, node.end), encode(node)))
+                ops.append((prefix + suffix(node.start, node.end), encode(node)))
                 node.persisted = True
             tree.dirty.clear()
             ops.append((store.job_key(job_id), job_to_proto(job, self.stats(job)).SerializeToString()))

@@ -24,6 +24,7 @@ MEMORY_WINDOW = 2048
 
 _HEAD = struct.Struct(">QBdQQI")
 _LEN = struct.Struct(">I")
+_FRAMED_PLAIN = struct.Struct(">IQBdQQIB")
 _STATS = struct.Struct(">12Q")
 
 
@@ -83,6 +84,15 @@ class Event:
         stats = _STATS.pack(*self.stats) if self.stats else b""
         return head + bytes([len(stats)]) + stats + self.message.encode()
 
+    def framed(self) -> bytes:
+        """``encode()`` with its length in front; one pack for the common node event."""
+        if self.stats is None and not self.message:
+            return _FRAMED_PLAIN.pack(
+                _HEAD.size + 1, self.seq, self.type, self.time, self.start, self.end, self.attempt, 0
+            )
+        data = self.encode()
+        return _LEN.pack(len(data)) + data
+
     @classmethod
     def decode(cls, job_id: str, data: bytes) -> Event:
         seq, type_, time, start, end, attempt = _HEAD.unpack_from(data)
@@ -135,12 +145,7 @@ def stats_to_proto(stats: Stats, out: types_pb2.JobStats) -> None:
 
 def encode_segment(events: list[Event]) -> bytes:
     """Length-prefixed encoded events, as one store value."""
-    parts = []
-    for event in events:
-        data = event.encode()
-        parts.append(_LEN.pack(len(data)))
-        parts.append(data)
-    return b"".join(parts)
+    return b"".join([event.framed() for event in events])
 
 
 def decode_segment(job_id: str, blob: bytes) -> list[Event]:
@@ -194,22 +199,34 @@ class EventLog:
         self._unwritten = {}
         return written, expired
 
-    def append(self, event_job: str, type_: EventType, now: float, **fields: object) -> Event:
-        """Number, remember and publish a new event."""
-        seq = self._seq.get(event_job, 0) + 1
-        self._seq[event_job] = seq
-        event = Event(event_job, seq, type_, now, **fields)  # type: ignore[arg-type]
-        recent = self._recent.get(event_job)
+    def append(
+        self,
+        job_id: str,
+        type_: EventType,
+        now: float,
+        start: int = 0,
+        end: int = 0,
+        attempt: int = 0,
+        message: str = "",
+        stats: Stats | None = None,
+    ) -> Event:
+        """Number, remember and publish a new event (on the lease hot path: keep it lean)."""
+        seq = self._seq.get(job_id, 0) + 1
+        self._seq[job_id] = seq
+        event = Event(job_id, seq, type_, now, start, end, attempt, message, stats)
+        recent = self._recent.get(job_id)
         if recent is None:
-            recent = self._recent[event_job] = deque(maxlen=MEMORY_WINDOW)
+            recent = self._recent[job_id] = deque(maxlen=MEMORY_WINDOW)
         recent.append(event)
-        pending = self._unwritten.get(event_job)
+        pending = self._unwritten.get(job_id)
         if pending is None:
-            self._unwritten[event_job] = [event]
+            self._unwritten[job_id] = [event]
         else:
             pending.append(event)
-        for listener in tuple(self._listeners.get(event_job, ())):
-            listener(event)
+        listeners = self._listeners.get(job_id)
+        if listeners:
+            for listener in tuple(listeners):
+                listener(event)
         return event
 
     def last_seq(self, job_id: str) -> int:

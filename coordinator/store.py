@@ -64,6 +64,11 @@ def node_key(job_id: str, start: int, end: int) -> bytes:
     return node_prefix(job_id) + _SPAN.pack(start, _MAX - end)
 
 
+def node_suffix(start: int, end: int) -> bytes:
+    """The part of a node key after ``node_prefix`` (callers writing many nodes reuse the prefix)."""
+    return _SPAN.pack(start, _MAX - end)
+
+
 def event_prefix(job_id: str) -> bytes:
     return b"E" + job_id.encode() + b"\x00"
 

@@ -45,28 +45,36 @@ class Node:
     """
 
     __slots__ = (
+        "__dict__",
         "attempts",
-        "cursor",
         "depth",
-        "details",
         "end",
         "expires_at",
         "fence",
         "is_leaf",
-        "last_error",
         "left",
-        "message",
-        "not_before",
         "parent",
         "persisted",
-        "probe",
         "probed",
         "queued",
         "right",
         "start",
         "status",
-        "timeout_at",
     )
+
+    # Rarely set: class defaults, so creating a node (twice per leaf) does not pay for them;
+    # the instance __dict__ only appears for the few nodes that set one.
+    # Whether the current lease is a probe rather than a leaf run.
+    probe = False
+    # Checkpoint: first id not yet done (0 when none was reported), and its details.
+    cursor = 0
+    details = b""
+    last_error = ""
+    message = ""
+    # Retry backoff: not leased again before this time.
+    not_before = 0.0
+    # Leaf timeout of the current lease (0: none).
+    timeout_at = 0.0
 
     def __init__(
         self, start: int, end: int, depth: int, parent: Node | None, is_leaf: bool, probed: bool
@@ -81,18 +89,9 @@ class Node:
         self.right: Node | None = None
         # Pruning: whether should_process already said yes for this node.
         self.probed = probed
-        # Whether the current lease is a probe rather than a leaf run.
-        self.probe = False
         self.attempts = 0
         self.fence = 0
-        # Checkpoint: first id not yet done (0 when none was reported).
-        self.cursor = 0
-        self.details = b""
-        self.last_error = ""
-        self.message = ""
-        self.not_before = 0.0
         self.expires_at = 0.0
-        self.timeout_at = 0.0
         # Whether a record of this node may exist in the store (a delete is needed when it goes).
         self.persisted = False
         # Whether an entry for this node sits in the pending heap.
@@ -215,11 +214,15 @@ class RangeTree:
         heapq.heappop(self._heap)
         node.queued = False
         node.status = Status.RUNNING
-        node.probe = not node.probed
+        if not node.probed:
+            node.probe = True
+        elif node.probe:
+            node.probe = False
         node.fence = fence
         node.attempts += 1
         node.expires_at = now + ttl
-        node.timeout_at = now + timeout if timeout > 0 else 0.0
+        if timeout > 0:
+            node.timeout_at = now + timeout
         self.pending_nodes -= 1
         self.running_nodes += 1
         self.active_leases += 1
