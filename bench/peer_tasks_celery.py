@@ -15,7 +15,7 @@ app.conf.update(
 _counter = redis.Redis.from_url(BROKER)
 
 
-@app.task(name="chunk")
+@app.task(name="chunk")  # type: ignore[untyped-decorator]
 def chunk(start: int, end: int) -> None:
     """Do nothing but count itself done (INCR), so the benchmark knows when all ran."""
     _counter.incr("parcelo-bench-done")
