@@ -49,7 +49,9 @@ def generate(out_dir: Path) -> list[Path]:
             shutil.copyfile(src, dst)
             written.append(dst)
         init = out_dir / "__init__.py"
-        init.write_text('"""Generated protobuf and gRPC stubs of parcelo.v1 (do not edit; run make proto)."""\n')
+        init.write_text(
+            '"""Generated protobuf and gRPC stubs of parcelo.v1 (do not edit; run make proto)."""\n'
+        )
         written.append(init)
         return written
 
