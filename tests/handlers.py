@@ -55,3 +55,34 @@ async def async_watch_cancel(range_: Any, ctx: Any) -> None:
     except asyncio.CancelledError:
         _log("cancelled", range_, ctx)
         raise
+
+
+def keep_multiples(range_: Any, is_leaf: bool) -> bool:
+    """The seed's pruning rule: keep ranges that contain a multiple of 10,000."""
+    return bool((range_.end - 1) // 10_000 >= (range_.start + 9_999) // 10_000)
+
+
+def flaky(range_: Any, ctx: Any) -> None:
+    """Fail the first attempt of every leaf; fail permanently on the leaf at params['bad_start']
+    until the file params['fixed'] exists."""
+    from parcelo import PermanentError
+
+    _log("run", range_, ctx)
+    if range_.start == ctx.params.get("bad_start") and not os.path.exists(ctx.params["fixed"]):
+        raise PermanentError("bad record")
+    if ctx.attempt == 1:
+        raise RuntimeError("transient")
+
+
+def checkpoint_then_stall(range_: Any, ctx: Any) -> None:
+    """Attempt 1 checkpoints halfway with details, then hangs; later attempts log where they start."""
+    _log("run", range_, ctx)
+    path = os.environ["PARCELO_TEST_LOG"]
+    if ctx.attempt == 1:
+        half = range_.start + (range_.end - range_.start) // 2
+        ctx.checkpoint(half, b"half-done")
+        time.sleep(1.5)  # several heartbeats carry the checkpoint
+        _log("checkpointed", range_, ctx)
+        time.sleep(3600)
+    with open(path, "a") as f:
+        f.write(f"resumed {range_.start} {range_.end} {ctx.attempt} {ctx.details!r}\n")

@@ -285,10 +285,15 @@ class Worker:
         return True
 
     async def _heartbeats(self, interval_ms: int) -> None:
+        loop = asyncio.get_running_loop()
+        last = loop.time()
         while True:
+            # Re-evaluated often: the interval follows the TTL of the leases held right now.
             interval = interval_ms / 1000 if interval_ms else self._default_interval()
-            await asyncio.sleep(interval)
-            self._send_heartbeat()
+            await asyncio.sleep(min(interval, 0.1))
+            if loop.time() - last >= interval:
+                last = loop.time()
+                self._send_heartbeat()
 
     def _default_interval(self) -> float:
         ttls = [h.lease.ttl_ms for h in self._held.values() if h.lease.ttl_ms]
