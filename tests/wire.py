@@ -51,6 +51,10 @@ class RawWorker:
             if msg.WhichOneof("msg") == kind:
                 return msg
 
+    def send(self, msg: worker_pb2.WorkRequest) -> None:
+        """Queue a request without waiting for its answer (to pipeline)."""
+        self._out.put(msg)
+
     def lease(self, count: int, timeout: float = 10) -> list[worker_pb2.Lease]:
         """Ask for ``count`` leases and collect grants until that many arrived."""
         self._out.put(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=count)))
