@@ -53,11 +53,12 @@ def test_a_2_pow_62_wide_job_keeps_a_bounded_number_of_stored_nodes(
     done = coord.wait_status(job.id, {types_pb2.JOB_STATUS_COMPLETED}, timeout=120)
     assert done.stats.total_nodes == 2 * 16_384 - 1 and done.stats.range_processed == 1 << 62
     assert coord.stop() == 0
-    # Mid-run: the leases in flight (2 workers x 72), the finished leaves and the inner nodes of the
-    # window they span (each at most as many again), and the frontier (2 x depth); never the 32,767 nodes.
+    # Mid-run: the leases in flight (2 workers x 72) plus the finished leaves and inner nodes of the
+    # window they span, and the frontier (2 x depth). The window can be a few times the leases in flight
+    # (one worker's prefetched leaves wait while the other's finish), never the job: 32,767 nodes.
     in_flight = 2 * 72
     mid = stored_nodes(snapshot, job.id)
-    assert 0 < mid <= 4 * in_flight + 2 * 15, mid
+    assert 0 < mid <= 6 * in_flight + 2 * 15, mid
     assert stored_nodes(data, job.id) == 1  # finished: everything collapsed into the root
 
 
