@@ -93,13 +93,15 @@ def throughput(work: Path, leaves: int) -> float:
     return leaves / seconds
 
 
-def width(work: Path, leaves: int) -> tuple[float, float]:
-    # Leaves of equal count: widths 10^6·k and 10^15·k give max_range_size 10^6·k/leaves etc.
-    narrow_s, c1, _ = run_job(work, 0, 10**6 * leaves, 10**6)
+def width(work: Path) -> tuple[float, float, int]:
+    """The same 131,072 leaves over [0, 10^6 * k) and over [0, 10^15 * k), k = 2^14 (8 leaves per 10^6 or 10^15)."""
+    k = 1 << 14
+    leaves = 8 * k
+    narrow_s, c1, _ = run_job(work, 0, 10**6 * k, 10**6 // 8)
     c1.stop()
-    wide_s, c2, _ = run_job(work, 0, 10**15 * leaves, 10**15)
+    wide_s, c2, _ = run_job(work, 0, 10**15 * k, 10**15 // 8)
     c2.stop()
-    return leaves / narrow_s, leaves / wide_s
+    return leaves / narrow_s, leaves / wide_s, leaves
 
 
 def big_range(work: Path) -> tuple[float, float, float, int]:
@@ -283,9 +285,16 @@ def main() -> None:
                 rate >= 25_000,
             )
         )
-        narrow, wide = width(work, args.leaves // 2)
+        narrow, wide, n = width(work)
         ratio = wide / narrow
-        report(Row("2. width [0,1e6*k) vs [0,1e15*k)", f"{narrow:,.0f} vs {wide:,.0f}/s", "", None))
+        report(
+            Row(
+                f"2. width, {n:,} leaves: [0,1e6*k) vs [0,1e15*k)",
+                f"{narrow:,.0f} vs {wide:,.0f}/s",
+                "",
+                None,
+            )
+        )
         report(Row("2. width ratio", f"{ratio:.3f}", "0.9 - 1.1", 0.9 <= ratio <= 1.1))
         big_rate, rss, size, leaves = big_range(work)
         report(Row(f"3. [0, 2^62) over {leaves:,} leaves", f"{big_rate:,.0f} leaves/s", "", None))

@@ -148,14 +148,16 @@ class RangeTree:
         # Leaves that held a lease when the tree was restored (see ``restore``).
         self.restored_leases: list[Node] = []
         self.root = self._new_node(start, end, 0, None)
+        self.dirty.add(self.root)
 
     # -- construction ---------------------------------------------------------------------------
 
     def _new_node(self, start: int, end: int, depth: int, parent: Node | None) -> Node:
+        # A fresh pending child is not written: it is implied by its split parent, and ``restore``
+        # recreates it. Most nodes are created and finished between two commits and never written.
         node = Node(start, end, depth, parent, end - start <= self.max_range_size, not self.pruning)
         self.total_nodes += 1
         self.pending_nodes += 1
-        self.dirty.add(node)
         self._push(node)
         return node
 
@@ -203,7 +205,10 @@ class RangeTree:
         node.status = Status.RUNNING
         self.pending_nodes -= 1
         self.running_nodes += 1
-        self._mark(node)
+        # A split node is implied by its written descendants (``restore`` recreates it), so it is
+        # written only to overwrite a record it already has.
+        if node.persisted:
+            self._mark(node)
         node.left = self._new_node(node.start, mid, node.depth + 1, node)
         node.right = self._new_node(mid, node.end, node.depth + 1, node)
         if self.on_split is not None:
@@ -379,6 +384,13 @@ class RangeTree:
     def finished(self) -> bool:
         return self.root.status in TERMINAL
 
+    @staticmethod
+    def _implied(start: int, end: int, depth: int, parent: Node | None, max_range_size: int) -> Node:
+        """A split node that was never written: running, already past its probe."""
+        node = Node(start, end, depth, parent, end - start <= max_range_size, True)
+        node.status = Status.RUNNING
+        return node
+
     @classmethod
     def restore(
         cls,
@@ -411,26 +423,65 @@ class RangeTree:
         # Pre-order (start ascending, wider first) lets a stack find each node's parent;
         # the store's key order already is pre-order, so this sort is a cheap check.
         nodes.sort(key=lambda n: (n.start, -n.end))
-        stack: list[Node] = []
-        root: Node | None = None
         for node in nodes:
             node.persisted = True
-            while stack and not (stack[-1].start <= node.start and node.end <= stack[-1].end):
+        implied: list[Node] = []
+        if nodes and (nodes[0].start, nodes[0].end) == (start, end):
+            root = nodes[0]
+        elif nodes:
+            root = cls._implied(start, end, 0, None, max_range_size)
+            implied.append(root)
+        else:
+            raise ValueError(f"stored tree has no node of [{start}, {end})")
+        # Pre-order lets a stack find each node's parent. Split nodes on the way that were never
+        # written (see ``_split``) are recreated, and so are the fresh pending children of split
+        # nodes (see ``_new_node``).
+        stack = [root]
+        for node in nodes:
+            if node is root:
+                continue
+            while not (stack[-1].start <= node.start and node.end <= stack[-1].end):
                 stack.pop()
-            parent = stack[-1] if stack else None
-            node.parent = parent
-            if parent is None:
-                root = node
-            elif node.start == parent.start:
-                parent.left = node
-            else:
-                parent.right = node
-            stack.append(node)
-        if root is None or (root.start, root.end) != (start, end):
-            raise ValueError(f"stored tree has no root [{start}, {end})")
+            parent = stack[-1]
+            while True:
+                mid = split_point(parent.start, parent.end)
+                left = node.end <= mid
+                span = (parent.start, mid) if left else (mid, parent.end)
+                child = parent.left if left else parent.right
+                if span == (node.start, node.end):
+                    child = node
+                elif child is None:
+                    child = cls._implied(span[0], span[1], parent.depth + 1, parent, max_range_size)
+                    implied.append(child)
+                child.parent = parent
+                if left:
+                    parent.left = child
+                else:
+                    parent.right = child
+                stack.append(child)
+                if child is node:
+                    break
+                parent = child
         tree.root = root
         tree.active_leases = 0
         tree.restored_leases = []
+        nodes.extend(implied)
+        fresh = []
+        for node in nodes:
+            if not node.is_leaf and node.status is Status.RUNNING and not node.fence:
+                mid = split_point(node.start, node.end)
+                if node.left is None:
+                    node.left = Node(
+                        node.start, mid, node.depth + 1, node, mid - node.start <= max_range_size, not pruning
+                    )
+                    fresh.append(node.left)
+                if node.right is None:
+                    node.right = Node(
+                        mid, node.end, node.depth + 1, node, node.end - mid <= max_range_size, not pruning
+                    )
+                    fresh.append(node.right)
+        implied = fresh
+        nodes.extend(implied)
         for node in nodes:
             if node.status is Status.PENDING:
                 if node.not_before > 0:

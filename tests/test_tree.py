@@ -159,7 +159,9 @@ def test_restore_from_records_continues_the_job() -> None:
     leased = lease_all(tree, limit=10)
     for node in leased[:5]:
         tree.complete(node)
-    records = [(n.start, n.end, encode_node(n)) for n in tree.walk()]
+    # What the store holds: the nodes written so far (fresh pending children never are).
+    records = [(n.start, n.end, encode_node(n)) for n in tree.dirty]
+    assert len(records) < len(list(tree.walk()))
     counters = {
         name: getattr(tree, name)
         for name in (
@@ -183,4 +185,51 @@ def test_restore_from_records_continues_the_job() -> None:
     for node in running + lease_all(back):
         back.complete(node)
     assert back.root.status is Status.DONE and back.range_processed == 10_000
+    check_counters(back)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    st.integers(min_value=2, max_value=3000),
+    st.integers(min_value=1, max_value=200),
+    st.randoms(use_true_random=False),
+)
+def test_restore_at_any_point_rebuilds_implied_nodes(width: int, max_size: int, rnd: random.Random) -> None:
+    tree = RangeTree(0, width, max_size)
+    stored: dict[tuple[int, int], bytes] = {}
+
+    def commit() -> None:
+        # What the committer does: write dirty nodes, delete dropped ones.
+        for key in tree.deleted:
+            stored.pop(key, None)
+        tree.deleted.clear()
+        for node in tree.dirty:
+            stored[(node.start, node.end)] = encode_node(node)
+            node.persisted = True
+        tree.dirty.clear()
+
+    held = lease_all(tree, limit=rnd.randint(1, 30))
+    rnd.shuffle(held)
+    for node in held[: rnd.randint(0, len(held))]:
+        tree.complete(node)
+        if rnd.random() < 0.3:
+            commit()
+    commit()
+    counters = {
+        name: getattr(tree, name)
+        for name in (
+            "total_nodes",
+            "pending_nodes",
+            "running_nodes",
+            "done_nodes",
+            "skipped_nodes",
+            "error_nodes",
+        )
+    } | {"range_processed": tree.range_processed, "range_skipped": 0, "failed_attempts": 0}
+    nodes = [decode_node(s, e, d) for (s, e), d in stored.items()]
+    back = RangeTree.restore(0, width, max_size, pruning=False, nodes=nodes, counters=counters)
+    assert sorted(n.key for n in back.walk()) == sorted(n.key for n in tree.walk())
+    for node in list(back.restored_leases) + lease_all(back):
+        back.complete(node)
+    assert back.root.status is Status.DONE and back.range_processed == width
     check_counters(back)
