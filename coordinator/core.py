@@ -10,7 +10,7 @@ from __future__ import annotations
 import bisect
 import random
 import uuid
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
 
@@ -121,19 +121,12 @@ class Core:
 
     def _add(self, job: JobState) -> None:
         self.jobs[job.id] = job
-        job.tree.on_split = self._splitter(job)
         if job.spec.request_id:
             self._requests[job.spec.request_id] = job.id
         self._order = max(self._order, job.order)
         if job.status in LEASABLE:
             self._enqueue(job)
         self._dirty_jobs.add(job.id)
-
-    def _splitter(self, job: JobState) -> Callable[[Node], None]:
-        def on_split(node: Node) -> None:
-            self.events.append(job.id, EventType.NODE_SPLIT, self._now, node.start, node.end)
-
-        return on_split
 
     def _enqueue(self, job: JobState) -> None:
         jobs = self._queues.setdefault(job.queue, [])
@@ -288,26 +281,27 @@ class Core:
                     job.status = JobStatus.RUNNING
                     job.started_at = now
                     self._event(job, EventType.JOB_STARTED, now)
+                started: list[tuple[int, int, int]] = []
+                allocate = self.fences.allocate
+                add = self.leases.add
+                ttl, timeout = job.lease_ttl, job.leaf_timeout
                 while len(out) < count:
                     node = tree.next_work(now)
                     if node is None:
                         break
-                    fence = self.fences.allocate()
+                    fence = allocate()
                     if fence is None:
                         break
-                    tree.lease(node, fence, now, job.lease_ttl, job.leaf_timeout)
-                    self.leases.add(job.id, node)
+                    tree.lease(node, fence, now, ttl, timeout)
+                    add(job.id, node)
                     out.append((job, node))
                     if not node.probe:
-                        self.events.append(
-                            job.id,
-                            EventType.NODE_STARTED,
-                            now,
-                            start=node.start,
-                            end=node.end,
-                            attempt=node.attempts,
-                        )
+                        started.append((node.start, node.end, node.attempts))
+                if tree.splits:
+                    self.events.append_nodes(job.id, EventType.NODE_SPLIT, now, tree.splits)
+                    tree.splits = []
                 if len(out) > before:
+                    self.events.append_nodes(job.id, EventType.NODE_STARTED, now, started)
                     self._touch(job)
         return out
 
@@ -334,12 +328,21 @@ class Core:
         self._now = now
         accepted: list[int] = []
         rejected: list[Rejection] = []
+        # NODE_COMPLETED events are batched per run of fences of the same job.
+        batch_job: JobState | None = None
+        done: list[tuple[int, int, int]] = []
         for fence, skip in [(f, False) for f in fences] + [(f, True) for f in skipped]:
             taken = self._take(fence)
             if len(taken) == 3:
                 rejected.append(taken)
                 continue
             job, node = taken
+            if job is not batch_job:
+                if batch_job is not None:
+                    self.events.append_nodes(batch_job.id, EventType.NODE_COMPLETED, now, done)
+                    done = []
+                batch_job = job
+                self._touch(job)
             was_probe = node.probe
             tree = job.tree
             if skip:
@@ -350,11 +353,14 @@ class Core:
                 if was_probe:
                     self.new_work = True
                 else:
-                    self.events.append(job.id, EventType.NODE_COMPLETED, now, node.start, node.end)
-            self._touch(job)
+                    done.append((node.start, node.end, 0))
             if finished:
+                self.events.append_nodes(job.id, EventType.NODE_COMPLETED, now, done)
+                done = []
                 self._finish(job, now)
             accepted.append(fence)
+        if batch_job is not None:
+            self.events.append_nodes(batch_job.id, EventType.NODE_COMPLETED, now, done)
         return accepted, rejected
 
     def fail(self, failures: Iterable[Failure], now: float) -> tuple[list[int], list[Rejection]]:

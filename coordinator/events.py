@@ -229,6 +229,31 @@ class EventLog:
                 listener(event)
         return event
 
+    def append_nodes(self, job_id: str, type_: EventType, now: float, nodes: list[tuple[int, int, int]]) -> None:
+        """One event per ``(start, end, attempt)``: the batched form of :meth:`append` for the lease path."""
+        if not nodes:
+            return
+        seq = self._seq.get(job_id, 0)
+        events = []
+        for start, end, attempt in nodes:
+            seq += 1
+            events.append(Event(job_id, seq, type_, now, start, end, attempt, "", None))
+        self._seq[job_id] = seq
+        recent = self._recent.get(job_id)
+        if recent is None:
+            recent = self._recent[job_id] = deque(maxlen=MEMORY_WINDOW)
+        recent.extend(events)
+        pending = self._unwritten.get(job_id)
+        if pending is None:
+            self._unwritten[job_id] = events
+        else:
+            pending.extend(events)
+        listeners = self._listeners.get(job_id)
+        if listeners:
+            for listener in tuple(listeners):
+                for event in events:
+                    listener(event)
+
     def last_seq(self, job_id: str) -> int:
         return self._seq.get(job_id, 0)
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from enum import IntEnum
 
 
@@ -143,8 +143,8 @@ class RangeTree:
         self._heap: list[tuple[int, int, int, Node]] = []
         self._delayed: list[tuple[float, int, Node]] = []
         self._seq = itertools.count()
-        # Called with each node as it is split (the core turns it into a NODE_SPLIT event).
-        self.on_split: Callable[[Node], None] | None = None
+        # Nodes split since the caller last drained this list (the core turns them into NODE_SPLIT events).
+        self.splits: list[tuple[int, int, int]] = []
         # Leaves that held a lease when the tree was restored (see ``restore``).
         self.restored_leases: list[Node] = []
         self.root = self._new_node(start, end, 0, None)
@@ -211,8 +211,7 @@ class RangeTree:
             self._mark(node)
         node.left = self._new_node(node.start, mid, node.depth + 1, node)
         node.right = self._new_node(mid, node.end, node.depth + 1, node)
-        if self.on_split is not None:
-            self.on_split(node)
+        self.splits.append((node.start, node.end, 0))
 
     def lease(self, node: Node, fence: int, now: float, ttl: float, timeout: float) -> None:
         """Lease ``node`` (as returned by :meth:`next_work`) under ``fence``."""
@@ -419,7 +418,7 @@ class RangeTree:
         tree._heap = []
         tree._delayed = []
         tree._seq = itertools.count()
-        tree.on_split = None
+        tree.splits = []
         # Pre-order (start ascending, wider first) lets a stack find each node's parent;
         # the store's key order already is pre-order, so this sort is a cheap check.
         nodes.sort(key=lambda n: (n.start, -n.end))
