@@ -27,6 +27,7 @@ from parcelo.testing import CoordinatorProcess, Proc, start_worker, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2, worker_pb2_grpc
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))  # `python bench/run.py` finds the bench package (peers)
 DONE = {types_pb2.JOB_STATUS_COMPLETED}
 
 
@@ -263,7 +264,7 @@ def machine() -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--leaves", type=int, default=200_000, help="leaves of the throughput run")
-    parser.add_argument("--peer-tasks", type=int, default=20_000, help="tasks of each peer run")
+    parser.add_argument("--peer-tasks", type=int, default=50_000, help="tasks of each peer run")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--write", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()

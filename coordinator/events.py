@@ -229,7 +229,9 @@ class EventLog:
                 listener(event)
         return event
 
-    def append_nodes(self, job_id: str, type_: EventType, now: float, nodes: list[tuple[int, int, int]]) -> None:
+    def append_nodes(
+        self, job_id: str, type_: EventType, now: float, nodes: list[tuple[int, int, int]]
+    ) -> None:
         """One event per ``(start, end, attempt)``: the batched form of :meth:`append` for the lease path."""
         if not nodes:
             return

@@ -74,7 +74,13 @@ class LeaseTable:
 
     def add(self, job_id: str, node: Node) -> None:
         self._by_fence[node.fence] = Lease(job_id, node)
-        heapq.heappush(self._heap, (_due(node), node.fence))
+        heap = self._heap
+        heapq.heappush(heap, (_due(node), node.fence))
+        # Entries of finished leases wait in the heap until their due time; when they outnumber
+        # the live ones, rebuild it (O(live), so O(1) amortised) to keep memory at the live leases.
+        if len(heap) > 2 * len(self._by_fence) + 4096:
+            self._heap = [(_due(lease.node), fence) for fence, lease in self._by_fence.items()]
+            heapq.heapify(self._heap)
 
     def add_many(self, job_id: str, nodes: list[Node]) -> None:
         """Add many leases at once (restart): one heapify instead of a push each."""
