@@ -142,8 +142,10 @@ class Store:
         self.path.mkdir(parents=True, exist_ok=True)
         options = Options(raw_mode=True)
         options.create_if_missing(True)
-        # Small frequent batches: keep the WAL and memtables modest so the data dir stays small.
-        options.set_max_total_wal_size(64 << 20)
+        # Small frequent batches of short-lived keys: modest memtables and WAL keep the data dir
+        # small (most keys are deleted again before a flush, so flushes are cheap).
+        options.set_write_buffer_size(8 << 20)
+        options.set_max_total_wal_size(16 << 20)
         options.set_keep_log_file_num(2)
         self._db = Rdict(str(self.path), options)
         self._sync = WriteOptions()
