@@ -71,7 +71,7 @@ def test_job_runs_every_leaf_once_with_exact_stats(
     assert (s.range_processed, s.range_total, s.range_skipped, s.active_leases) == (100_000, 100_000, 0, 0)
     for proc in procs:
         # SIGTERM before a worker has even connected would hit Python's default handler, not ours.
-        wait_for(lambda proc=proc: "connected to" in proc.output(), 30, "the worker to connect")
+        wait_for(lambda: "connected to" in proc.output(), 30, "the worker to connect")  # noqa: B023
         assert proc.terminate() == 0, proc.output()
 
 
