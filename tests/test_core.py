@@ -205,3 +205,46 @@ def test_events_are_kept_in_segments_with_bounded_retention(tmp_path: Path) -> N
     event = back.events.append("ev", EventType.STATS_UPDATED, 101, stats=back.stats(back.get("ev")))
     assert event.seq == last + 1
     store.close()
+
+
+def test_leaf_timeout_revokes_the_lease_despite_heartbeats() -> None:
+    core = new_core()
+    s = spec(end=100, size=100, lease_ttl=1, backoff=0)
+    s.leaf_timeout.FromMilliseconds(2500)
+    job, _ = core.create_job(s, 0)
+    [(_, node)] = core.lease(["default"], 1, 0)
+    fence = node.fence
+    for t in (0.8, 1.6, 2.4):
+        core.heartbeat([Beat(fence)], t)
+        core.tick(t)
+    assert fence in core.leases
+    core.tick(2.6)
+    assert core.heartbeat([Beat(fence)], 2.7)[0][1] is Action.LOST  # the handler is told to stop
+    assert node.attempts == 1 and "timed out" in node.last_error and job.tree.failed_attempts == 1
+
+
+def test_deadline_fails_the_job() -> None:
+    core = new_core()
+    s = spec(end=1000, size=100, lease_ttl=100)
+    s.deadline.FromSeconds(50)
+    job, _ = core.create_job(s, 0)
+    [(_, node)] = core.lease(["default"], 1, 0)
+    fence = node.fence
+    core.tick(49)
+    assert job.status is JobStatus.RUNNING
+    core.tick(51)
+    assert job.status is JobStatus.FAILED and job.reason == "deadline exceeded"
+    assert core.heartbeat([Beat(fence)], 52)[0][1] is Action.CANCEL
+
+
+def test_stats_events_are_coalesced() -> None:
+    core = new_core()
+    core.create_job(spec(end=100_000, size=10, job_id="busy"), 0)
+    seen: list[EventType] = []
+    core.events.subscribe("busy", lambda event: seen.append(event.type))
+    for step in range(100):
+        now = step * 0.01  # one second of activity, a batch every 10 ms
+        core.complete([n.fence for _, n in core.lease(["default"], 50, now)], [], now)
+        core.tick(now)
+    assert len(seen) > 10_000  # node events: three per leaf
+    assert 1 <= seen.count(EventType.STATS_UPDATED) <= 4  # at most four a second
