@@ -95,14 +95,20 @@ def throughput(work: Path, leaves: int) -> float:
 
 
 def width(work: Path) -> tuple[float, float, int]:
-    """The same 131,072 leaves over [0, 10^6 * k) and over [0, 10^15 * k), k = 2^14 (8 leaves per 10^6 or 10^15)."""
+    """The same 131,072 leaves over [0, 10^6 * k) and over [0, 10^15 * k), k = 2^14 (8 leaves per 10^6 or 10^15).
+
+    Runs alternate narrow, wide, narrow, wide and the better run of each is compared, so that a
+    slow moment of the machine does not pass for a width effect.
+    """
     k = 1 << 14
     leaves = 8 * k
-    narrow_s, c1, _ = run_job(work, 0, 10**6 * k, 10**6 // 8)
-    c1.stop()
-    wide_s, c2, _ = run_job(work, 0, 10**15 * k, 10**15 // 8)
-    c2.stop()
-    return leaves / narrow_s, leaves / wide_s, leaves
+    best = {6: 0.0, 15: 0.0}
+    for _ in range(2):
+        for exp in (6, 15):
+            seconds, coord, _ = run_job(work, 0, 10**exp * k, 10**exp // 8)
+            coord.stop()
+            best[exp] = max(best[exp], leaves / seconds)
+    return best[6], best[15], leaves
 
 
 def big_range(work: Path) -> tuple[float, float, float, int]:
@@ -293,7 +299,7 @@ def main() -> None:
         ratio = wide / narrow
         report(
             Row(
-                f"2. width, {n:,} leaves: [0,1e6*k) vs [0,1e15*k)",
+                f"2. width, {n:,} leaves: [0,1e6*k) vs [0,1e15*k), best of 2",
                 f"{narrow:,.0f} vs {wide:,.0f}/s",
                 "",
                 None,
