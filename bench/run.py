@@ -82,13 +82,28 @@ def run_job(
             if sample is not None:
                 sample(coord)
             time.sleep(0.02)
-        return time.perf_counter() - began, coord, data
+        took = time.perf_counter() - began
+        # A full binary tree: leaves = (nodes + 1) / 2; checked so every rate counts real leaves.
+        leaves = (got.stats.total_nodes + 1) // 2
+        if leaves != _leaves(start, end, leaf):
+            raise RuntimeError(f"job ran {leaves} leaves, expected {_leaves(start, end, leaf)}")
+        return took, coord, data
     finally:
         for proc in workers:
             proc.terminate(timeout=30)
 
 
+def _leaves(start: int, end: int, size: int) -> int:
+    """Leaf count of [start, end) by the split rule."""
+    if end - start <= size:
+        return 1
+    mid = start + (end - start) // 2
+    return _leaves(start, mid, size) + _leaves(mid, end, size)
+
+
 def throughput(work: Path, leaves: int) -> float:
+    """``leaves`` (a power of two) leaves of 1,000 ids each."""
+    assert leaves & (leaves - 1) == 0, "a power of two, so that every leaf is 1,000 ids wide"
     seconds, coord, _ = run_job(work, 0, leaves * 1000, 1000)
     coord.stop()
     return leaves / seconds
@@ -269,8 +284,13 @@ def machine() -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--leaves", type=int, default=200_000, help="leaves of the throughput run")
-    parser.add_argument("--peer-tasks", type=int, default=50_000, help="tasks of each peer run")
+    parser.add_argument(
+        "--leaves",
+        type=int,
+        default=1 << 18,
+        help="leaves of the throughput run (a power of two: 262,144 >= 200,000)",
+    )
+    parser.add_argument("--peer-tasks", type=int, default=1 << 16, help="tasks of each peer run")
     parser.add_argument("--skip-peers", action="store_true")
     parser.add_argument("--write", type=Path, default=ROOT / "docs" / "benchmarks.md")
     args = parser.parse_args()
