@@ -8,7 +8,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; find worker_sdk coordinator -name "*.py" | sort) | cksum | cut -d" " -f1)
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test lint typecheck proto bench clean
+.PHONY: all install demo test lint proto bench clean
 
 all: test
 

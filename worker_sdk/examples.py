@@ -50,6 +50,7 @@ def count_primes(range_: Range, ctx: Context) -> int:
         ctx.checkpoint(pos, struct.pack(">Q", total))
     out = ctx.params.get("out")
     if out:
+        Path(out).mkdir(parents=True, exist_ok=True)
         path = Path(out) / f"{ctx.leaf.start}-{ctx.leaf.end}"
         tmp = path.with_suffix(f".{os.getpid()}.tmp")
         tmp.write_text(str(total))
