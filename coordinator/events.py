@@ -10,6 +10,7 @@ retained.
 
 from __future__ import annotations
 
+import itertools
 import struct
 from collections import deque
 from collections.abc import Callable
@@ -24,8 +25,11 @@ MEMORY_WINDOW = 2048
 
 _HEAD = struct.Struct(">QBdQQI")
 _LEN = struct.Struct(">I")
-_FRAMED_PLAIN = struct.Struct(">IQBdQQIB")
 _STATS = struct.Struct(">12Q")
+# A node batch record (after its length): first seq, type | BATCH_FLAG, time, count; then
+# (start, end, attempt) as little-endian u64 triples, packed in one call.
+_BATCH_HEAD = struct.Struct(">QBdI")
+_BATCH_FLAG = 0x80
 
 
 class EventType(IntEnum):
@@ -85,11 +89,7 @@ class Event:
         return head + bytes([len(stats)]) + stats + self.message.encode()
 
     def framed(self) -> bytes:
-        """``encode()`` with its length in front; one pack for the common node event."""
-        if self.stats is None and not self.message:
-            return _FRAMED_PLAIN.pack(
-                _HEAD.size + 1, self.seq, self.type, self.time, self.start, self.end, self.attempt, 0
-            )
+        """``encode()`` with its length in front."""
         data = self.encode()
         return _LEN.pack(len(data)) + data
 
@@ -122,6 +122,66 @@ class Event:
         return msg
 
 
+class NodeBatch:
+    """Node events of one type and time with consecutive numbers, kept as one compact record.
+
+    Node events are most of a job's events (about three per leaf); holding them as
+    tuples and packing them in one call keeps them off the per-leaf cost. They
+    become :class:`Event` objects only when a watcher reads them.
+    """
+
+    __slots__ = ("nodes", "seq", "time", "type")
+
+    def __init__(self, seq: int, type_: EventType, time: float, nodes: list[tuple[int, int, int]]) -> None:
+        self.seq = seq
+        self.type = type_
+        self.time = time
+        # (start, end, attempt) per event; event i has number seq + i.
+        self.nodes = nodes
+
+    @property
+    def last(self) -> int:
+        return self.seq + len(self.nodes) - 1
+
+    def events(self, job_id: str, after_seq: int = 0) -> list[Event]:
+        """The events of this batch numbered above ``after_seq``."""
+        skip = max(0, after_seq + 1 - self.seq)
+        return [
+            Event(job_id, self.seq + i, self.type, self.time, start, end, attempt)
+            for i, (start, end, attempt) in enumerate(self.nodes[skip:], skip)
+        ]
+
+    def framed(self) -> bytes:
+        n = len(self.nodes)
+        body = struct.pack(f"<{3 * n}Q", *itertools.chain.from_iterable(self.nodes))
+        head = _BATCH_HEAD.pack(self.seq, self.type | _BATCH_FLAG, self.time, n)
+        return _LEN.pack(len(head) + len(body)) + head + body
+
+    @classmethod
+    def decode(cls, data: bytes) -> NodeBatch:
+        """From a record without its length prefix."""
+        seq, type_, time, n = _BATCH_HEAD.unpack_from(data)
+        flat = struct.unpack_from(f"<{3 * n}Q", data, _BATCH_HEAD.size)
+        return cls(
+            seq,
+            EventType(type_ & ~_BATCH_FLAG),
+            time,
+            list(zip(flat[::3], flat[1::3], flat[2::3], strict=True)),
+        )
+
+
+Entry = Event | NodeBatch
+"""What the log holds: single events, and node events in batches."""
+
+
+def _size(entry: Entry) -> int:
+    return 1 if isinstance(entry, Event) else len(entry.nodes)
+
+
+def _last(entry: Entry) -> int:
+    return entry.seq if isinstance(entry, Event) else entry.last
+
+
 STAT_FIELDS = (
     "total_nodes",
     "pending_nodes",
@@ -143,18 +203,24 @@ def stats_to_proto(stats: Stats, out: types_pb2.JobStats) -> None:
         setattr(out, name, value)
 
 
-def encode_segment(events: list[Event]) -> bytes:
-    """Length-prefixed encoded events, as one store value."""
-    return b"".join([event.framed() for event in events])
+def encode_segment(entries: list[Entry]) -> bytes:
+    """Length-prefixed records of events and node batches, as one store value."""
+    return b"".join([entry.framed() for entry in entries])
 
 
 def decode_segment(job_id: str, blob: bytes) -> list[Event]:
-    out = []
+    """The events of a stored segment, node batches unpacked."""
+    out: list[Event] = []
     pos = 0
     while pos < len(blob):
         (size,) = _LEN.unpack_from(blob, pos)
         pos += _LEN.size
-        out.append(Event.decode(job_id, blob[pos : pos + size]))
+        record = blob[pos : pos + size]
+        # Byte 8 of a record is its type (after the u64 seq).
+        if record[8] & _BATCH_FLAG:
+            out.extend(NodeBatch.decode(record).events(job_id))
+        else:
+            out.append(Event.decode(job_id, record))
         pos += size
     return out
 
@@ -171,33 +237,52 @@ class EventLog:
     def __init__(self, retention: int) -> None:
         self.retention = retention
         self._seq: dict[str, int] = {}
-        self._recent: dict[str, deque[Event]] = {}
+        # The newest entries of each job, at least MEMORY_WINDOW events when there are that many.
+        self._recent: dict[str, deque[Entry]] = {}
+        self._recent_size: dict[str, int] = {}
         self._listeners: dict[str, set[Listener]] = {}
         self._segments: dict[str, deque[Segment]] = {}
-        # Events not yet written, grouped by job: drained by the committer.
-        self._unwritten: dict[str, list[Event]] = {}
+        # Entries not yet written, grouped by job: drained by the committer.
+        self._unwritten: dict[str, list[Entry]] = {}
 
     def restore(self, job_id: str, last_seq: int, recent: list[Event], segments: list[Segment]) -> None:
         """Resume a job's numbering after a restart."""
         self._seq[job_id] = last_seq
-        self._recent[job_id] = deque(recent, maxlen=MEMORY_WINDOW)
+        self._recent[job_id] = deque(recent)
+        self._recent_size[job_id] = len(recent)
         self._segments[job_id] = deque(segments)
 
     def drain(self) -> tuple[list[tuple[str, int, bytes]], list[tuple[str, int]]]:
         """New segments to write (job, first seq, blob) and expired ones to delete (job, first seq)."""
         written = []
         expired = []
-        for job_id, events in self._unwritten.items():
+        for job_id, entries in self._unwritten.items():
             if job_id not in self._seq:
                 continue
-            first, last = events[0].seq, events[-1].seq
-            written.append((job_id, first, encode_segment(events)))
+            first, last = entries[0].seq, _last(entries[-1])
+            written.append((job_id, first, encode_segment(entries)))
             segments = self._segments.setdefault(job_id, deque())
             segments.append((first, last))
             while segments and segments[0][1] <= last - self.retention:
                 expired.append((job_id, segments.popleft()[0]))
         self._unwritten = {}
         return written, expired
+
+    def _remember(self, job_id: str, entry: Entry, size: int) -> None:
+        recent = self._recent.get(job_id)
+        if recent is None:
+            recent = self._recent[job_id] = deque()
+            self._recent_size[job_id] = 0
+        recent.append(entry)
+        total = self._recent_size[job_id] + size
+        while total - _size(recent[0]) >= MEMORY_WINDOW:
+            total -= _size(recent.popleft())
+        self._recent_size[job_id] = total
+        pending = self._unwritten.get(job_id)
+        if pending is None:
+            self._unwritten[job_id] = [entry]
+        else:
+            pending.append(entry)
 
     def append(
         self,
@@ -210,19 +295,11 @@ class EventLog:
         message: str = "",
         stats: Stats | None = None,
     ) -> Event:
-        """Number, remember and publish a new event (on the lease hot path: keep it lean)."""
+        """Number, remember and publish a new event."""
         seq = self._seq.get(job_id, 0) + 1
         self._seq[job_id] = seq
         event = Event(job_id, seq, type_, now, start, end, attempt, message, stats)
-        recent = self._recent.get(job_id)
-        if recent is None:
-            recent = self._recent[job_id] = deque(maxlen=MEMORY_WINDOW)
-        recent.append(event)
-        pending = self._unwritten.get(job_id)
-        if pending is None:
-            self._unwritten[job_id] = [event]
-        else:
-            pending.append(event)
+        self._remember(job_id, event, 1)
         listeners = self._listeners.get(job_id)
         if listeners:
             for listener in tuple(listeners):
@@ -232,26 +309,19 @@ class EventLog:
     def append_nodes(
         self, job_id: str, type_: EventType, now: float, nodes: list[tuple[int, int, int]]
     ) -> None:
-        """One event per ``(start, end, attempt)``: the batched form of :meth:`append` for the lease path."""
+        """One event per ``(start, end, attempt)``, held as one :class:`NodeBatch` (the lease hot path).
+
+        The log keeps ``nodes``: the caller hands it over and does not change it afterwards.
+        """
         if not nodes:
             return
         seq = self._seq.get(job_id, 0)
-        events = []
-        for start, end, attempt in nodes:
-            seq += 1
-            events.append(Event(job_id, seq, type_, now, start, end, attempt, "", None))
-        self._seq[job_id] = seq
-        recent = self._recent.get(job_id)
-        if recent is None:
-            recent = self._recent[job_id] = deque(maxlen=MEMORY_WINDOW)
-        recent.extend(events)
-        pending = self._unwritten.get(job_id)
-        if pending is None:
-            self._unwritten[job_id] = events
-        else:
-            pending.extend(events)
+        self._seq[job_id] = seq + len(nodes)
+        batch = NodeBatch(seq + 1, type_, now, nodes)
+        self._remember(job_id, batch, len(nodes))
         listeners = self._listeners.get(job_id)
         if listeners:
+            events = batch.events(job_id)
             for listener in tuple(listeners):
                 for event in events:
                     listener(event)
@@ -265,7 +335,15 @@ class EventLog:
         if not recent:
             return [], after_seq >= self._seq.get(job_id, 0)
         covered = recent[0].seq <= after_seq + 1
-        return [e for e in recent if e.seq > after_seq], covered
+        out: list[Event] = []
+        for entry in recent:
+            if _last(entry) <= after_seq:
+                continue
+            if isinstance(entry, Event):
+                out.append(entry)
+            else:
+                out.extend(entry.events(job_id, after_seq))
+        return out, covered
 
     def subscribe(self, job_id: str, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with each new event of ``job_id``; returns the unsubscribe function."""
@@ -284,5 +362,6 @@ class EventLog:
         """Drop a deleted job's memory (listeners stay until they unsubscribe)."""
         self._seq.pop(job_id, None)
         self._recent.pop(job_id, None)
+        self._recent_size.pop(job_id, None)
         self._segments.pop(job_id, None)
         self._unwritten.pop(job_id, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import signal
 import time
@@ -23,6 +24,9 @@ from parcelo.coordinator.telemetry import Telemetry
 from parcelo.v1 import jobs_pb2_grpc, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+GC_THRESHOLD = 100_000
+"""Allocations between young-generation collections (Python's default is 700): see ``_tune_gc``."""
 
 
 @dataclass(frozen=True)
@@ -44,6 +48,20 @@ class Config:
         return self.backup_dir or self.data_dir.with_name(self.data_dir.name + "-backups")
 
 
+def _tune_gc() -> None:
+    """Make the cyclic garbage collector rare.
+
+    The hot path creates and drops a few objects per leaf, and the tree breaks its own
+    reference cycles (parent links) when it drops nodes, so reference counting frees them.
+    With the default thresholds the collector ran every few hundred leaves and rescanned the
+    live frontier each time (about 5% of the coordinator's CPU). What was loaded at start is
+    frozen out of its scans.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 50, 100)
+
+
 class Coordinator:
     """A running coordinator: ``await start()``, then ``await stop()``."""
 
@@ -61,6 +79,7 @@ class Coordinator:
         self.core = Core(fence_limit=self.store.fence_limit(), event_retention=cfg.event_retention)
         stored = self.store.load(MEMORY_WINDOW)
         self.core.restore(stored, time.time())
+        _tune_gc()
         self.telemetry = Telemetry(self.core, cfg.metrics_port)
         self.committer = Committer(self.core, self.store, on_batch=self.telemetry.on_batch)
         # Reserve the first block of fences before any lease can be handed out.

@@ -128,8 +128,6 @@ class RangeTree:
         self.max_range_size = max_range_size
         self.pruning = pruning
         self.range_total = end - start
-        self.total_nodes = 0
-        self.pending_nodes = 0
         self.running_nodes = 0
         self.done_nodes = 0
         self.skipped_nodes = 0
@@ -147,19 +145,14 @@ class RangeTree:
         self.splits: list[tuple[int, int, int]] = []
         # Leaves that held a lease when the tree was restored (see ``restore``).
         self.restored_leases: list[Node] = []
-        self.root = self._new_node(start, end, 0, None)
+        # The node the last ``next_work`` returned without queueing it (see there).
+        self._held: Node | None = None
+        self.root = Node(start, end, 0, None, end - start <= max_range_size, not pruning)
+        self.total_nodes = self.pending_nodes = 1
+        self._push(self.root)
         self.dirty.add(self.root)
 
     # -- construction ---------------------------------------------------------------------------
-
-    def _new_node(self, start: int, end: int, depth: int, parent: Node | None) -> Node:
-        # A fresh pending child is not written: it is implied by its split parent, and ``restore``
-        # recreates it. Most nodes are created and finished between two commits and never written.
-        node = Node(start, end, depth, parent, end - start <= self.max_range_size, not self.pruning)
-        self.total_nodes += 1
-        self.pending_nodes += 1
-        self._push(node)
-        return node
 
     def _push(self, node: Node) -> None:
         if not node.queued:
@@ -173,7 +166,9 @@ class RangeTree:
 
     def has_work(self, now: float) -> bool:
         """Whether :meth:`next_work` would return a node now."""
-        return bool(self._heap) or bool(self._delayed and self._delayed[0][0] <= now)
+        return (
+            self._held is not None or bool(self._heap) or bool(self._delayed and self._delayed[0][0] <= now)
+        )
 
     def next_work(self, now: float) -> Node | None:
         """The next node to lease: a leaf to run, or (with pruning) a node to probe.
@@ -181,6 +176,12 @@ class RangeTree:
         Inner nodes that need no probe are split on the way, lazily. The
         returned node is still pending; :meth:`lease` takes it.
         """
+        held = self._held
+        if held is not None:
+            # Handed out by the last call but not leased: back in line with the others.
+            self._held = None
+            if held.status is Status.PENDING:
+                self._push(held)
         delayed = self._delayed
         while delayed and delayed[0][0] <= now:
             node = heapq.heappop(delayed)[2]
@@ -197,26 +198,46 @@ class RangeTree:
                 return node
             heapq.heappop(heap)
             node.queued = False
-            self._split(node)
+            # The children of the deepest pending node are deeper than anything queued, and the
+            # left one comes first: descend through it without a round trip through the heap.
+            while True:
+                node = self._split(node)
+                if node.is_leaf or not node.probed:
+                    self._held = node
+                    return node
         return None
 
-    def _split(self, node: Node) -> None:
-        mid = split_point(node.start, node.end)
+    def _split(self, node: Node) -> Node:
+        """Split ``node``: queue its right child and return its left child, not queued."""
+        start, end = node.start, node.end
+        mid = start + (end - start) // 2
         node.status = Status.RUNNING
-        self.pending_nodes -= 1
+        # -1 for the split node, +2 for its children.
+        self.pending_nodes += 1
         self.running_nodes += 1
+        self.total_nodes += 2
         # A split node is implied by its written descendants (``restore`` recreates it), so it is
         # written only to overwrite a record it already has.
         if node.persisted:
             self._mark(node)
-        node.left = self._new_node(node.start, mid, node.depth + 1, node)
-        node.right = self._new_node(mid, node.end, node.depth + 1, node)
-        self.splits.append((node.start, node.end, 0))
+        # Fresh pending children are not written either: implied by their split parent, and
+        # ``restore`` recreates them. Most are created and finished between two commits.
+        depth = node.depth + 1
+        size = self.max_range_size
+        probed = not self.pruning
+        left = node.left = Node(start, mid, depth, node, mid - start <= size, probed)
+        right = node.right = Node(mid, end, depth, node, end - mid <= size, probed)
+        self._push(right)
+        self.splits.append((start, end, 0))
+        return left
 
     def lease(self, node: Node, fence: int, now: float, ttl: float, timeout: float) -> None:
         """Lease ``node`` (as returned by :meth:`next_work`) under ``fence``."""
-        heapq.heappop(self._heap)
-        node.queued = False
+        if node is self._held:
+            self._held = None
+        else:
+            heapq.heappop(self._heap)
+            node.queued = False
         node.status = Status.RUNNING
         if not node.probed:
             node.probe = True
@@ -419,6 +440,7 @@ class RangeTree:
         tree._delayed = []
         tree._seq = itertools.count()
         tree.splits = []
+        tree._held = None
         # Pre-order (start ascending, wider first) lets a stack find each node's parent;
         # the store's key order already is pre-order, so this sort is a cheap check.
         nodes.sort(key=lambda n: (n.start, -n.end))
@@ -434,7 +456,7 @@ class RangeTree:
             raise ValueError(f"stored tree has no node of [{start}, {end})")
         # Pre-order lets a stack find each node's parent. Split nodes on the way that were never
         # written (see ``_split``) are recreated, and so are the fresh pending children of split
-        # nodes (see ``_new_node``).
+        # nodes (see ``_split``).
         stack = [root]
         for node in nodes:
             if node is root:

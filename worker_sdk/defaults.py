@@ -46,7 +46,7 @@ WORKER_PREFETCH = 64
 COMPLETION_BATCH = 256
 """Most completions a worker sends in one message."""
 
-COMPLETION_FLUSH = timedelta(milliseconds=2)
+COMPLETION_FLUSH = timedelta(milliseconds=5)
 """A worker holds finished leases this long to send them together."""
 
 DRAIN_TIMEOUT = timedelta(seconds=30)
