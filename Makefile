@@ -4,20 +4,28 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# The stamp changes when dependencies or the module list change: strict editable installs link files, so new modules need a reinstall.
-STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml; find worker_sdk coordinator -name "*.py" | sort) | cksum | cut -d" " -f1)
+# Modules compiled with mypyc (setup.py): a change to their contents needs a rebuild.
+COMPILED := coordinator/tree.py coordinator/leases.py coordinator/events.py coordinator/jobs.py coordinator/core.py
+# The stamp changes when dependencies, the module list or a compiled module change: strict editable installs
+# link files, so new modules need a reinstall, and compiled ones a recompile.
+STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml setup.py $(COMPILED); find worker_sdk coordinator -name "*.py" | sort) | cksum | cut -d" " -f1)
+# The second install compiles the hot-path modules against the packages the first one installed.
+COMPILE := PARCELO_COMPILE=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e . --config-settings editable_mode=strict
 PYTEST_ARGS ?=
 
 .PHONY: all install demo test lint proto bench clean
 
 all: test
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py $(COMPILED)
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
 	# strict editable mode links the mapped folders (worker_sdk -> parcelo, coordinator -> parcelo.coordinator)
 	# into one tree, which plain tools (mypy, pytest) can follow.
+	@rm -rf build/__editable__.* coordinator/*.so *__mypyc.*.so
 	$(PY) -m pip install -q -e ".[coordinator,dev]" --config-settings editable_mode=strict
+	@rm -rf build/__editable__.*
+	$(COMPILE)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
@@ -29,17 +37,19 @@ demo: $(STAMP)
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy build/__editable__.parcelo-*/parcelo tests deploy bench
+	$(VENV)/bin/mypy build/__editable__.parcelo-*/parcelo tests deploy bench setup.py
 
 test: lint
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PARCELO_EXPECT_COMPILED=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP)
 	$(PY) proto/generate.py
 
 bench: $(STAMP)
 	$(PY) -m pip install -q -e ".[coordinator,dev,bench]" --config-settings editable_mode=strict
+	@rm -rf build/__editable__.*
+	$(COMPILE)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .parcelo .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info coordinator/*.so *__mypyc.*.so .parcelo .bench .pytest_cache .mypy_cache .ruff_cache

@@ -428,10 +428,8 @@ class RangeTree:
         their new expiry. Nodes that were being probed go back to pending:
         a probe is cheap to ask again.
         """
-        tree = cls.__new__(cls)
-        tree.max_range_size = max_range_size
-        tree.pruning = pruning
-        tree.range_total = end - start
+        # Constructed as new, then every field is replaced from the store.
+        tree = cls(start, end, max_range_size, pruning=pruning)
         for name, value in counters.items():
             setattr(tree, name, value)
         tree.dirty = set()
