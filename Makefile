@@ -46,9 +46,9 @@ proto: $(STAMP)
 	$(PY) proto/generate.py
 
 bench: $(STAMP)
-	$(PY) -m pip install -q -e ".[coordinator,dev,bench]" --config-settings editable_mode=strict
-	@rm -rf build/__editable__.*
-	$(COMPILE)
+	# The bench extra's packages only: reinstalling parcelo itself would drop the compiled modules.
+	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))' \
+		| $(PY) -m pip install -q -r /dev/stdin
 	$(PY) bench/run.py
 
 clean:
