@@ -315,3 +315,5 @@ def test_cli_formatting_wait_and_watch_see_the_end(serve: Any, with_watch: bool)
     cancel_soon()
     result = _run(target, "job", "watch", "slow")
     assert result.exit_code == 1 and "job slow cancelled" in result.stdout
+    # The final line starts a line of its own after the live view.
+    assert result.stdout.splitlines()[-1] == "job slow cancelled"

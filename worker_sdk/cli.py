@@ -424,6 +424,9 @@ def watch(obj: _Obj, job_id: str) -> None:
                 final = client.get_job(job_id)
                 state.update_job(final, progress.now_seconds())
                 live.update(state.render(), refresh=True)
+            if not obj.console.is_terminal:
+                # rich ends the live view with a newline only on a terminal.
+                obj.console.line()
         else:
             final = first
             obj.console.print(state.render())
