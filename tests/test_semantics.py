@@ -77,6 +77,31 @@ def test_pruning_runs_exactly_the_kept_leaves(
     assert s.skipped_nodes + s.done_nodes == s.total_nodes
 
 
+def test_a_worker_holding_only_probes_asks_for_more_after_answering(
+    coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    # With room for one lease and no prefetch, each grant is a single probe: nothing but the
+    # answer itself can prompt the worker to ask again.
+    run_log = tmp_path / "runs.log"
+    job = coordinator.create_job(0, 40_000, 1000, pruning=True)
+    worker(
+        coordinator,
+        procs,
+        log_dir,
+        run_log,
+        "tests.handlers:record",
+        "--should-process",
+        "tests.handlers:keep_multiples",
+        "--concurrency",
+        "1",
+        "--prefetch",
+        "0",
+    )
+    coordinator.wait_status(job.id, DONE, timeout=30)
+    leaves, _, _ = pruned_reference(0, 40_000, 1000)
+    assert sorted((s, e) for s, e, _ in runs(run_log)) == leaves
+
+
 def test_status_propagation_node_by_node(coordinator: CoordinatorProcess) -> None:
     job = coordinator.create_job(0, 400, 100)
     raw = RawWorker(coordinator.channel)

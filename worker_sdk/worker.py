@@ -433,9 +433,12 @@ class Worker:
                     keep = await keep
         except Exception as err:
             self._finish(held, err)
-            return
-        held.ctx = None
-        self._finish(held, None, skip=not keep)
+        else:
+            held.ctx = None
+            self._finish(held, None, skip=not keep)
+        # A probe frees its slot without going through _pump: ask for more now, or a worker whose
+        # grants held only probes would wait for ever.
+        self._ask_for_leases()
 
     def _finish(self, held: _Held, error: BaseException | None, *, skip: bool = False) -> None:
         fence = held.lease.fence
