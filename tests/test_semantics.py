@@ -52,20 +52,28 @@ def worker(
     return proc
 
 
-def test_pruning_runs_exactly_the_kept_leaves(
-    coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
-) -> None:
-    run_log = tmp_path / "runs.log"
-    job = coordinator.create_job(0, 1_000_000, 1000, pruning=True)
-    worker(
-        coordinator,
+def pruning_worker(
+    coord: CoordinatorProcess, procs: list[Proc], log_dir: Path, run_log: Path, *args: str
+) -> Proc:
+    """A worker recording its runs and pruning by the seed's rule (multiples of 10,000)."""
+    return worker(
+        coord,
         procs,
         log_dir,
         run_log,
         "tests.handlers:record",
         "--should-process",
         "tests.handlers:keep_multiples",
+        *args,
     )
+
+
+def test_pruning_runs_exactly_the_kept_leaves(
+    coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    job = coordinator.create_job(0, 1_000_000, 1000, pruning=True)
+    pruning_worker(coordinator, procs, log_dir, run_log)
     done = coordinator.wait_status(job.id, DONE, timeout=60)
     leaves, skipped, nodes = pruned_reference(0, 1_000_000, 1000)
     assert sorted((s, e) for s, e, _ in runs(run_log)) == leaves
@@ -84,19 +92,7 @@ def test_a_worker_holding_only_probes_asks_for_more_after_answering(
     # answer itself can prompt the worker to ask again.
     run_log = tmp_path / "runs.log"
     job = coordinator.create_job(0, 40_000, 1000, pruning=True)
-    worker(
-        coordinator,
-        procs,
-        log_dir,
-        run_log,
-        "tests.handlers:record",
-        "--should-process",
-        "tests.handlers:keep_multiples",
-        "--concurrency",
-        "1",
-        "--prefetch",
-        "0",
-    )
+    pruning_worker(coordinator, procs, log_dir, run_log, "--concurrency", "1", "--prefetch", "0")
     coordinator.wait_status(job.id, DONE, timeout=30)
     leaves, _, _ = pruned_reference(0, 40_000, 1000)
     assert sorted((s, e) for s, e, _ in runs(run_log)) == leaves
