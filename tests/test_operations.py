@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import urllib.request
 from pathlib import Path
@@ -21,12 +19,8 @@ def test_online_and_offline_backups_restore_the_jobs(
 ) -> None:
     coord = make_coordinator(tmp_path / "data", log_dir).start()
     coord.create_job(0, 1000, 10, job_id="saved")
-    assert coord.proc is not None
-    os.kill(coord.proc.pid, signal.SIGUSR1)
-    backups = tmp_path / "data-backups"
-    online = wait_for(
-        lambda: [p for p in backups.glob("*") if (p / "CURRENT").exists()], 20, "the online backup"
-    )[0]
+    online = coord.online_backup()
+    assert online.parent == tmp_path / "data-backups"
     assert coord.stop() == 0
 
     offline = tmp_path / "offline"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import signal
 from pathlib import Path
 
 import pytest
@@ -45,11 +43,7 @@ def test_a_2_pow_62_wide_job_keeps_a_bounded_number_of_stored_nodes(
             )
         )
     wait_for(lambda: coord.get_job(job.id).stats.done_nodes > 4000, 60, "the job to be well under way")
-    assert coord.proc is not None
-    os.kill(coord.proc.pid, signal.SIGUSR1)  # a consistent snapshot of the store mid-run
-    snapshot = wait_for(
-        lambda: [p for p in (tmp_path / "data-backups").glob("*") if (p / "CURRENT").exists()], 20, "backup"
-    )[0]
+    snapshot = coord.online_backup()  # a consistent snapshot of the store mid-run
     done = coord.wait_status(job.id, {types_pb2.JOB_STATUS_COMPLETED}, timeout=120)
     assert done.stats.total_nodes == 2 * 16_384 - 1 and done.stats.range_processed == 1 << 62
     assert coord.stop() == 0
@@ -57,6 +51,12 @@ def test_a_2_pow_62_wide_job_keeps_a_bounded_number_of_stored_nodes(
     # window they span, and the frontier (2 x depth). The window can be a few times the leases in flight
     # (one worker's prefetched leaves wait while the other's finish), never the job: 32,767 nodes.
     in_flight = 2 * 72
+    store = Store(snapshot)
+    try:
+        (stored,) = store.load(1)
+    finally:
+        store.close()
+    assert stored.job.status == types_pb2.JOB_STATUS_RUNNING  # the snapshot really is mid-run
     mid = stored_nodes(snapshot, job.id)
     assert 0 < mid <= 6 * in_flight + 2 * 15, mid
     assert stored_nodes(data, job.id) == 1  # finished: everything collapsed into the root

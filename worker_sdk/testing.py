@@ -189,6 +189,25 @@ class CoordinatorProcess:
         assert job is not None
         return job
 
+    def online_backup(self, timeout: float = 20) -> Path:
+        """Ask for an online backup (SIGUSR1); its folder, once the coordinator logs it complete.
+
+        Waits for the log line rather than for files: RocksDB builds a checkpoint in a
+        temporary folder and renames it when done. Needs the default INFO log level.
+        """
+        proc = self.proc
+        assert proc is not None
+        marker = "backup written to "
+        before = proc.output().count(marker)
+        os.kill(proc.pid, signal.SIGUSR1)
+
+        def written() -> str:
+            lines = [line for line in proc.output().splitlines() if marker in line]
+            return lines[-1] if len(lines) > before else ""
+
+        line = wait_for(written, timeout, "the online backup")
+        return Path(line.split(marker, 1)[1].strip())
+
     def kill9(self) -> None:
         self._close_channel()
         if self.proc is not None:
