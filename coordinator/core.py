@@ -468,7 +468,8 @@ class Core:
                 self._stats_changed.discard(job_id)
                 self._stats_sent[job_id] = now
                 job = self.jobs.get(job_id)
-                if job is not None:
+                # A finished job's last event is the one that finished it, with its final stats.
+                if job is not None and not job.finished:
                     self.events.append(job.id, EventType.STATS_UPDATED, now, stats=self.stats(job))
 
     def stats(self, job: JobState) -> Stats:
@@ -492,6 +493,9 @@ class Core:
     def _event(self, job: JobState, type_: EventType, now: float, message: str = "") -> None:
         self._touch(job)
         self.events.append(job.id, type_, now, message=message, stats=self.stats(job))
+        # A job event carries the stats, so a coalesced STATS_UPDATED now would say nothing new.
+        self._stats_changed.discard(job.id)
+        self._stats_sent[job.id] = now
 
     # -- persistence ----------------------------------------------------------------------------
 

@@ -248,3 +248,17 @@ def test_stats_events_are_coalesced() -> None:
         core.tick(now)
     assert len(seen) > 10_000  # node events: three per leaf
     assert 1 <= seen.count(EventType.STATS_UPDATED) <= 4  # at most four a second
+
+
+def test_the_event_that_finishes_a_job_is_its_last() -> None:
+    core = new_core()
+    core.create_job(spec(end=1000, size=100, job_id="short"), 0)
+    seen: list[EventType] = []
+    core.events.subscribe("short", lambda event: seen.append(event.type))
+    core.tick(1.0)
+    while leases := core.lease(["default"], 3, 1.0):
+        core.complete([n.fence for _, n in leases], [], 1.0)  # stats change at every batch
+    for now in (1.0, 1.5, 3.0, 10.0):
+        core.tick(now)
+    assert seen[-1] is EventType.JOB_COMPLETED
+    assert EventType.STATS_UPDATED not in seen[seen.index(EventType.JOB_COMPLETED) :]
