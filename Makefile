@@ -4,8 +4,8 @@
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Modules compiled with mypyc (setup.py): a change to their contents needs a rebuild.
-COMPILED := coordinator/tree.py coordinator/leases.py coordinator/events.py coordinator/jobs.py coordinator/core.py
+# Modules compiled with mypyc, from setup.py's COMPILED: a change to their contents needs a rebuild.
+COMPILED := $(patsubst %,coordinator/%.py,$(shell sed -n 's/^COMPILED = (\(.*\))/\1/p' setup.py | tr -d '",'))
 # The stamp changes when dependencies, the module list or a compiled module change: strict editable installs
 # link files, so new modules need a reinstall, and compiled ones a recompile.
 STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml setup.py $(COMPILED); find worker_sdk coordinator -name "*.py" | sort) | cksum | cut -d" " -f1)

@@ -406,26 +406,13 @@ def main() -> None:
                     None,
                 )
             )
-            huey = run_huey(args.peer_tasks, workers=2, workdir=work)
-            report(Row(f"7. Huey (SQLite), {huey.tasks:,} tasks", f"{huey.rate:,.0f} tasks/s", "", None))
-            report(
-                Row(
-                    "7. Parcelo / Huey",
-                    f"{peer_rate / huey.rate:,.1f}x",
-                    ">= 25x",
-                    peer_rate / huey.rate >= 25,
-                )
-            )
-            celery = run_celery(args.peer_tasks, workers=2, workdir=work)
-            report(Row(f"7. Celery (Redis), {celery.tasks:,} tasks", f"{celery.rate:,.0f} tasks/s", "", None))
-            report(
-                Row(
-                    "7. Parcelo / Celery",
-                    f"{peer_rate / celery.rate:,.1f}x",
-                    ">= 50x",
-                    peer_rate / celery.rate >= 50,
-                )
-            )
+            peers = (("Huey (SQLite)", run_huey, 25), ("Celery (Redis)", run_celery, 50))
+            for label, run_peer, target in peers:
+                peer = run_peer(args.peer_tasks, workers=2, workdir=work)
+                report(Row(f"7. {label}, {peer.tasks:,} tasks", f"{peer.rate:,.0f} tasks/s", "", None))
+                ratio = peer_rate / peer.rate
+                name = label.split()[0]
+                report(Row(f"7. Parcelo / {name}", f"{ratio:,.1f}x", f">= {target}x", ratio >= target))
     write_report(args.write, rows)
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
 import click
 
 from parcelo import defaults
+from parcelo.cli_options import log_level_option, setup_logging
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,12 +68,7 @@ from parcelo import defaults
     default=None,
     help="Do not serve: copy the (stopped) coordinator's data dir to this new folder and exit.",
 )
-@click.option(
-    "--log-level",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@log_level_option
 def main(
     data_dir: Path,
     listen: str,
@@ -86,7 +81,7 @@ def main(
     log_level: str,
 ) -> None:
     """Run a Parcelo coordinator: jobs and leases in RocksDB under DATA_DIR, gRPC on LISTEN."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level)
     try:
         from parcelo.coordinator.server import Config, serve
     except ImportError as err:

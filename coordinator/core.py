@@ -13,6 +13,7 @@ import uuid
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from enum import IntEnum
+from itertools import chain, repeat
 
 from parcelo import defaults
 from parcelo.coordinator import store
@@ -331,7 +332,7 @@ class Core:
         # NODE_COMPLETED events are batched per run of fences of the same job.
         batch_job: JobState | None = None
         done: list[tuple[int, int, int]] = []
-        for fence, skip in [(f, False) for f in fences] + [(f, True) for f in skipped]:
+        for fence, skip in chain(zip(fences, repeat(False)), zip(skipped, repeat(True))):
             taken = self._take(fence)
             if len(taken) == 3:
                 rejected.append(taken)

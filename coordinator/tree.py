@@ -114,6 +114,11 @@ class Node:
         return f"Node([{self.start}, {self.end}) {self.status.name} d={self.depth})"
 
 
+def _node(start: int, end: int, depth: int, parent: Node | None, max_range_size: int, probed: bool) -> Node:
+    """A new pending node; a leaf when it is at most ``max_range_size`` wide."""
+    return Node(start, end, depth, parent, end - start <= max_range_size, probed)
+
+
 class RangeTree:
     """The range tree of one job with its counters.
 
@@ -147,7 +152,7 @@ class RangeTree:
         self.restored_leases: list[Node] = []
         # The node the last ``next_work`` returned without queueing it (see there).
         self._held: Node | None = None
-        self.root = Node(start, end, 0, None, end - start <= max_range_size, not pruning)
+        self.root = _node(start, end, 0, None, max_range_size, not pruning)
         self.total_nodes = self.pending_nodes = 1
         self._push(self.root)
         self.dirty.add(self.root)
@@ -210,7 +215,7 @@ class RangeTree:
     def _split(self, node: Node) -> Node:
         """Split ``node``: queue its right child and return its left child, not queued."""
         start, end = node.start, node.end
-        mid = start + (end - start) // 2
+        mid = split_point(start, end)
         node.status = Status.RUNNING
         # -1 for the split node, +2 for its children.
         self.pending_nodes += 1
@@ -223,10 +228,9 @@ class RangeTree:
         # Fresh pending children are not written either: implied by their split parent, and
         # ``restore`` recreates them. Most are created and finished between two commits.
         depth = node.depth + 1
-        size = self.max_range_size
         probed = not self.pruning
-        left = node.left = Node(start, mid, depth, node, mid - start <= size, probed)
-        right = node.right = Node(mid, end, depth, node, end - mid <= size, probed)
+        left = node.left = _node(start, mid, depth, node, self.max_range_size, probed)
+        right = node.right = _node(mid, end, depth, node, self.max_range_size, probed)
         self._push(right)
         self.splits.append((start, end, 0))
         return left
@@ -407,7 +411,7 @@ class RangeTree:
     @staticmethod
     def _implied(start: int, end: int, depth: int, parent: Node | None, max_range_size: int) -> Node:
         """A split node that was never written: running, already past its probe."""
-        node = Node(start, end, depth, parent, end - start <= max_range_size, True)
+        node = _node(start, end, depth, parent, max_range_size, True)
         node.status = Status.RUNNING
         return node
 
@@ -490,17 +494,12 @@ class RangeTree:
             if not node.is_leaf and node.status is Status.RUNNING and not node.fence:
                 mid = split_point(node.start, node.end)
                 if node.left is None:
-                    node.left = Node(
-                        node.start, mid, node.depth + 1, node, mid - node.start <= max_range_size, not pruning
-                    )
+                    node.left = _node(node.start, mid, node.depth + 1, node, max_range_size, not pruning)
                     fresh.append(node.left)
                 if node.right is None:
-                    node.right = Node(
-                        mid, node.end, node.depth + 1, node, node.end - mid <= max_range_size, not pruning
-                    )
+                    node.right = _node(mid, node.end, node.depth + 1, node, max_range_size, not pruning)
                     fresh.append(node.right)
-        implied = fresh
-        nodes.extend(implied)
+        nodes.extend(fresh)
         for node in nodes:
             if node.status is Status.PENDING:
                 if node.not_before > 0:

@@ -23,6 +23,7 @@ from rich.console import Console
 from rich.live import Live
 
 from parcelo import defaults, progress
+from parcelo.cli_options import target_option
 from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client, encode_params
 from parcelo.errors import ConfigError, RpcError, Unavailable
 from parcelo.v1 import types_pb2
@@ -149,13 +150,7 @@ Uint64 = click.IntRange(0, 2**64 - 1)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
-@click.option(
-    "--target",
-    envvar="PARCELO_TARGET",
-    default=defaults.DEFAULT_TARGET,
-    show_default=True,
-    help="Coordinator address host:port (env PARCELO_TARGET).",
-)
+@target_option
 @click.version_option(package_name="parcelo")
 @click.pass_context
 def cli(ctx: click.Context, target: str) -> None:

@@ -9,19 +9,14 @@ from datetime import timedelta
 import click
 
 from parcelo import defaults
+from parcelo.cli_options import log_level_option, setup_logging, target_option
 from parcelo.errors import ConfigError
 from parcelo.handlers import load, module_should_process
 from parcelo.worker import Worker
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option(
-    "--target",
-    envvar="PARCELO_TARGET",
-    default=defaults.DEFAULT_TARGET,
-    show_default=True,
-    help="Coordinator host:port (env PARCELO_TARGET).",
-)
+@target_option
 @click.option("--handler", "handler_spec", required=True, help="The handler, as module:function.")
 @click.option(
     "--should-process",
@@ -55,12 +50,7 @@ from parcelo.worker import Worker
     help="On SIGTERM, how long running handlers get to finish.",
 )
 @click.option("--worker-id", default=None, help="Name shown to the coordinator [default: host:pid].")
-@click.option(
-    "--log-level",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+@log_level_option
 def main(
     target: str,
     handler_spec: str,
@@ -73,7 +63,7 @@ def main(
     log_level: str,
 ) -> None:
     """Pull leases from the coordinator at TARGET and run HANDLER on them until SIGTERM."""
-    logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging(log_level)
     try:
         handler = load(handler_spec)
         should = load(should_spec) if should_spec else module_should_process(handler_spec)
