@@ -110,9 +110,11 @@ def main(
         uvloop.install()
     except ImportError:
         pass
+    from parcelo.coordinator.store import StoreFormatError
+
     try:
         asyncio.run(serve(config))
-    except OSError as err:
+    except (OSError, StoreFormatError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
 

@@ -1,14 +1,42 @@
-"""Conversions between the core's objects and protobuf messages."""
+"""Conversions between the core's objects and protobuf messages (no storage format here)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import NamedTuple
+
 from google.protobuf.timestamp_pb2 import Timestamp
 
-from parcelo.coordinator.events import STAT_FIELDS, Stats, stats_to_proto
+from parcelo.coordinator.events import STAT_FIELDS, Event, Segment, Stats, stats_to_proto
 from parcelo.coordinator.jobs import JobState, JobStatus
-from parcelo.coordinator.store import StoredJob
+from parcelo.coordinator.leases import Lease, LeaseKind
 from parcelo.coordinator.tree import TERMINAL, Node, RangeTree
 from parcelo.v1 import types_pb2, worker_pb2
+
+# Counters the tree restores from the job record; the others are derived (range_total from the
+# spec, active_leases from the restored leases).
+_TREE_COUNTERS = tuple(name for name in STAT_FIELDS if name not in ("range_total", "active_leases"))
+
+
+class StoredLease(NamedTuple):
+    """The lease a stored node held."""
+
+    fence: int
+    kind: LeaseKind
+    holder: str
+
+
+@dataclass
+class StoredJob:
+    """A job as the store loaded it: its record, node records, leases and retained events."""
+
+    job: types_pb2.Job
+    nodes: list[Node] = field(default_factory=list)
+    leases: dict[Node, StoredLease] = field(default_factory=dict)
+    events: list[Event] = field(default_factory=list)
+    segments: list[Segment] = field(default_factory=list)
+    last_seq: int = 0
 
 
 def _ts(seconds: float, out: Timestamp) -> None:
@@ -33,18 +61,19 @@ def job_to_proto(job: JobState, stats: Stats) -> types_pb2.Job:
     return msg
 
 
-def job_from_stored(stored: StoredJob) -> JobState:
-    """Rebuild a job and its tree from its stored record and node records."""
+def job_from_stored(stored: StoredJob, adopt: Callable[[Node], Lease]) -> JobState:
+    """Rebuild a job and its tree from its stored records; ``adopt`` makes the lease of a leased leaf."""
     msg = stored.job
     spec = msg.spec
-    counters = {name: getattr(msg.stats, name) for name in STAT_FIELDS if name not in ("range_total",)}
     tree = RangeTree.restore(
         spec.range.start,
         spec.range.end,
         spec.max_range_size,
         pruning=spec.pruning,
         nodes=stored.nodes,
-        counters=counters,
+        counters={name: getattr(msg.stats, name) for name in _TREE_COUNTERS},
+        leased={node: lease.kind for node, lease in stored.leases.items()},
+        adopt=adopt,
     )
     created = _seconds(msg.created_at)
     # Creation time orders jobs across restarts; microseconds keep it an int.
@@ -67,6 +96,8 @@ def tree_to_proto(node: Node, max_depth: int, out: types_pb2.TreeNode) -> None:
     out.attempts = node.attempts
     out.last_error = node.last_error
     out.cursor = node.cursor
+    if node.lease is not None:
+        out.worker_id = node.lease.holder
     out.collapsed = not node.is_leaf and node.left is None and node.status in TERMINAL and node.probed
     if node.left is not None and node.right is not None:
         if node.depth >= max_depth:
@@ -76,18 +107,19 @@ def tree_to_proto(node: Node, max_depth: int, out: types_pb2.TreeNode) -> None:
             tree_to_proto(node.right, max_depth, out.children.add())
 
 
-def lease_to_proto(node: Node, job: JobState, out: worker_pb2.Lease) -> None:
-    """Fill a ``Lease`` message for a node just leased."""
-    out.fence = node.fence
+def lease_to_proto(lease: Lease, job: JobState, out: worker_pb2.Lease) -> None:
+    """Fill a ``Lease`` message for a lease just granted."""
+    node = lease.node
+    out.fence = lease.fence
     out.job_id = job.id
-    out.kind = worker_pb2.LEASE_KIND_PROBE if node.probe else worker_pb2.LEASE_KIND_LEAF
+    out.kind = lease.kind.value  # type: ignore[assignment]
     out.start = node.start
     out.end = node.end
     out.attempt = node.attempts
     out.cursor = node.done_upto
     if node.details:
         out.details = node.details
-    out.ttl_ms = int(job.lease_ttl * 1000)
+    out.ttl_ms = job.ttl_ms
     out.is_leaf = node.is_leaf
-    if job.leaf_timeout:
-        out.timeout_ms = int(job.leaf_timeout * 1000)
+    if job.timeout_ms:
+        out.timeout_ms = job.timeout_ms

@@ -1,79 +1,103 @@
 """The coordinator's state and every operation on it, with no I/O and the clock passed in.
 
 ``Core`` holds the jobs, their range trees, the live leases and the event
-log. gRPC servicers call it; the committer drains what changed with
-:meth:`Core.collect_writes` into one synced RocksDB batch.
+log. gRPC servicers call it; the committer takes what changed with
+:meth:`Core.take_changes` (domain values: nodes, spans, job records,
+events) and hands it to the store, the only code that knows the storage
+format.
 """
 
 from __future__ import annotations
 
 import bisect
+import logging
 import random
 import uuid
-from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
-from enum import IntEnum
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from itertools import chain, repeat
 
 from parcelo import defaults
-from parcelo.coordinator import store
+from parcelo.coordinator.codec import StoredJob, job_from_stored, job_to_proto
 from parcelo.coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
-from parcelo.coordinator.events import EventLog, EventType, Stats
+from parcelo.coordinator.events import Drained, EventLog, EventType, Stats
 from parcelo.coordinator.jobs import FINISHED, LEASABLE, JobState, JobStatus, normalized, validate_spec
-from parcelo.coordinator.leases import FenceAllocator, LeaseTable
+from parcelo.coordinator.leases import (
+    Action,
+    Beat,
+    Failure,
+    FenceAllocator,
+    Lease,
+    LeaseKind,
+    LeaseTable,
+    Reject,
+    Rejection,
+)
 from parcelo.coordinator.tree import Node, RangeTree, Status
 from parcelo.v1 import types_pb2
+
+log = logging.getLogger(__name__)
 
 STATS_INTERVAL = defaults.STATS_EVENT_INTERVAL.total_seconds()
 
 
-class Action(IntEnum):
-    """Heartbeat directives; values equal ``parcelo.v1.DirectiveAction``."""
+@dataclass
+class Changes:
+    """Everything the core changed since the last :meth:`Core.take_changes`, in domain terms.
 
-    CONTINUE = 1
-    CANCEL = 2
-    SHRINK = 3
-    LOST = 4
-    RELEASE = 5
+    The store turns it into keys and bytes and writes it as one atomic batch.
+    """
 
+    # Nodes to write, with the lease each holds (``node.lease``), by job.
+    nodes: dict[str, list[Node]] = field(default_factory=dict)
+    # Node spans to delete, by job.
+    deleted_spans: dict[str, list[tuple[int, int]]] = field(default_factory=dict)
+    # The job records to write: what a reader sees once the batch is durable.
+    jobs: dict[str, types_pb2.Job] = field(default_factory=dict)
+    # Jobs to remove with everything they own.
+    deleted_jobs: list[str] = field(default_factory=list)
+    # Event segments to write and delete, and the events to show once durable.
+    events: Drained = field(default_factory=Drained)
+    # A new fence high-water mark to make durable.
+    fence_limit: int | None = None
+    # A job changed status: worth a synced write even if no one waits for it.
+    status_changed: bool = False
 
-class Reject(IntEnum):
-    """Why a result was refused; values equal ``parcelo.v1.RejectReason``."""
-
-    STALE_FENCE = 1
-    JOB_GONE = 2
-
-
-@dataclass(frozen=True, slots=True)
-class Failure:
-    """A failed (or released) attempt as reported by a worker."""
-
-    fence: int
-    retryable: bool
-    message: str
-    released: bool = False
-    cursor: int | None = None
-    details: bytes = b""
-
-
-@dataclass(frozen=True, slots=True)
-class Beat:
-    """One lease's heartbeat: an optional checkpoint and progress message."""
-
-    fence: int
-    cursor: int | None = None
-    details: bytes = b""
-    message: str = ""
+    def __bool__(self) -> bool:
+        return bool(
+            self.nodes
+            or self.deleted_spans
+            or self.jobs
+            or self.deleted_jobs
+            or self.events.written
+            or self.events.expired
+            or self.events.published
+            or self.fence_limit is not None
+        )
 
 
-Rejection = tuple[int, Reject, str]
+def _nothing() -> None:
+    pass
 
 
 class Core:
-    """Jobs, trees, leases and events of one coordinator."""
+    """Jobs, trees, leases and events of one coordinator.
+
+    Args:
+        fence_limit: The durable fence high-water mark (from the store).
+        event_retention: Events kept per job.
+        seed: Seed of the retry jitter (tests).
+        work_available: Called when leases may have become available (new job, resume, release,
+            retry due, probe answered, expiry). Must be cheap: it is called on the hot path.
+    """
 
     def __init__(
-        self, *, fence_limit: int, event_retention: int = defaults.EVENT_RETENTION, seed: int | None = None
+        self,
+        *,
+        fence_limit: int,
+        event_retention: int = defaults.EVENT_RETENTION,
+        seed: int | None = None,
+        work_available: Callable[[], None] = _nothing,
     ):
         self.jobs: dict[str, JobState] = {}
         self.leases = LeaseTable()
@@ -83,15 +107,12 @@ class Core:
         self._queues: dict[str, list[JobState]] = {}
         self._order = 0
         self._rng = random.Random(seed)
-        # Fences taken back by cancel, timeout or expiry: heartbeats learn why (fence -> action, forget-at).
-        self._revoked: dict[int, tuple[Action, float]] = {}
         self._dirty_jobs: set[str] = set()
-        # Whole jobs to remove with the next batch (key ranges).
-        self._deleted_ranges: list[tuple[bytes, bytes]] = []
+        self._deleted_jobs: list[str] = []
+        self._status_changed = False
         self._stats_changed: set[str] = set()
         self._stats_sent: dict[str, float] = {}
-        # Raised when leases may have become available; the dispatcher clears it.
-        self.new_work = False
+        self._work_available = work_available
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -134,7 +155,7 @@ class Core:
         if job not in jobs:
             keys = [(-j.spec.priority, j.order) for j in jobs]
             jobs.insert(bisect.bisect(keys, (-job.spec.priority, job.order)), job)
-        self.new_work = True
+        self._work_available()
 
     def _dequeue(self, job: JobState) -> None:
         jobs = self._queues.get(job.queue)
@@ -150,110 +171,66 @@ class Core:
             raise NotFound(f"job '{job_id}' not found")
         return job
 
-    def list_jobs(
-        self, *, statuses: Sequence[int], queue: str, page_size: int, page_token: str
-    ) -> tuple[list[JobState], str]:
-        """A page of jobs, newest first, and the token of the next page ("" on the last)."""
-        if page_size > defaults.MAX_LIST_PAGE_SIZE:
-            raise InvalidArgument("page_size", f"must be at most {defaults.MAX_LIST_PAGE_SIZE}")
-        size = page_size or defaults.LIST_PAGE_SIZE
-        try:
-            before = int(page_token) if page_token else None
-        except ValueError:
-            raise InvalidArgument("page_token", "is not a token returned by ListJobs") from None
-        wanted = set(statuses)
-        jobs = sorted(self.jobs.values(), key=lambda j: j.order, reverse=True)
-        page = [
-            j
-            for j in jobs
-            if (before is None or j.order < before)
-            and (not wanted or int(j.status) in wanted)
-            and (not queue or j.queue == queue)
-        ]
-        more = len(page) > size
-        page = page[:size]
-        return page, str(page[-1].order) if more else ""
-
     def pause(self, job_id: str, now: float, *, release: bool = False) -> JobState:
         job = self.get(job_id)
-        if job.status is JobStatus.PAUSED:
-            job.release_requested = job.release_requested or release
-            return job
-        job.require(LEASABLE, "pause")
-        job.status = JobStatus.PAUSED
-        job.release_requested = release
-        self._dequeue(job)
-        self._event(job, EventType.JOB_PAUSED, now)
+        if job.pause(now, release=release):
+            self._dequeue(job)
+            self._event(job, EventType.JOB_PAUSED, now)
+        else:
+            self._touch(job)
         return job
 
     def resume(self, job_id: str, now: float) -> JobState:
         job = self.get(job_id)
-        if job.status in LEASABLE:
-            return job
-        job.require(frozenset({JobStatus.PAUSED}), "resume")
-        job.status = JobStatus.RUNNING if job.started_at else JobStatus.PENDING
-        job.release_requested = False
-        self._enqueue(job)
-        self._event(job, EventType.JOB_RESUMED, now)
+        if job.resume(now):
+            self._enqueue(job)
+            self._event(job, EventType.JOB_RESUMED, now)
         return job
 
     def cancel(self, job_id: str, now: float, reason: str = "") -> JobState:
         job = self.get(job_id)
-        job.require(frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.PAUSED}), "cancel")
-        self._revoke_all(job, Action.CANCEL, now)
-        job.reason = reason or "cancelled"
-        self._set_finished(job, JobStatus.CANCELLED, EventType.JOB_CANCELLED, now, message=job.reason)
+        job.cancel(now, reason)
+        self._revoke_all(job, Action.CANCEL, "the job was cancelled", now)
+        self._ended(job, EventType.JOB_CANCELLED, now)
         return job
 
     def delete(self, job_id: str, now: float) -> None:
         job = self.get(job_id)
         job.require(FINISHED, "delete")
-        self._revoke_all(job, Action.LOST, now)
-        self._deleted_ranges.append(store.prefix_range(store.node_prefix(job.id)))
-        self._deleted_ranges.append(store.prefix_range(store.event_prefix(job.id)))
-        self._deleted_ranges.append((store.job_key(job.id), store.job_key(job.id) + b"\x00"))
+        self._revoke_all(job, Action.LOST, "the job was deleted", now)
         self._event(job, EventType.JOB_DELETED, now)
         del self.jobs[job.id]
         self._requests.pop(job.spec.request_id, None)
         self._dirty_jobs.discard(job.id)
         self._stats_changed.discard(job.id)
+        self._deleted_jobs.append(job.id)
+        self._status_changed = True
         self.events.forget(job.id)
 
     def retry_failed(self, job_id: str, now: float) -> JobState:
         job = self.get(job_id)
-        job.require(
-            frozenset({JobStatus.FAILED, JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.PENDING}), "retry"
-        )
+        job.allow_retry()
         count = job.tree.retry_failed(now)
         if not count:
             raise FailedPrecondition(f"job '{job.id}' has no failed leaves to retry")
-        self._touch(job)
-        if job.status is JobStatus.FAILED:
-            job.status = JobStatus.RUNNING
-            job.finished_at = 0.0
-            job.reason = ""
+        if job.retried(now):
             self._enqueue(job)
-        self.new_work = True
+        self._work_available()
         self._event(job, EventType.JOB_RESUMED, now, message=f"retrying {count} failed leaves")
         return job
 
-    def _revoke_all(self, job: JobState, action: Action, now: float) -> None:
+    def _revoke_all(self, job: JobState, action: Action, message: str, now: float) -> None:
+        """Take back every lease of ``job``; their holders learn ``action`` from their heartbeats."""
+        forget_at = now + job.lease_ttl * 2
         for lease in self.leases.of_job(job.id):
-            fence = lease.node.fence
-            self.leases.pop(fence)
+            self.leases.revoke(lease, action, Reject.JOB_GONE, message, forget_at)
             job.tree.release(lease.node)
-            self._revoked[fence] = (action, now + job.lease_ttl * 2)
         self._touch(job)
 
-    def _set_finished(
-        self, job: JobState, status: JobStatus, event: EventType, now: float, message: str = ""
-    ) -> None:
-        job.status = status
-        job.finished_at = now
-        job.release_requested = False
+    def _ended(self, job: JobState, event: EventType, now: float) -> None:
+        """``job`` just reached a terminal status."""
         self._dequeue(job)
-        self._touch(job)
-        self._event(job, event, now, message=message)
+        self._event(job, event, now, message=job.reason)
 
     def _finish(self, job: JobState, now: float) -> None:
         """The tree's root became terminal: complete or fail the job."""
@@ -261,17 +238,18 @@ class Core:
         if root.status is Status.ERROR:
             failed = [n for n in job.tree.walk() if n.status is Status.ERROR and n.left is None]
             last = failed[-1].last_error if failed else ""
-            job.reason = f"{len(failed)} leaves failed; last error: {last}"
-            self._set_finished(job, JobStatus.FAILED, EventType.JOB_FAILED, now, message=job.reason)
+            job.finish(JobStatus.FAILED, now, f"{len(failed)} leaves failed; last error: {last}")
+            self._ended(job, EventType.JOB_FAILED, now)
         elif job.status is not JobStatus.CANCELLED:
-            self._set_finished(job, JobStatus.COMPLETED, EventType.JOB_COMPLETED, now)
+            job.finish(JobStatus.COMPLETED, now)
+            self._ended(job, EventType.JOB_COMPLETED, now)
 
     # -- leases ---------------------------------------------------------------------------------
 
-    def lease(self, queues: Iterable[str], count: int, now: float) -> list[tuple[JobState, Node]]:
-        """Up to ``count`` leases from the given queues, best job first, deeper-first within a job."""
-        self._now = now
-        out: list[tuple[JobState, Node]] = []
+    def lease(self, queues: Iterable[str], count: int, now: float, holder: str = "") -> list[Lease]:
+        """Up to ``count`` leases for ``holder`` from the given queues, best job first, deeper-first."""
+        out: list[Lease] = []
+        grant = self.leases.grant
         for queue in queues:
             for job in tuple(self._queues.get(queue, ())):
                 if len(out) >= count:
@@ -279,12 +257,11 @@ class Core:
                 tree = job.tree
                 before = len(out)
                 if job.status is JobStatus.PENDING and tree.has_work(now):
-                    job.status = JobStatus.RUNNING
-                    job.started_at = now
+                    job.start(now)
                     self._event(job, EventType.JOB_STARTED, now)
                 started: list[tuple[int, int, int]] = []
                 allocate = self.fences.allocate
-                add = self.leases.add
+                job_id = job.id
                 ttl, timeout = job.lease_ttl, job.leaf_timeout
                 while len(out) < count:
                     node = tree.next_work(now)
@@ -293,40 +270,53 @@ class Core:
                     fence = allocate()
                     if fence is None:
                         break
-                    tree.lease(node, fence, now, ttl, timeout)
-                    add(job.id, node)
-                    out.append((job, node))
-                    if not node.probe:
+                    kind = tree.lease_kind(node)
+                    lease = grant(fence, job_id, node, holder, kind, now, ttl, timeout)
+                    tree.lease(node, lease)
+                    out.append(lease)
+                    if kind is LeaseKind.LEAF:
                         started.append((node.start, node.end, node.attempts))
-                if tree.splits:
-                    self.events.append_nodes(job.id, EventType.NODE_SPLIT, now, tree.splits)
-                    tree.splits = []
+                splits = tree.take_splits()
+                if splits:
+                    self.events.append_nodes(job_id, EventType.NODE_SPLIT, now, splits)
                 if len(out) > before:
-                    self.events.append_nodes(job.id, EventType.NODE_STARTED, now, started)
+                    self.events.append_nodes(job_id, EventType.NODE_STARTED, now, started)
                     self._touch(job)
         return out
+
+    def unsent(self, leases: Iterable[Lease], now: float) -> None:
+        """Leases :meth:`lease` made that could not be sent: as if never granted (attempts not counted)."""
+        for lease in leases:
+            job = self.jobs.get(lease.job_id)
+            if job is None or self.leases.take(lease.fence) is None:
+                continue
+            job.tree.release(lease.node)
+            self._touch(job)
+        # No work_available(): leasing again at once could fail the same way in a tight loop; the
+        # ticker offers the work again within one tick.
 
     def _touch(self, job: JobState) -> None:
         self._dirty_jobs.add(job.id)
         self._stats_changed.add(job.id)
 
-    def _take(self, fence: int) -> tuple[JobState, Node] | Rejection:
-        lease = self.leases.pop(fence)
+    def _take(self, fence: int) -> tuple[JobState, Lease] | Rejection:
+        lease = self.leases.take(fence)
         if lease is None:
-            action = self._revoked.pop(fence, None)
-            if action is not None and action[0] is Action.CANCEL:
-                return (fence, Reject.JOB_GONE, "the job was cancelled")
-            return (fence, Reject.STALE_FENCE, "no live lease with this fence (expired or re-leased)")
+            tomb = self.leases.tombstone(fence)
+            if tomb is not None and tomb.reason is Reject.JOB_GONE:
+                return Rejection(fence, Reject.JOB_GONE, tomb.message)
+            return Rejection(
+                fence, Reject.STALE_FENCE, "no live lease with this fence (expired or re-leased)"
+            )
         job = self.jobs.get(lease.job_id)
         if job is None:
-            return (fence, Reject.JOB_GONE, "the job was deleted")
-        return job, lease.node
+            return Rejection(fence, Reject.JOB_GONE, "the job was deleted")
+        return job, lease
 
     def complete(
         self, fences: Iterable[int], skipped: Iterable[int], now: float
     ) -> tuple[list[int], list[Rejection]]:
         """Apply completions (and skips); returns (accepted fences, rejections)."""
-        self._now = now
         accepted: list[int] = []
         rejected: list[Rejection] = []
         # NODE_COMPLETED events are batched per run of fences of the same job.
@@ -334,25 +324,25 @@ class Core:
         done: list[tuple[int, int, int]] = []
         for fence, skip in chain(zip(fences, repeat(False)), zip(skipped, repeat(True))):
             taken = self._take(fence)
-            if len(taken) == 3:
+            if isinstance(taken, Rejection):
                 rejected.append(taken)
                 continue
-            job, node = taken
+            job, lease = taken
+            node = lease.node
             if job is not batch_job:
                 if batch_job is not None:
                     self.events.append_nodes(batch_job.id, EventType.NODE_COMPLETED, now, done)
                     done = []
                 batch_job = job
                 self._touch(job)
-            was_probe = node.probe
             tree = job.tree
             if skip:
                 finished = tree.skip(node)
                 self.events.append(job.id, EventType.NODE_SKIPPED, now, node.start, node.end)
             else:
                 finished = tree.complete(node)
-                if was_probe:
-                    self.new_work = True
+                if lease.kind is LeaseKind.PROBE:
+                    self._work_available()
                 else:
                     done.append((node.start, node.end, 0))
             if finished:
@@ -366,20 +356,20 @@ class Core:
 
     def fail(self, failures: Iterable[Failure], now: float) -> tuple[list[int], list[Rejection]]:
         """Apply failed or released attempts; returns (accepted fences, rejections)."""
-        self._now = now
         accepted: list[int] = []
         rejected: list[Rejection] = []
         for failure in failures:
             taken = self._take(failure.fence)
-            if len(taken) == 3:
+            if isinstance(taken, Rejection):
                 rejected.append(taken)
                 continue
-            job, node = taken
-            if failure.cursor is not None and not node.probe:
+            job, lease = taken
+            node = lease.node
+            if failure.cursor is not None and lease.kind is LeaseKind.LEAF:
                 job.tree.checkpoint(node, failure.cursor, failure.details)
             if failure.released:
                 job.tree.release(node)
-                self.new_work = True
+                self._work_available()
             else:
                 self._fail_node(job, node, failure.message, failure.retryable, now)
             self._touch(job)
@@ -393,7 +383,7 @@ class Core:
         retry_at = None
         if retryable and attempt < job.retry.max_attempts:
             retry_at = now + job.retry.delay(attempt, self._rng) if backoff else now
-            self.new_work = True
+            self._work_available()
         self.events.append(
             job.id,
             EventType.NODE_FAILED,
@@ -412,21 +402,20 @@ class Core:
         for beat in beats:
             lease = self.leases.get(beat.fence)
             if lease is None:
-                revoked = self._revoked.get(beat.fence)
-                if revoked is not None and revoked[0] is Action.CANCEL:
+                tomb = self.leases.tombstone(beat.fence)
+                if tomb is not None and tomb.action is Action.CANCEL:
                     out.append((beat.fence, Action.CANCEL, "job cancelled"))
                 else:
                     out.append((beat.fence, Action.LOST, "lease expired, timed out or unknown"))
                 continue
             job = self.jobs[lease.job_id]
             node = lease.node
-            node.expires_at = now + job.lease_ttl
-            if beat.cursor is not None and not node.probe:
+            self.leases.extend(lease, now, job.lease_ttl)
+            if beat.cursor is not None and lease.kind is LeaseKind.LEAF:
                 job.tree.checkpoint(node, beat.cursor, beat.details)
                 self._touch(job)
             if beat.message and beat.message != node.message:
-                node.message = beat.message[:1024]
-                job.tree.dirty.add(node)
+                job.tree.note_message(node, beat.message[:1024])
                 self._dirty_jobs.add(job.id)
             if job.release_requested and job.status is JobStatus.PAUSED:
                 out.append((beat.fence, Action.RELEASE, "job paused with release"))
@@ -438,13 +427,12 @@ class Core:
 
     def tick(self, now: float) -> None:
         """Expire leases, fail jobs past their deadline, emit coalesced stats events."""
-        self._now = now
+        expired: dict[tuple[str, str], int] = {}
         for lease, timed_out in self.leases.due(now):
             job = self.jobs.get(lease.job_id)
-            node = lease.node
             if job is None:
                 continue
-            self._revoked[node.fence] = (Action.LOST, now + job.lease_ttl * 2)
+            node = lease.node
             if timed_out:
                 message = f"leaf timed out after {job.leaf_timeout:g} s"
                 self._fail_node(job, node, message, True, now)
@@ -452,18 +440,22 @@ class Core:
                 # A dead worker says nothing about the leaf: run it again at once, no backoff.
                 message = f"lease expired: no heartbeat within {job.lease_ttl:g} s"
                 self._fail_node(job, node, message, True, now, backoff=False)
+            self.leases.revoke(lease, Action.LOST, Reject.STALE_FENCE, message, now + job.lease_ttl * 2)
+            key = (lease.holder, job.id)
+            expired[key] = expired.get(key, 0) + 1
             self._touch(job)
-            self.new_work = True
+            self._work_available()
+        for (holder, job_id), count in expired.items():
+            # One line per worker and job: a dead worker with hundreds of prefetched leases is one event.
+            log.info("%d lease(s) of job %s held by %s expired or timed out", count, job_id, holder or "?")
         for job in self.jobs.values():
             if job.deadline and not job.finished and job.deadline <= now:
-                self._revoke_all(job, Action.CANCEL, now)
-                job.reason = "deadline exceeded"
-                self._set_finished(job, JobStatus.FAILED, EventType.JOB_FAILED, now, message=job.reason)
+                job.finish(JobStatus.FAILED, now, "deadline exceeded")
+                self._revoke_all(job, Action.CANCEL, "the job failed: deadline exceeded", now)
+                self._ended(job, EventType.JOB_FAILED, now)
             elif job.status in LEASABLE and job.tree.has_work(now):
-                self.new_work = True
-        if self._revoked:
-            for fence in [f for f, (_, until) in self._revoked.items() if until <= now]:
-                del self._revoked[fence]
+                self._work_available()
+        self.leases.forget_tombstones(now)
         for job_id in tuple(self._stats_changed):
             if now - self._stats_sent.get(job_id, 0.0) >= STATS_INTERVAL:
                 self._stats_changed.discard(job_id)
@@ -474,9 +466,9 @@ class Core:
                     self.events.append(job.id, EventType.STATS_UPDATED, now, stats=self.stats(job))
 
     def stats(self, job: JobState) -> Stats:
-        """The job's stats (``events.STAT_FIELDS`` order) followed by its status."""
+        """The job's stats and status."""
         t = job.tree
-        return (
+        return Stats(
             t.total_nodes,
             t.pending_nodes,
             t.running_nodes,
@@ -486,13 +478,15 @@ class Core:
             t.range_processed,
             t.range_skipped,
             t.range_total,
-            t.active_leases,
+            self.leases.count(job.id),
             t.failed_attempts,
             int(job.status),
         )
 
     def _event(self, job: JobState, type_: EventType, now: float, message: str = "") -> None:
+        """A job event (a status change): it carries the stats, and its batch is synced."""
         self._touch(job)
+        self._status_changed = True
         self.events.append(job.id, type_, now, message=message, stats=self.stats(job))
         # A job event carries the stats, so a coalesced STATS_UPDATED now would say nothing new.
         self._stats_changed.discard(job.id)
@@ -500,59 +494,63 @@ class Core:
 
     # -- persistence ----------------------------------------------------------------------------
 
-    def collect_writes(self) -> store.Batch:
-        """Everything changed since the last call, as one store batch."""
-        from parcelo.coordinator.codec import job_to_proto
+    def take_changes(self) -> Changes:
+        """Everything changed since the last call, for the store to write as one batch.
 
-        batch = store.Batch(ranges=self._deleted_ranges)
-        self._deleted_ranges = []
-        ops = batch.ops
-        suffix = store.node_suffix
-        encode = store.encode_node
+        The caller must write every batch it takes, in order, before showing any of it.
+        """
+        changes = Changes(deleted_jobs=self._deleted_jobs, status_changed=self._status_changed)
+        self._deleted_jobs = []
+        self._status_changed = False
         for job_id in self._dirty_jobs:
             job = self.jobs.get(job_id)
             if job is None:
                 continue
-            tree = job.tree
-            prefix = store.node_prefix(job_id)
-            for start, end in tree.deleted:
-                ops.append((prefix + suffix(start, end), None))
-            tree.deleted.clear()
-            for node in tree.dirty:
-                ops.append((prefix + suffix(node.start, node.end), encode(node)))
-                node.persisted = True
-            tree.dirty.clear()
-            ops.append((store.job_key(job_id), job_to_proto(job, self.stats(job)).SerializeToString()))
+            dirty, deleted = job.tree.take_changes()
+            if dirty:
+                changes.nodes[job_id] = dirty
+            if deleted:
+                changes.deleted_spans[job_id] = deleted
+            changes.jobs[job_id] = job_to_proto(job, self.stats(job))
         self._dirty_jobs.clear()
-        written, expired = self.events.drain()
-        for job_id, first, blob in written:
-            ops.append((store.event_key(job_id, first), blob))
-        for job_id, first in expired:
-            ops.append((store.event_key(job_id, first), None))
-        batch.fence_limit = self.fences.pending_limit()
-        if batch.fence_limit is not None:
-            ops.append((store.FENCE_KEY, batch.fence_limit.to_bytes(8, "big")))
-        return batch
+        changes.events = self.events.drain()
+        changes.fence_limit = self.fences.pending_limit()
+        return changes
 
-    def restore(self, stored: Iterable[store.StoredJob], now: float) -> None:
+    def written(self, changes: Changes) -> None:
+        """The store wrote ``changes`` (from :meth:`take_changes`): use their fences, show their events."""
+        if changes.fence_limit is not None:
+            self.fences.made_durable(changes.fence_limit)
+        self.events.published(changes.events.published)
+
+    def restore(self, stored: Iterable[StoredJob], now: float) -> None:
         """Rebuild state loaded from the store; live leases get a fresh TTL from ``now``."""
-        from parcelo.coordinator.codec import job_from_stored
-
-        self._now = now
         for item in stored:
-            job = job_from_stored(item)
+            restored: list[Lease] = []
+
+            def adopt(node: Node, item: StoredJob = item, restored: list[Lease] = restored) -> Lease:
+                stored_lease = item.leases[node]
+                spec = item.job.spec
+                ttl = spec.lease_ttl.ToMilliseconds() / 1000
+                timeout = spec.leaf_timeout.ToMilliseconds() / 1000 if spec.HasField("leaf_timeout") else 0
+                timeout_at = now + timeout if timeout else 0.0
+                lease = Lease(
+                    stored_lease.fence,
+                    item.job.id,
+                    node,
+                    stored_lease.holder,
+                    LeaseKind.LEAF,
+                    now,
+                    now + ttl,
+                    timeout_at,
+                )
+                restored.append(lease)
+                return lease
+
+            job = job_from_stored(item, adopt)
             self._add(job)
             self.events.restore(job.id, item.last_seq, item.events, item.segments)
-            expires = now + job.lease_ttl
-            timeout_at = now + job.leaf_timeout if job.leaf_timeout else 0.0
-            for node in job.tree.restored_leases:
-                node.expires_at = expires
-                node.timeout_at = timeout_at
-            self.leases.add_many(job.id, job.tree.restored_leases)
-            job.tree.restored_leases = []
+            self.leases.restore(restored)
             if job.status in FINISHED:
                 self._dequeue(job)
         self._dirty_jobs.clear()
-        self.new_work = True
-
-    _now: float = 0.0

@@ -6,6 +6,10 @@ group commit (so a batch of thousands of node events costs one RocksDB put),
 and drops whole segments once at least ``retention`` newer events are kept; a
 watcher that reconnects with its last sequence number misses nothing still
 retained.
+
+Nothing is shown before it is on disk: listeners get events, and
+:meth:`EventLog.recent` returns them, only once the committer reported the
+batch holding them written (:meth:`EventLog.published`).
 """
 
 from __future__ import annotations
@@ -13,8 +17,10 @@ from __future__ import annotations
 import itertools
 import struct
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
 from enum import IntEnum
+from typing import NamedTuple
 
 from google.protobuf.timestamp_pb2 import Timestamp
 
@@ -51,8 +57,21 @@ class EventType(IntEnum):
     JOB_DELETED = 14
 
 
-Stats = tuple[int, ...]
-"""Job stats as a tuple in JobStats field order, plus the job status last."""
+class Stats(NamedTuple):
+    """A job's stats in ``parcelo.v1.JobStats`` field order, then the job status."""
+
+    total_nodes: int
+    pending_nodes: int
+    running_nodes: int
+    done_nodes: int
+    skipped_nodes: int
+    error_nodes: int
+    range_processed: int
+    range_skipped: int
+    range_total: int
+    active_leases: int
+    failed_attempts: int
+    status: int
 
 
 class Event:
@@ -98,7 +117,7 @@ class Event:
         seq, type_, time, start, end, attempt = _HEAD.unpack_from(data)
         pos = _HEAD.size
         n = data[pos]
-        stats = _STATS.unpack_from(data, pos + 1) if n else None
+        stats = Stats(*_STATS.unpack_from(data, pos + 1)) if n else None
         message = data[pos + 1 + n :].decode()
         return cls(job_id, seq, EventType(type_), time, start, end, attempt, message, stats)
 
@@ -118,7 +137,7 @@ class Event:
             msg.range.end = self.end
         if self.stats:
             stats_to_proto(self.stats, msg.stats)
-            msg.status = self.stats[-1]  # type: ignore[assignment]
+            msg.status = self.stats.status  # type: ignore[assignment]
         return msg
 
 
@@ -182,19 +201,8 @@ def _last(entry: Entry) -> int:
     return entry.seq if isinstance(entry, Event) else entry.last
 
 
-STAT_FIELDS = (
-    "total_nodes",
-    "pending_nodes",
-    "running_nodes",
-    "done_nodes",
-    "skipped_nodes",
-    "error_nodes",
-    "range_processed",
-    "range_skipped",
-    "range_total",
-    "active_leases",
-    "failed_attempts",
-)
+STAT_FIELDS = Stats._fields[:-1]
+"""The ``JobStats`` fields, in order (a test ties them to the proto)."""
 
 
 def stats_to_proto(stats: Stats, out: types_pb2.JobStats) -> None:
@@ -231,6 +239,18 @@ Segment = tuple[int, int]
 Listener = Callable[[Event], None]
 
 
+@dataclass
+class Drained:
+    """What :meth:`EventLog.drain` hands the committer."""
+
+    # Segments to write: (job, first seq, entries).
+    written: list[tuple[str, int, list[Entry]]] = field(default_factory=list)
+    # Segments to delete: (job, first seq).
+    expired: list[tuple[str, int]] = field(default_factory=list)
+    # Entries to show once the batch is durable, by job (a deleted job's last events first).
+    published: list[tuple[str, list[Entry]]] = field(default_factory=list)
+
+
 class EventLog:
     """Numbering, memory window and listeners of every job's events."""
 
@@ -244,6 +264,10 @@ class EventLog:
         self._segments: dict[str, deque[Segment]] = {}
         # Entries not yet written, grouped by job: drained by the committer.
         self._unwritten: dict[str, list[Entry]] = {}
+        # The newest event of each job known to be on disk: what readers may see.
+        self._durable: dict[str, int] = {}
+        # Unwritten events of deleted jobs: published with the next batch, never written.
+        self._farewell: dict[str, list[Entry]] = {}
 
     def restore(self, job_id: str, last_seq: int, recent: list[Event], segments: list[Segment]) -> None:
         """Resume a job's numbering after a restart."""
@@ -251,22 +275,33 @@ class EventLog:
         self._recent[job_id] = deque(recent)
         self._recent_size[job_id] = len(recent)
         self._segments[job_id] = deque(segments)
+        self._durable[job_id] = last_seq
 
-    def drain(self) -> tuple[list[tuple[str, int, bytes]], list[tuple[str, int]]]:
-        """New segments to write (job, first seq, blob) and expired ones to delete (job, first seq)."""
-        written = []
-        expired = []
+    def drain(self) -> Drained:
+        """Segments to write and to delete since the last call, and the entries they publish."""
+        out = Drained(published=[*self._farewell.items(), *self._unwritten.items()])
+        self._farewell = {}
         for job_id, entries in self._unwritten.items():
-            if job_id not in self._seq:
-                continue
             first, last = entries[0].seq, _last(entries[-1])
-            written.append((job_id, first, encode_segment(entries)))
+            out.written.append((job_id, first, entries))
             segments = self._segments.setdefault(job_id, deque())
             segments.append((first, last))
             while segments and segments[0][1] <= last - self.retention:
-                expired.append((job_id, segments.popleft()[0]))
+                out.expired.append((job_id, segments.popleft()[0]))
         self._unwritten = {}
-        return written, expired
+        return out
+
+    def published(self, entries_by_job: list[tuple[str, list[Entry]]]) -> None:
+        """The entries drained with a batch are on disk: show them to readers and listeners."""
+        for job_id, entries in entries_by_job:
+            if job_id in self._seq:
+                self._durable[job_id] = _last(entries[-1])
+            listeners = self._listeners.get(job_id)
+            if listeners:
+                events = _unpack(job_id, entries)
+                for listener in tuple(listeners):
+                    for event in events:
+                        listener(event)
 
     def _remember(self, job_id: str, entry: Entry, size: int) -> None:
         recent = self._recent.get(job_id)
@@ -300,10 +335,6 @@ class EventLog:
         self._seq[job_id] = seq
         event = Event(job_id, seq, type_, now, start, end, attempt, message, stats)
         self._remember(job_id, event, 1)
-        listeners = self._listeners.get(job_id)
-        if listeners:
-            for listener in tuple(listeners):
-                listener(event)
         return event
 
     def append_nodes(
@@ -319,31 +350,20 @@ class EventLog:
         self._seq[job_id] = seq + len(nodes)
         batch = NodeBatch(seq + 1, type_, now, nodes)
         self._remember(job_id, batch, len(nodes))
-        listeners = self._listeners.get(job_id)
-        if listeners:
-            events = batch.events(job_id)
-            for listener in tuple(listeners):
-                for event in events:
-                    listener(event)
 
-    def last_seq(self, job_id: str) -> int:
-        return self._seq.get(job_id, 0)
+    def durable_seq(self, job_id: str) -> int:
+        """The newest event of the job that is on disk (0: none)."""
+        return self._durable.get(job_id, 0)
 
     def recent(self, job_id: str, after_seq: int) -> tuple[list[Event], bool]:
-        """Events after ``after_seq`` from memory, and whether memory covered the whole gap."""
+        """Durable events after ``after_seq`` from memory, and whether memory covered the whole gap."""
+        durable = self._durable.get(job_id, 0)
         recent = self._recent.get(job_id)
-        if not recent:
-            return [], after_seq >= self._seq.get(job_id, 0)
+        if not recent or recent[0].seq > durable:
+            return [], after_seq >= durable
         covered = recent[0].seq <= after_seq + 1
-        out: list[Event] = []
-        for entry in recent:
-            if _last(entry) <= after_seq:
-                continue
-            if isinstance(entry, Event):
-                out.append(entry)
-            else:
-                out.extend(entry.events(job_id, after_seq))
-        return out, covered
+        shown = [entry for entry in recent if after_seq < _last(entry) <= durable]
+        return _unpack(job_id, shown, after_seq), covered
 
     def subscribe(self, job_id: str, listener: Listener) -> Callable[[], None]:
         """Call ``listener`` with each new event of ``job_id``; returns the unsubscribe function."""
@@ -359,9 +379,28 @@ class EventLog:
         return unsubscribe
 
     def forget(self, job_id: str) -> None:
-        """Drop a deleted job's memory (listeners stay until they unsubscribe)."""
+        """Drop a deleted job's memory (listeners stay until they unsubscribe).
+
+        Its unwritten events are still published with the next batch (the one that deletes it),
+        so a watcher sees ``JOB_DELETED``.
+        """
         self._seq.pop(job_id, None)
         self._recent.pop(job_id, None)
         self._recent_size.pop(job_id, None)
         self._segments.pop(job_id, None)
-        self._unwritten.pop(job_id, None)
+        self._durable.pop(job_id, None)
+        unwritten = self._unwritten.pop(job_id, None)
+        if unwritten:
+            self._farewell[job_id] = unwritten
+
+
+def _unpack(job_id: str, entries: Iterable[Entry], after_seq: int = 0) -> list[Event]:
+    """The events of ``entries`` numbered above ``after_seq``, node batches unpacked."""
+    out: list[Event] = []
+    for entry in entries:
+        if isinstance(entry, Event):
+            if entry.seq > after_seq:
+                out.append(entry)
+        else:
+            out.extend(entry.events(job_id, after_seq))
+    return out

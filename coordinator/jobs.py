@@ -1,4 +1,15 @@
-"""Jobs: spec validation, retry policy and the job state machine (no I/O)."""
+r"""Jobs: spec validation, retry policy and the job state machine (no I/O).
+
+The state machine::
+
+    PENDING --first lease--> RUNNING --root done--> COMPLETED
+       |  \                   |   \--root in error / deadline--> FAILED --retry--> RUNNING
+       |   \--pause--> PAUSED <-resume (back to PENDING or RUNNING)
+       \--------------- cancel (from PENDING, RUNNING, PAUSED) --> CANCELLED
+
+Every transition is a :class:`JobState` method that checks it is allowed
+(:class:`FailedPrecondition` otherwise) and sets ``updated_at``.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +28,8 @@ MAX_U64 = (1 << 64) - 1
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_PARAMS_BYTES = 1 << 20
+MAX_DURATION_MS = (1 << 32) - 1
+"""Longest lease TTL or leaf timeout: the wire carries them as ``uint32`` milliseconds (about 49.7 days)."""
 
 
 class JobStatus(IntEnum):
@@ -82,6 +95,8 @@ def validate_spec(spec: types_pb2.JobSpec) -> None:
             value = getattr(spec, name)
             if value.seconds < 0 or value.nanos < 0:
                 raise InvalidArgument(name, "must not be negative")
+            if value.ToMilliseconds() > MAX_DURATION_MS:
+                raise InvalidArgument(name, f"must be at most {MAX_DURATION_MS} ms (about 49.7 days)")
     if spec.HasField("lease_ttl") and _seconds(spec.lease_ttl) < defaults.MIN_LEASE_TTL.total_seconds():
         raise InvalidArgument("lease_ttl", f"must be at least {defaults.MIN_LEASE_TTL.total_seconds()} s")
     retry = spec.retry
@@ -136,7 +151,9 @@ class JobState:
         "spec",
         "started_at",
         "status",
+        "timeout_ms",
         "tree",
+        "ttl_ms",
         "updated_at",
     )
 
@@ -158,6 +175,10 @@ class JobState:
         self.release_requested = False
         self.lease_ttl = _seconds(spec.lease_ttl)
         self.leaf_timeout = _seconds(spec.leaf_timeout) if spec.HasField("leaf_timeout") else 0.0
+        # As the wire carries them; clamped so that a record stored before the limit was checked
+        # still makes grants that encode.
+        self.ttl_ms = min(int(self.lease_ttl * 1000), MAX_DURATION_MS)
+        self.timeout_ms = min(int(self.leaf_timeout * 1000), MAX_DURATION_MS)
         self.deadline = _seconds(spec.deadline) if spec.HasField("deadline") else 0.0
         r = spec.retry
         self.retry = RetryPolicy(
@@ -180,3 +201,69 @@ class JobState:
         """Raise :class:`FailedPrecondition` unless the job is in one of ``allowed``."""
         if self.status not in allowed:
             raise FailedPrecondition(f"cannot {action} job '{self.id}': it is {self.status.name.lower()}")
+
+    # -- the state machine ------------------------------------------------------------------------
+
+    def _set(self, status: JobStatus, now: float) -> None:
+        self.status = status
+        self.updated_at = now
+
+    def start(self, now: float) -> None:
+        """The first lease of a pending job was handed out."""
+        self.require(frozenset({JobStatus.PENDING}), "start")
+        self.started_at = now
+        self._set(JobStatus.RUNNING, now)
+
+    def pause(self, now: float, *, release: bool) -> bool:
+        """Stop handing out leases; returns False when the job already was paused.
+
+        Pausing a paused job again only adds ``release`` (it never withdraws it).
+        """
+        if self.status is JobStatus.PAUSED:
+            if release and not self.release_requested:
+                self.release_requested = True
+                self.updated_at = now
+            return False
+        self.require(LEASABLE, "pause")
+        self.release_requested = release
+        self._set(JobStatus.PAUSED, now)
+        return True
+
+    def resume(self, now: float) -> bool:
+        """Hand out leases again; returns False when the job was not paused (nothing to do)."""
+        if self.status in LEASABLE:
+            return False
+        self.require(frozenset({JobStatus.PAUSED}), "resume")
+        self.release_requested = False
+        self._set(JobStatus.RUNNING if self.started_at else JobStatus.PENDING, now)
+        return True
+
+    def cancel(self, now: float, reason: str) -> None:
+        """End the job as cancelled."""
+        self.require(frozenset({JobStatus.PENDING, JobStatus.RUNNING, JobStatus.PAUSED}), "cancel")
+        self.finish(JobStatus.CANCELLED, now, reason or "cancelled")
+
+    def finish(self, status: JobStatus, now: float, reason: str = "") -> None:
+        """End the job with a terminal ``status`` (completed, failed or cancelled)."""
+        if status not in FINISHED:
+            raise ValueError(f"{status.name} is not a terminal status")
+        self.reason = reason
+        self.finished_at = now
+        self.release_requested = False
+        self._set(status, now)
+
+    def allow_retry(self) -> None:
+        """Check that failed leaves may be retried now (not in a cancelled or completed job)."""
+        self.require(
+            frozenset({JobStatus.FAILED, JobStatus.RUNNING, JobStatus.PAUSED, JobStatus.PENDING}), "retry"
+        )
+
+    def retried(self, now: float) -> bool:
+        """Failed leaves went back to pending; a failed job runs again. Returns whether it was failed."""
+        self.updated_at = now
+        if self.status is not JobStatus.FAILED:
+            return False
+        self.finished_at = 0.0
+        self.reason = ""
+        self._set(JobStatus.RUNNING, now)
+        return True

@@ -1,4 +1,11 @@
-"""Lease bookkeeping: fencing tokens and expiry, as pure logic with the clock passed in.
+"""Leases: fencing tokens, the one record of each live lease, expiry, and tombstones.
+
+Pure logic with the clock passed in. ``LeaseTable`` is the only owner of a
+lease: who holds it, when it was granted, when it expires or times out, and
+what it is (a leaf run or a probe). The tree's node only points at its
+current lease; a lease taken back (cancel, expiry, timeout, delete) leaves a
+tombstone here for a while, so a late heartbeat or result learns *why* it
+was refused.
 
 A lease is named by its fence, a number unique over the coordinator's whole
 life. Fences are handed out from a block whose upper bound is made durable
@@ -12,11 +19,68 @@ from __future__ import annotations
 import heapq
 from collections.abc import Iterator
 from dataclasses import dataclass
+from enum import IntEnum
+from typing import TYPE_CHECKING, NamedTuple
 
-from parcelo.coordinator.tree import Node, Status
+if TYPE_CHECKING:
+    from parcelo.coordinator.tree import Node
 
 FENCE_BLOCK = 1 << 20
 """Fences reserved per durable write of the high-water mark."""
+
+
+class LeaseKind(IntEnum):
+    """What a lease asks of its holder; values equal ``parcelo.v1.LeaseKind``."""
+
+    LEAF = 1
+    PROBE = 2
+
+
+class Action(IntEnum):
+    """Heartbeat directives; values equal ``parcelo.v1.DirectiveAction``."""
+
+    CONTINUE = 1
+    CANCEL = 2
+    SHRINK = 3
+    LOST = 4
+    RELEASE = 5
+
+
+class Reject(IntEnum):
+    """Why a result was refused; values equal ``parcelo.v1.RejectReason``."""
+
+    STALE_FENCE = 1
+    JOB_GONE = 2
+
+
+class Rejection(NamedTuple):
+    """A result the core refused: the fence, why, and a message for the worker."""
+
+    fence: int
+    reason: Reject
+    message: str
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A failed (or released) attempt as reported by a worker."""
+
+    fence: int
+    retryable: bool
+    message: str
+    released: bool = False
+    cursor: int | None = None
+    details: bytes = b""
+
+
+@dataclass(frozen=True, slots=True)
+class Beat:
+    """One lease's heartbeat: an optional checkpoint and progress message."""
+
+    fence: int
+    cursor: int | None = None
+    details: bytes = b""
+    message: str = ""
 
 
 class FenceAllocator:
@@ -47,96 +111,181 @@ class FenceAllocator:
         self.durable_limit = max(self.durable_limit, limit)
 
 
-@dataclass(slots=True)
 class Lease:
-    """A live lease: the node and the job it belongs to."""
+    """One live lease: the single record of who holds which node of which job, and until when.
 
-    job_id: str
-    node: Node
+    A plain ``__slots__`` class: one is created per leaf run on the hot path.
+    """
+
+    __slots__ = ("expires_at", "fence", "granted_at", "holder", "job_id", "kind", "node", "timeout_at")
+
+    def __init__(
+        self,
+        fence: int,
+        job_id: str,
+        node: Node,
+        holder: str,
+        kind: LeaseKind,
+        granted_at: float,
+        expires_at: float,
+        timeout_at: float,
+    ) -> None:
+        self.fence = fence
+        self.job_id = job_id
+        self.node = node
+        # The worker id its holder gave in Hello ("" when unknown, e.g. restored from an old record).
+        self.holder = holder
+        self.kind = kind
+        self.granted_at = granted_at
+        # Heartbeats move this; the lease expires when it passes.
+        self.expires_at = expires_at
+        # The leaf timeout: the attempt ends then whatever the heartbeats say (0: none).
+        self.timeout_at = timeout_at
+
+    @property
+    def probe(self) -> bool:
+        return self.kind is LeaseKind.PROBE
+
+    @property
+    def due(self) -> float:
+        """When the table must look at this lease again."""
+        if self.timeout_at:
+            return min(self.expires_at, self.timeout_at)
+        return self.expires_at
+
+    def __repr__(self) -> str:
+        return f"Lease({self.fence} {self.kind.name} {self.job_id} {self.node!r} by {self.holder!r})"
+
+
+class Tombstone(NamedTuple):
+    """What is left of a lease taken back: the directive a late heartbeat gets, and until when."""
+
+    action: Action
+    reason: Reject
+    message: str
+    forget_at: float
 
 
 class LeaseTable:
-    """Live leases by fence, and a heap of the times they must be looked at again.
+    """Live leases by fence, per-job counts, tombstones, and a heap of due times.
 
-    Heartbeats only move ``node.expires_at``; the heap entry is corrected
-    lazily when it comes up, so a heartbeat costs O(1) and an expiry O(log n).
+    Heartbeats only move ``expires_at``; the heap entry is corrected lazily
+    when it comes up, so a heartbeat costs O(1) and an expiry O(log n).
     """
 
     def __init__(self) -> None:
-        self._by_fence: dict[int, Lease] = {}
+        self._live: dict[int, Lease] = {}
+        self._per_job: dict[str, int] = {}
         self._heap: list[tuple[float, int]] = []
+        self._tombstones: dict[int, Tombstone] = {}
 
     def __len__(self) -> int:
-        return len(self._by_fence)
+        return len(self._live)
 
     def __contains__(self, fence: int) -> bool:
-        return fence in self._by_fence
+        return fence in self._live
 
-    def add(self, job_id: str, node: Node) -> None:
-        self._by_fence[node.fence] = Lease(job_id, node)
+    def count(self, job_id: str) -> int:
+        """Live leases of one job."""
+        return self._per_job.get(job_id, 0)
+
+    def grant(
+        self,
+        fence: int,
+        job_id: str,
+        node: Node,
+        holder: str,
+        kind: LeaseKind,
+        now: float,
+        ttl: float,
+        timeout: float,
+    ) -> Lease:
+        """Record a new lease of ``node`` under ``fence``; ``timeout`` 0 means no leaf timeout."""
+        lease = Lease(
+            fence, job_id, node, holder, kind, now, now + ttl, now + timeout if timeout > 0 else 0.0
+        )
+        self._add(lease)
         heap = self._heap
-        heapq.heappush(heap, (_due(node), node.fence))
+        heapq.heappush(heap, (lease.due, fence))
         # Entries of finished leases wait in the heap until their due time; when they outnumber
         # the live ones, rebuild it (O(live), so O(1) amortised) to keep memory at the live leases.
-        if len(heap) > 2 * len(self._by_fence) + 4096:
-            self._heap = [(_due(lease.node), fence) for fence, lease in self._by_fence.items()]
+        if len(heap) > 2 * len(self._live) + 4096:
+            self._heap = [(live.due, f) for f, live in self._live.items()]
             heapq.heapify(self._heap)
+        return lease
 
-    def add_many(self, job_id: str, nodes: list[Node]) -> None:
-        """Add many leases at once (restart): one heapify instead of a push each."""
-        by_fence = self._by_fence
-        for node in nodes:
-            by_fence[node.fence] = Lease(job_id, node)
-        self._heap.extend((_due(node), node.fence) for node in nodes)
+    def restore(self, leases: list[Lease]) -> None:
+        """Add leases rebuilt at start: one heapify instead of a push each."""
+        for lease in leases:
+            self._add(lease)
+        self._heap.extend((lease.due, lease.fence) for lease in leases)
         heapq.heapify(self._heap)
 
+    def _add(self, lease: Lease) -> None:
+        self._live[lease.fence] = lease
+        self._per_job[lease.job_id] = self._per_job.get(lease.job_id, 0) + 1
+
+    def _remove(self, lease: Lease) -> None:
+        del self._live[lease.fence]
+        left = self._per_job[lease.job_id] - 1
+        if left:
+            self._per_job[lease.job_id] = left
+        else:
+            del self._per_job[lease.job_id]
+
     def get(self, fence: int) -> Lease | None:
-        """The live lease with this fence, or None when it is stale or unknown."""
-        lease = self._by_fence.get(fence)
-        if lease is None or lease.node.fence != fence or lease.node.status is not Status.RUNNING:
-            return None
+        """The live lease with this fence, or None when it ended or never existed."""
+        return self._live.get(fence)
+
+    def take(self, fence: int) -> Lease | None:
+        """Remove and return the live lease with this fence (it ended normally)."""
+        lease = self._live.get(fence)
+        if lease is not None:
+            self._remove(lease)
         return lease
 
-    def pop(self, fence: int) -> Lease | None:
-        """Remove and return the live lease with this fence."""
-        lease = self.get(fence)
-        if lease is not None:
-            del self._by_fence[fence]
-        else:
-            self._by_fence.pop(fence, None)
-        return lease
+    def revoke(self, lease: Lease, action: Action, reason: Reject, message: str, forget_at: float) -> None:
+        """Take ``lease`` back; until ``forget_at`` its fence answers ``action`` / ``reason``."""
+        if self._live.get(lease.fence) is lease:
+            self._remove(lease)
+        self._tombstones[lease.fence] = Tombstone(action, reason, message, forget_at)
+
+    def tombstone(self, fence: int) -> Tombstone | None:
+        """Why a fence that is no longer live was taken back, while that is remembered."""
+        return self._tombstones.get(fence)
+
+    def extend(self, lease: Lease, now: float, ttl: float) -> None:
+        """A heartbeat: the lease now expires ``ttl`` after ``now``."""
+        lease.expires_at = now + ttl
 
     def due(self, now: float) -> Iterator[tuple[Lease, bool]]:
         """Leases whose TTL or leaf timeout has passed, removed from the table.
 
         Yields ``(lease, timed_out)``: timed_out is True when the leaf timeout,
-        rather than a missed heartbeat, ended it.
+        rather than a missed heartbeat, ended it. The caller revokes each one.
         """
         heap = self._heap
+        live = self._live
         while heap and heap[0][0] <= now:
             _, fence = heapq.heappop(heap)
-            lease = self.get(fence)
+            lease = live.get(fence)
             if lease is None:
-                self._by_fence.pop(fence, None)
                 continue
-            node = lease.node
-            timed_out = bool(node.timeout_at) and node.timeout_at <= now
-            if node.expires_at > now and not timed_out:
-                heapq.heappush(heap, (_due(node), fence))
+            timed_out = bool(lease.timeout_at) and lease.timeout_at <= now
+            if lease.expires_at > now and not timed_out:
+                heapq.heappush(heap, (lease.due, fence))
                 continue
-            del self._by_fence[fence]
+            self._remove(lease)
             yield lease, timed_out
+
+    def forget_tombstones(self, now: float) -> None:
+        """Drop tombstones whose time is up."""
+        if self._tombstones:
+            for fence in [f for f, t in self._tombstones.items() if t.forget_at <= now]:
+                del self._tombstones[fence]
 
     def of_job(self, job_id: str) -> list[Lease]:
         """Live leases of one job (O(leases); used by pause, cancel and delete only)."""
-        return [
-            lease
-            for lease in self._by_fence.values()
-            if lease.job_id == job_id and self.get(lease.node.fence)
-        ]
-
-
-def _due(node: Node) -> float:
-    if node.timeout_at:
-        return min(node.expires_at, node.timeout_at)
-    return node.expires_at
+        if not self._per_job.get(job_id):
+            return []
+        return [lease for lease in self._live.values() if lease.job_id == job_id]

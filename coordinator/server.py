@@ -15,15 +15,20 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from parcelo import defaults
-from parcelo.coordinator.core import Core
-from parcelo.coordinator.dispatch import Committer, Dispatcher
+from parcelo.coordinator.committer import Committer
+from parcelo.coordinator.core import Changes, Core
+from parcelo.coordinator.dispatcher import Dispatcher
 from parcelo.coordinator.events import MEMORY_WINDOW
 from parcelo.coordinator.service import JobServicer, WorkerServicer
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.telemetry import Telemetry
+from parcelo.coordinator.views import JobViews
 from parcelo.v1 import jobs_pb2_grpc, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
+
+SERVICES = ("", "parcelo.v1.JobService", "parcelo.v1.WorkerService")
+"""Names the health service answers for: the server as a whole and each service."""
 
 GC_THRESHOLD = 100_000
 """Allocations between young-generation collections (Python's default is 700): see ``_tune_gc``."""
@@ -69,6 +74,7 @@ class Coordinator:
         self.config = config
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
+        self._background: set[asyncio.Task[None]] = set()
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
@@ -76,33 +82,45 @@ class Coordinator:
         cfg = self.config
         started = time.perf_counter()
         self.store = Store(cfg.data_dir)
-        self.core = Core(fence_limit=self.store.fence_limit(), event_retention=cfg.event_retention)
+        # The core signals new work to the dispatcher, which is made from the core just below.
+        self.core = Core(
+            fence_limit=self.store.fence_limit(),
+            event_retention=cfg.event_retention,
+            work_available=lambda: self.dispatcher.work_available(),
+        )
+        self.telemetry = Telemetry(self.core, cfg.metrics_port)
+        self.dispatcher = Dispatcher(self.core, on_grant=self.telemetry.on_grant)
         stored = self.store.load(MEMORY_WINDOW)
         self.core.restore(stored, time.time())
+        self.views = JobViews()
+        self.views.written((item.job for item in stored), ())
         _tune_gc()
-        self.telemetry = Telemetry(self.core, cfg.metrics_port)
-        self.committer = Committer(self.core, self.store, on_batch=self.telemetry.on_batch)
+        self.health = health.aio.HealthServicer()
+        self.committer = Committer(
+            self.core,
+            self.store,
+            on_written=self._written,
+            on_batch=self.telemetry.on_batch,
+            on_healthy=self._set_healthy,
+        )
         # Reserve the first block of fences before any lease can be handed out.
         self.committer.write_now()
-        self.dispatcher = Dispatcher(self.core, self.committer, on_grant=self.telemetry.on_grant)
-        self.committer.after_commit = self.dispatcher.credit_changed
         self.server = aio.server(
             options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)]
         )
         heartbeat_ms = cfg.heartbeat_interval_ms or 0
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(self.core, self.store, self.committer, self.dispatcher), self.server
+            JobServicer(self.core, self.views, self.store, self.committer, self.dispatcher), self.server
         )
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms), self.server
         )
-        self.health = health.aio.HealthServicer() if hasattr(health, "aio") else health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         self.port = self.server.add_insecure_port(cfg.listen)
         if not self.port:
             raise OSError(f"cannot listen on {cfg.listen}")
         await self.server.start()
-        await _maybe_await(self.health.set("", health_pb2.HealthCheckResponse.SERVING))
+        self._set_healthy(True)
         self._tasks = [
             asyncio.create_task(self.committer.run(), name="committer"),
             asyncio.create_task(self._tick(), name="ticker"),
@@ -116,6 +134,28 @@ class Coordinator:
             time.perf_counter() - started,
         )
         return self.port
+
+    def _written(self, changes: Changes) -> None:
+        """A batch is on disk: its fences may be used, its events and job records shown."""
+        self.core.written(changes)
+        self.views.written(changes.jobs.values(), changes.deleted_jobs)
+        if changes.fence_limit is not None:
+            self.dispatcher.credit_changed()
+
+    def _set_healthy(self, healthy: bool) -> None:
+        """Health checks say SERVING only while the store takes writes (so nothing is acknowledged)."""
+        status = (
+            health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+
+        async def set_all() -> None:
+            for name in SERVICES:
+                await self.health.set(name, status)
+
+        # The aio servicer's set() is a coroutine (it wakes Watch callers); callers here are not.
+        task = asyncio.get_running_loop().create_task(set_all())
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
 
     async def _tick(self) -> None:
         while True:
@@ -138,11 +178,12 @@ class Coordinator:
 
     async def stop(self) -> None:
         """Stop accepting, let in-flight calls finish, write everything, close the store."""
-        await _maybe_await(self.health.set("", health_pb2.HealthCheckResponse.NOT_SERVING))
+        for name in SERVICES:
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         await self.server.stop(self.config.grace)
         for task in self._tasks[1:]:
             task.cancel()
-        await self.committer.close()
+        await self.committer.close(self.config.grace)
         for task in self._tasks:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -150,11 +191,6 @@ class Coordinator:
         self.telemetry.close()
         self.store.close()
         self._stopped.set()
-
-
-async def _maybe_await(value: object) -> None:
-    if asyncio.iscoroutine(value):
-        await value
 
 
 async def serve(config: Config) -> None:

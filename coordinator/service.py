@@ -1,6 +1,8 @@
 """gRPC servicers: translate protobuf to core calls and core errors to status codes.
 
-Every state change is made durable (group commit) before it is acknowledged.
+Every state change is made durable (group commit) before it is acknowledged,
+and reads answer from what is on disk (``views.JobViews`` and the published
+events), never from state a crash could take back.
 """
 
 from __future__ import annotations
@@ -15,13 +17,17 @@ from typing import Any, TypeVar
 import grpc
 from grpc import aio
 
+from parcelo import __version__
 from parcelo.coordinator import errors
-from parcelo.coordinator.codec import job_to_proto, tree_to_proto
-from parcelo.coordinator.core import Beat, Core, Failure, Rejection
-from parcelo.coordinator.dispatch import Committer, Dispatcher, Session
+from parcelo.coordinator.codec import tree_to_proto
+from parcelo.coordinator.committer import Committer
+from parcelo.coordinator.core import Core
+from parcelo.coordinator.dispatcher import Dispatcher, Session
 from parcelo.coordinator.events import Event, EventType
-from parcelo.coordinator.jobs import JobState
+from parcelo.coordinator.jobs import FINISHED, JobState, JobStatus
+from parcelo.coordinator.leases import Beat, Failure, Rejection
 from parcelo.coordinator.store import Store
+from parcelo.coordinator.views import JobViews
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -65,27 +71,27 @@ def rpc(method: F) -> F:
 
 
 def _rejections(items: list[Rejection], out: Any) -> None:
-    for fence, reason, message in items:
-        out.add(fence=fence, reason=int(reason), message=message)
+    for item in items:
+        out.add(fence=item.fence, reason=int(item.reason), message=item.message)
 
 
 class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     """The admin API."""
 
-    def __init__(self, core: Core, store: Store, committer: Committer, dispatcher: Dispatcher) -> None:
+    def __init__(
+        self, core: Core, views: JobViews, store: Store, committer: Committer, dispatcher: Dispatcher
+    ) -> None:
         self._core = core
+        self._views = views
         self._store = store
         self._committer = committer
         self._dispatcher = dispatcher
 
-    def _job(self, job: JobState) -> types_pb2.Job:
-        return job_to_proto(job, self._core.stats(job))
-
     async def _changed(self, job: JobState) -> types_pb2.Job:
-        """Make the change durable, let waiting workers see new work, answer with the job."""
+        """Make the change durable, let waiting workers see new work, answer with the job as written."""
         self._dispatcher.poke()
         await self._committer.durable()
-        return self._job(job)
+        return self._views.get(job.id)
 
     @rpc
     async def CreateJob(self, request: jobs_pb2.CreateJobRequest, context: Any) -> types_pb2.Job:
@@ -94,17 +100,17 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     @rpc
     async def GetJob(self, request: jobs_pb2.GetJobRequest, context: Any) -> types_pb2.Job:
-        return self._job(self._core.get(request.job_id))
+        return self._views.get(request.job_id)
 
     @rpc
     async def ListJobs(self, request: jobs_pb2.ListJobsRequest, context: Any) -> jobs_pb2.ListJobsResponse:
-        jobs, token = self._core.list_jobs(
+        jobs, token = self._views.list(
             statuses=list(request.statuses),
             queue=request.queue,
             page_size=request.page_size,
             page_token=request.page_token,
         )
-        return jobs_pb2.ListJobsResponse(jobs=[self._job(j) for j in jobs], next_page_token=token)
+        return jobs_pb2.ListJobsResponse(jobs=jobs, next_page_token=token)
 
     @rpc
     async def PauseJob(self, request: jobs_pb2.PauseJobRequest, context: Any) -> types_pb2.Job:
@@ -132,19 +138,24 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     async def GetJobTree(
         self, request: jobs_pb2.GetJobTreeRequest, context: Any
     ) -> jobs_pb2.GetJobTreeResponse:
+        record = self._views.get(request.job_id)
         job = self._core.get(request.job_id)
         if request.max_depth > 64:
             raise errors.InvalidArgument("max_depth", "must be at most 64")
-        out = jobs_pb2.GetJobTreeResponse(job=self._job(job))
+        # The nodes are the live tree (they may run ahead of the job record by one commit).
+        out = jobs_pb2.GetJobTreeResponse(job=record)
         tree_to_proto(job.tree.root, request.max_depth, out.root)
         return out
 
     async def WatchJob(
         self, request: jobs_pb2.WatchJobRequest, context: Any
     ) -> AsyncIterator[types_pb2.JobEvent]:
-        """Backlog after ``after_seq``, then live events, until the job ends (unless ``follow``)."""
+        """Backlog after ``after_seq``, then live events, until the job ends (unless ``follow``).
+
+        Only events on disk are sent. With ``follow`` the stream still ends after ``JOB_DELETED``.
+        """
         try:
-            job = self._core.get(request.job_id)
+            job = self._views.get(request.job_id)
         except errors.CoordinatorError as err:
             await context.abort(STATUS_OF[type(err)], str(err))
             return
@@ -164,7 +175,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             if not covered:
                 # Older events are on disk only; make sure everything before the window is written.
                 await self._committer.durable()
-                first = backlog[0].seq if backlog else self._core.events.last_seq(job.id) + 1
+                first = backlog[0].seq if backlog else self._core.events.durable_seq(job.id) + 1
                 loop = asyncio.get_running_loop()
                 older = await loop.run_in_executor(None, self._store.read_events, job.id, last, first - 1)
                 backlog = older + backlog
@@ -172,7 +183,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 last = event.seq
                 if not types or event.type in types:
                     yield event.to_proto()
-            if job.finished and not request.follow:
+            if JobStatus(job.status) in FINISHED and not request.follow:
                 return
             while True:
                 pushed = await live.get()
@@ -187,7 +198,9 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 last = pushed.seq
                 if not types or pushed.type in types:
                     yield pushed.to_proto()
-                if pushed.type in TERMINAL_EVENTS and not request.follow:
+                if pushed.type is EventType.JOB_DELETED or (
+                    pushed.type in TERMINAL_EVENTS and not request.follow
+                ):
                     return
         finally:
             unsubscribe()
@@ -291,7 +304,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 session.out.put_nowait(
                     worker_pb2.WorkResponse(
                         welcome=worker_pb2.Welcome(
-                            heartbeat_interval_ms=self._heartbeat_ms, coordinator_version="0.1.0"
+                            heartbeat_interval_ms=self._heartbeat_ms, coordinator_version=__version__
                         )
                     )
                 )

@@ -1,7 +1,12 @@
 """The only code that knows RocksDB: key layout, record encoding, atomic batches, loading.
 
+The core hands over what changed in domain terms (:class:`~parcelo.coordinator.core.Changes`);
+:meth:`Store.encode` turns it into keys and bytes, :meth:`Store.write` applies
+them as one batch.
+
 Key layout (all keys bytes; integers big-endian so keys sort numerically)::
 
+    M format                     -> u32: the layout and record version (FORMAT_VERSION)
     M fence                      -> u64: fences below this may have been handed out
     J <job_id>                   -> parcelo.v1.Job (spec, status, stats, timestamps)
     N <job_id> 0x00 <start><~end> -> node record (see ``encode_node``); ~end = 2^64-1-end, so
@@ -10,26 +15,39 @@ Key layout (all keys bytes; integers big-endian so keys sort numerically)::
 
 Atomicity: :meth:`Store.write` applies one list of puts and deletes as a
 single RocksDB WriteBatch, synced to disk when asked, so a job record and the
-node records it summarises never disagree after a crash.
+node records it summarises never disagree after a crash. A batch that failed
+may be written again whole (every op is idempotent), after :meth:`Store.reopen`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from rocksdict import Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
-from parcelo.coordinator.events import Event, Segment, decode_segment
+from parcelo.coordinator.codec import StoredJob, StoredLease
+from parcelo.coordinator.events import Event, decode_segment, encode_segment
+from parcelo.coordinator.leases import LeaseKind
 from parcelo.coordinator.tree import Node, Status
 from parcelo.v1 import types_pb2
 
+if TYPE_CHECKING:
+    from parcelo.coordinator.core import Changes
+
+FORMAT_VERSION = 2
+"""Version of the key layout and records. 1: before the format key existed (node records had no holder)."""
+
+FORMAT_KEY = b"Mformat"
 FENCE_KEY = b"Mfence"
-_NODE = struct.Struct(">BBHIQQdIH")
+_NODE = struct.Struct(">BBHIQQdIHH")
+_U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
 _SPAN = struct.Struct(">QQ")
 _MAX = (1 << 64) - 1
@@ -39,6 +57,10 @@ Op = tuple[bytes, bytes | None]
 """One write: (key, value) puts, (key, None) deletes."""
 
 
+class StoreFormatError(Exception):
+    """Raised when a data dir was written in a format this coordinator cannot read."""
+
+
 @dataclass
 class Batch:
     """What one group commit writes, atomically."""
@@ -46,8 +68,6 @@ class Batch:
     ops: list[Op] = field(default_factory=list)
     # [begin, end) key ranges to delete (a deleted job's nodes and events).
     ranges: list[tuple[bytes, bytes]] = field(default_factory=list)
-    # A new fence high-water mark in ``ops``, made durable by this batch.
-    fence_limit: int | None = None
 
     def __bool__(self) -> bool:
         return bool(self.ops or self.ranges)
@@ -59,10 +79,6 @@ def job_key(job_id: str) -> bytes:
 
 def node_prefix(job_id: str) -> bytes:
     return b"N" + job_id.encode() + b"\x00"
-
-
-def node_key(job_id: str, start: int, end: int) -> bytes:
-    return node_prefix(job_id) + _SPAN.pack(start, _MAX - end)
 
 
 def node_suffix(start: int, end: int) -> bytes:
@@ -84,54 +100,55 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
 
 
 def encode_node(node: Node) -> bytes:
-    """A node record: fixed fields, then checkpoint details, last error and progress message."""
-    flags = node.is_leaf | (node.probed << 1) | (node.probe << 2)
+    """A node record: fixed fields (with its lease's fence and kind), then checkpoint details,
+    last error, the lease holder and the progress message."""
+    lease = node.lease
+    fence, probe, holder = (lease.fence, lease.kind is LeaseKind.PROBE, lease.holder) if lease else (0, 0, "")
+    flags = node.is_leaf | (node.probed << 1) | (probe << 2)
     error = node.last_error.encode()[:65535]
+    who = holder.encode()[:65535]
     return (
         _NODE.pack(
             node.status,
             flags,
             node.depth,
             node.attempts,
-            node.fence,
+            fence,
             node.cursor,
             node.not_before,
             len(node.details),
             len(error),
+            len(who),
         )
         + node.details
         + error
+        + who
         + node.message.encode()
     )
 
 
-def decode_node(start: int, end: int, data: bytes) -> Node:
-    status, flags, depth, attempts, fence, cursor, not_before, n_details, n_error = _NODE.unpack_from(data)
+def decode_node(start: int, end: int, data: bytes) -> tuple[Node, StoredLease | None]:
+    """A node and, when it was leased, its lease."""
+    status, flags, depth, attempts, fence, cursor, not_before, n_details, n_error, n_holder = (
+        _NODE.unpack_from(data)
+    )
     node = Node(start, end, depth, None, bool(flags & 1), bool(flags & 2))
     node.status = _STATUSES[status]
-    node.probe = bool(flags & 4)
     node.attempts = attempts
-    node.fence = fence
     node.cursor = cursor
     node.not_before = not_before
+    holder = ""
     pos = _NODE.size
-    if len(data) > pos:  # most records have no details, error or message
+    if len(data) > pos:  # most records have no details, error, holder or message
         node.details = data[pos : pos + n_details]
         pos += n_details
         node.last_error = data[pos : pos + n_error].decode(errors="replace")
-        node.message = data[pos + n_error :].decode(errors="replace")
-    return node
-
-
-@dataclass
-class StoredJob:
-    """A job as loaded at start: its record, node records and retained events."""
-
-    job: types_pb2.Job
-    nodes: list[Node] = field(default_factory=list)
-    events: list[Event] = field(default_factory=list)
-    segments: list[Segment] = field(default_factory=list)
-    last_seq: int = 0
+        pos += n_error
+        holder = data[pos : pos + n_holder].decode(errors="replace")
+        node.message = data[pos + n_holder :].decode(errors="replace")
+    if not fence:
+        return node, None
+    return node, StoredLease(fence, LeaseKind.PROBE if flags & 4 else LeaseKind.LEAF, holder)
 
 
 class Store:
@@ -140,6 +157,13 @@ class Store:
     def __init__(self, path: Path | str) -> None:
         self.path = Path(path)
         self.path.mkdir(parents=True, exist_ok=True)
+        self._nosync = WriteOptions()
+        self._wal_fds: dict[str, int] = {}
+        self._wal_synced_from = ""
+        self._db = self._open()
+        self._check_format()
+
+    def _open(self) -> Rdict:
         options = Options(raw_mode=True)
         options.create_if_missing(True)
         # Small frequent batches of short-lived keys: modest memtables and WAL keep the data dir
@@ -147,18 +171,69 @@ class Store:
         options.set_write_buffer_size(8 << 20)
         options.set_max_total_wal_size(16 << 20)
         options.set_keep_log_file_num(2)
-        self._db = Rdict(str(self.path), options)
-        self._sync = WriteOptions()
-        self._sync.sync = True
-        self._nosync = WriteOptions()
-        self._wal_fds: dict[str, int] = {}
-        self._wal_synced_from = ""
+        return Rdict(str(self.path), options)
+
+    def _check_format(self) -> None:
+        stored = self._db.get(FORMAT_KEY)
+        if stored is not None:
+            version = _U32.unpack(stored)[0]
+        else:
+            # No format key: a new data dir, or one written before the key existed (version 1).
+            version = 1 if next(iter(self._db.keys()), None) is not None else FORMAT_VERSION
+            if version == FORMAT_VERSION:
+                self.write(Batch(ops=[(FORMAT_KEY, _U32.pack(FORMAT_VERSION))]))
+        if version != FORMAT_VERSION:
+            self._db.close()
+            raise StoreFormatError(
+                f"data dir {self.path} is in store format {version}; this coordinator reads format "
+                f"{FORMAT_VERSION} only: use a coordinator of the version that wrote it, or a new data dir"
+            )
 
     def close(self) -> None:
+        self._close_wal_fds()
+        self._db.close()
+
+    def _close_wal_fds(self) -> None:
         for fd in self._wal_fds.values():
             os.close(fd)
         self._wal_fds.clear()
-        self._db.close()
+        self._wal_synced_from = ""
+
+    def reopen(self) -> None:
+        """Open the database again after a failed write (RocksDB refuses writes after a WAL error).
+
+        Raises what opening raises (e.g. still no space); the caller retries later.
+        """
+        self._close_wal_fds()
+        # Closing a database in error state reports that error again: nothing to learn from it.
+        with contextlib.suppress(Exception):
+            self._db.close()
+        self._db = self._open()
+
+    def encode(self, changes: Changes) -> Batch:
+        """The keys and bytes of ``changes``, as one batch (cheap: run it where the changes are made)."""
+        batch = Batch()
+        ops = batch.ops
+        for job_id in changes.deleted_jobs:
+            batch.ranges.append(prefix_range(node_prefix(job_id)))
+            batch.ranges.append(prefix_range(event_prefix(job_id)))
+            batch.ranges.append((job_key(job_id), job_key(job_id) + b"\x00"))
+        for job_id, spans in changes.deleted_spans.items():
+            prefix = node_prefix(job_id)
+            ops.extend([(prefix + node_suffix(start, end), None) for start, end in spans])
+        for job_id, nodes in changes.nodes.items():
+            prefix = node_prefix(job_id)
+            ops.extend([(prefix + node_suffix(node.start, node.end), encode_node(node)) for node in nodes])
+        for job_id, record in changes.jobs.items():
+            ops.append((job_key(job_id), record.SerializeToString()))
+        events = changes.events
+        for job_id, first, entries in events.written:
+            ops.append((event_key(job_id, first), encode_segment(entries)))
+        for job_id, first in events.expired:
+            ops.append((event_key(job_id, first), None))
+        if changes.fence_limit is not None:
+            ops.append((FENCE_KEY, _U64.pack(changes.fence_limit)))
+        return batch
 
     def write(self, batch: Batch | Iterable[Op], *, sync: bool = True) -> int:
         """Apply a batch atomically; with ``sync`` it is on disk when this returns. Returns the op count."""
@@ -231,7 +306,10 @@ class Store:
             skip = len(prefix)
             for key, data in self._scan(prefix):
                 start, inv_end = _SPAN.unpack_from(key, skip)
-                stored.nodes.append(decode_node(start, _MAX - inv_end, data))
+                node, lease = decode_node(start, _MAX - inv_end, data)
+                stored.nodes.append(node)
+                if lease is not None:
+                    stored.leases[node] = lease
             prefix = event_prefix(job.id)
             tail: list[Event] = []
             for key, blob in self._scan(prefix):
@@ -272,7 +350,3 @@ class Store:
         if dest.exists():
             shutil.rmtree(dest)
         Checkpoint(self._db).create_checkpoint(str(dest))
-
-    def size_bytes(self) -> int:
-        """Bytes used by the data dir on disk."""
-        return sum(p.stat().st_size for p in self.path.rglob("*") if p.is_file())

@@ -14,8 +14,10 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from enum import IntEnum
+
+from parcelo.coordinator.leases import Lease, LeaseKind
 
 
 class Status(IntEnum):
@@ -49,9 +51,8 @@ class Node:
         "attempts",
         "depth",
         "end",
-        "expires_at",
-        "fence",
         "is_leaf",
+        "lease",
         "left",
         "parent",
         "persisted",
@@ -64,8 +65,6 @@ class Node:
 
     # Rarely set: class defaults, so creating a node (twice per leaf) does not pay for them;
     # the instance __dict__ only appears for the few nodes that set one.
-    # Whether the current lease is a probe rather than a leaf run.
-    probe = False
     # Checkpoint: first id not yet done (0 when none was reported), and its details.
     cursor = 0
     details = b""
@@ -73,8 +72,6 @@ class Node:
     message = ""
     # Retry backoff: not leased again before this time.
     not_before = 0.0
-    # Leaf timeout of the current lease (0: none).
-    timeout_at = 0.0
 
     def __init__(
         self, start: int, end: int, depth: int, parent: Node | None, is_leaf: bool, probed: bool
@@ -90,8 +87,8 @@ class Node:
         # Pruning: whether should_process already said yes for this node.
         self.probed = probed
         self.attempts = 0
-        self.fence = 0
-        self.expires_at = 0.0
+        # The current lease (owned by the LeaseTable), while the node is leased.
+        self.lease: Lease | None = None
         # Whether a record of this node may exist in the store (a delete is needed when it goes).
         self.persisted = False
         # Whether an entry for this node sits in the pending heap.
@@ -122,9 +119,10 @@ def _node(start: int, end: int, depth: int, parent: Node | None, max_range_size:
 class RangeTree:
     """The range tree of one job with its counters.
 
-    Mutating methods record what changed in ``dirty`` (nodes to write) and
-    ``deleted`` (node keys to remove), which the caller drains to the store,
-    and call ``on_event`` for node events.
+    Mutating methods remember what changed (nodes to write, node spans to
+    delete, nodes split), which the caller takes with :meth:`take_changes`
+    and :meth:`take_splits`. A leased node points at its lease (owned by the
+    ``LeaseTable``); the tree sets and clears that pointer and nothing else of it.
     """
 
     def __init__(self, start: int, end: int, max_range_size: int, *, pruning: bool = False) -> None:
@@ -139,23 +137,20 @@ class RangeTree:
         self.error_nodes = 0
         self.range_processed = 0
         self.range_skipped = 0
-        self.active_leases = 0
         self.failed_attempts = 0
-        self.dirty: set[Node] = set()
-        self.deleted: list[tuple[int, int]] = []
+        self._dirty: set[Node] = set()
+        self._deleted: list[tuple[int, int]] = []
         self._heap: list[tuple[int, int, int, Node]] = []
         self._delayed: list[tuple[float, int, Node]] = []
         self._seq = itertools.count()
-        # Nodes split since the caller last drained this list (the core turns them into NODE_SPLIT events).
-        self.splits: list[tuple[int, int, int]] = []
-        # Leaves that held a lease when the tree was restored (see ``restore``).
-        self.restored_leases: list[Node] = []
+        # Nodes split since the last ``take_splits`` (the core turns them into NODE_SPLIT events).
+        self._splits: list[tuple[int, int, int]] = []
         # The node the last ``next_work`` returned without queueing it (see there).
         self._held: Node | None = None
         self.root = _node(start, end, 0, None, max_range_size, not pruning)
         self.total_nodes = self.pending_nodes = 1
         self._push(self.root)
-        self.dirty.add(self.root)
+        self._dirty.add(self.root)
 
     # -- construction ---------------------------------------------------------------------------
 
@@ -165,7 +160,33 @@ class RangeTree:
             heapq.heappush(self._heap, (-node.depth, node.start, next(self._seq), node))
 
     def _mark(self, node: Node) -> None:
-        self.dirty.add(node)
+        self._dirty.add(node)
+
+    def take_changes(self) -> tuple[list[Node], list[tuple[int, int]]]:
+        """Nodes to write and node spans to delete since the last call; the nodes count as stored now.
+
+        The caller must hand both to the store (in this order of calls: a span deleted here may
+        be written again by a later call).
+        """
+        dirty = list(self._dirty)
+        for node in dirty:
+            node.persisted = True
+        deleted = self._deleted
+        self._dirty = set()
+        self._deleted = []
+        return dirty, deleted
+
+    def take_splits(self) -> list[tuple[int, int, int]]:
+        """``(start, end, 0)`` of every node split since the last call."""
+        splits = self._splits
+        if splits:
+            self._splits = []
+        return splits
+
+    def note_message(self, node: Node, message: str) -> None:
+        """A leased leaf's progress message changed."""
+        node.message = message
+        self._mark(node)
 
     # -- handing out work -----------------------------------------------------------------------
 
@@ -232,43 +253,40 @@ class RangeTree:
         left = node.left = _node(start, mid, depth, node, self.max_range_size, probed)
         right = node.right = _node(mid, end, depth, node, self.max_range_size, probed)
         self._push(right)
-        self.splits.append((start, end, 0))
+        self._splits.append((start, end, 0))
         return left
 
-    def lease(self, node: Node, fence: int, now: float, ttl: float, timeout: float) -> None:
-        """Lease ``node`` (as returned by :meth:`next_work`) under ``fence``."""
+    @staticmethod
+    def lease_kind(node: Node) -> LeaseKind:
+        """What a lease of ``node`` (as returned by :meth:`next_work`) asks: run it, or probe it first."""
+        return LeaseKind.LEAF if node.probed else LeaseKind.PROBE
+
+    def lease(self, node: Node, lease: Lease) -> None:
+        """``node`` (as returned by :meth:`next_work`) is now held under ``lease``."""
         if node is self._held:
             self._held = None
         else:
             heapq.heappop(self._heap)
             node.queued = False
         node.status = Status.RUNNING
-        if not node.probed:
-            node.probe = True
-        elif node.probe:
-            node.probe = False
-        node.fence = fence
+        node.lease = lease
         node.attempts += 1
-        node.expires_at = now + ttl
-        if timeout > 0:
-            node.timeout_at = now + timeout
         self.pending_nodes -= 1
         self.running_nodes += 1
-        self.active_leases += 1
         self._mark(node)
 
     # -- results --------------------------------------------------------------------------------
 
-    def _end_lease(self, node: Node) -> None:
-        node.fence = 0
-        self.active_leases -= 1
+    def _end_lease(self, node: Node) -> bool:
+        """The node's lease ended; returns whether it was a probe."""
+        lease = node.lease
+        node.lease = None
         self.running_nodes -= 1
+        return lease is not None and lease.kind is LeaseKind.PROBE
 
     def complete(self, node: Node) -> bool:
         """A leaf lease finished, or a probe said "process". Returns whether the tree is finished."""
-        self._end_lease(node)
-        if node.probe:
-            node.probe = False
+        if self._end_lease(node):
             node.probed = True
             node.attempts = 0
             node.status = Status.PENDING
@@ -285,7 +303,6 @@ class RangeTree:
     def skip(self, node: Node) -> bool:
         """A probe said "do not process", or a leaf completed as skipped. Returns whether finished."""
         self._end_lease(node)
-        node.probe = False
         self.range_processed -= node.done_upto - node.start
         self.range_skipped += node.width
         node.status = Status.SKIPPED
@@ -297,7 +314,6 @@ class RangeTree:
         """The worker gave the lease back unfinished: pending again, the attempt not counted."""
         self._end_lease(node)
         node.attempts -= 1
-        node.probe = False
         node.status = Status.PENDING
         self.pending_nodes += 1
         self._mark(node)
@@ -309,7 +325,6 @@ class RangeTree:
         Returns whether the tree is finished (its root is terminal).
         """
         self._end_lease(node)
-        node.probe = False
         node.last_error = message
         self.failed_attempts += 1
         self._mark(node)
@@ -358,9 +373,9 @@ class RangeTree:
         return True
 
     def _drop(self, node: Node) -> None:
-        self.dirty.discard(node)
+        self._dirty.discard(node)
         if node.persisted:
-            self.deleted.append((node.start, node.end))
+            self._deleted.append((node.start, node.end))
         node.parent = None
 
     # -- recovery -------------------------------------------------------------------------------
@@ -400,10 +415,6 @@ class RangeTree:
             if node.left is not None:
                 stack.append(node.left)
 
-    def leased(self) -> Iterator[Node]:
-        """Nodes holding a lease right now."""
-        return (n for n in self.walk() if n.status is Status.RUNNING and n.fence)
-
     @property
     def finished(self) -> bool:
         return self.root.status in TERMINAL
@@ -424,25 +435,23 @@ class RangeTree:
         *,
         pruning: bool,
         nodes: list[Node],
-        counters: dict[str, int],
+        counters: Mapping[str, int],
+        leased: Mapping[Node, LeaseKind],
+        adopt: Callable[[Node], Lease],
     ) -> RangeTree:
         """Rebuild a tree from stored node records (any order) and its stored counters.
 
-        Leased nodes come back running with their fence; the caller decides
-        their new expiry. Nodes that were being probed go back to pending:
-        a probe is cheap to ask again.
+        ``leased`` names the stored nodes that held a lease, and of which kind.
+        Leaves among them stay running under the lease ``adopt`` makes for
+        them; nodes that were being probed go back to pending: a probe is
+        cheap to ask again.
         """
         # Constructed as new, then every field is replaced from the store.
         tree = cls(start, end, max_range_size, pruning=pruning)
         for name, value in counters.items():
             setattr(tree, name, value)
-        tree.dirty = set()
-        tree.deleted = []
+        tree._dirty = set()
         tree._heap = []
-        tree._delayed = []
-        tree._seq = itertools.count()
-        tree.splits = []
-        tree._held = None
         # Pre-order (start ascending, wider first) lets a stack find each node's parent;
         # the store's key order already is pre-order, so this sort is a cheap check.
         nodes.sort(key=lambda n: (n.start, -n.end))
@@ -486,12 +495,10 @@ class RangeTree:
                     break
                 parent = child
         tree.root = root
-        tree.active_leases = 0
-        tree.restored_leases = []
         nodes.extend(implied)
         fresh = []
         for node in nodes:
-            if not node.is_leaf and node.status is Status.RUNNING and not node.fence:
+            if not node.is_leaf and node.status is Status.RUNNING and node not in leased:
                 mid = split_point(node.start, node.end)
                 if node.left is None:
                     node.left = _node(node.start, mid, node.depth + 1, node, max_range_size, not pruning)
@@ -507,12 +514,11 @@ class RangeTree:
                 else:
                     node.queued = True
                     tree._heap.append((-node.depth, node.start, next(tree._seq), node))
-            elif node.status is Status.RUNNING and node.fence:
-                tree.active_leases += 1
-                if node.probe:
+            elif node.status is Status.RUNNING and node in leased:
+                if leased[node] is LeaseKind.PROBE:
                     tree.release(node)
                 else:
-                    tree.restored_leases.append(node)
+                    node.lease = adopt(node)
         heapq.heapify(tree._heap)
         heapq.heapify(tree._delayed)
         return tree

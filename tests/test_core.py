@@ -6,11 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from parcelo.coordinator.core import Action, Beat, Core, Failure, Reject
+from parcelo.coordinator.core import Core
 from parcelo.coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from parcelo.coordinator.events import MEMORY_WINDOW, EventType
 from parcelo.coordinator.jobs import JobStatus
+from parcelo.coordinator.leases import Action, Beat, Failure, Reject
 from parcelo.coordinator.store import Store
+from parcelo.coordinator.tree import Node
 from parcelo.v1 import types_pb2
 
 
@@ -32,6 +34,20 @@ def new_core() -> Core:
     core = Core(fence_limit=1, seed=7)
     core.fences.made_durable(core.fences.pending_limit() or 0)
     return core
+
+
+def lease_one(core: Core, now: float) -> tuple[int, Node]:
+    """The fence and node of the one lease the core grants now."""
+    [lease] = core.lease(["default"], 1, now)
+    return lease.fence, lease.node
+
+
+def commit(core: Core, store: Store | None = None) -> None:
+    """What the committer does with each batch: take the changes, write them, then show them."""
+    changes = core.take_changes()
+    if store is not None:
+        store.write(store.encode(changes))
+    core.written(changes)
 
 
 @pytest.mark.parametrize(
@@ -69,16 +85,14 @@ def test_create_is_idempotent_by_job_id_and_request_id() -> None:
 def test_stale_fence_is_rejected_and_changes_nothing() -> None:
     core = new_core()
     job, _ = core.create_job(spec(end=100, size=100, lease_ttl=1, backoff=0), 0)
-    [(_, node)] = core.lease(["default"], 1, 0)
-    old = node.fence
+    old, node = lease_one(core, 0)
     core.tick(1.5)  # no heartbeat: the lease expires and the leaf is pending again
-    [(_, again)] = core.lease(["default"], 1, 2)
-    assert again is node and node.fence != old and node.attempts == 2
+    new, again = lease_one(core, 2)
+    assert again is node and new != old and node.attempts == 2
     accepted, rejected = core.complete([old], [], 2)
     assert accepted == [] and rejected[0][:2] == (old, Reject.STALE_FENCE)
     assert node.status.name == "RUNNING" and job.status is JobStatus.RUNNING
     assert core.heartbeat([Beat(old)], 2) == [(old, Action.LOST, "lease expired, timed out or unknown")]
-    new = node.fence
     accepted, _ = core.complete([new], [], 2)
     assert accepted == [new] and job.status is JobStatus.COMPLETED
 
@@ -86,40 +100,40 @@ def test_stale_fence_is_rejected_and_changes_nothing() -> None:
 def test_heartbeat_keeps_a_lease_alive() -> None:
     core = new_core()
     core.create_job(spec(end=100, size=100, lease_ttl=1), 0)
-    [(_, node)] = core.lease(["default"], 1, 0)
+    fence, _ = lease_one(core, 0)
     for t in (0.8, 1.6, 2.4):
-        assert core.heartbeat([Beat(node.fence)], t)[0][1] is Action.CONTINUE
+        assert core.heartbeat([Beat(fence)], t)[0][1] is Action.CONTINUE
         core.tick(t + 0.1)
-    assert node.fence in core.leases
+    assert fence in core.leases
 
 
 def test_retries_then_error_then_job_fails() -> None:
     core = new_core()
     job, _ = core.create_job(spec(end=100, size=100, max_attempts=2, backoff=1), 0)
-    [(_, node)] = core.lease(["default"], 1, 0)
-    core.fail([Failure(node.fence, True, "first")], 0)
+    fence, _ = lease_one(core, 0)
+    core.fail([Failure(fence, True, "first")], 0)
     assert core.lease(["default"], 1, 0.5) == []  # backing off
-    [(_, node)] = core.lease(["default"], 1, 1.0)
-    core.fail([Failure(node.fence, True, "second")], 1.0)
+    fence, _ = lease_one(core, 1.0)
+    core.fail([Failure(fence, True, "second")], 1.0)
     assert job.status is JobStatus.FAILED and "second" in job.reason
     core.retry_failed(job.id, 2)
-    [(_, node)] = core.lease(["default"], 1, 2)
-    core.complete([node.fence], [], 2)
+    fence, _ = lease_one(core, 2)
+    core.complete([fence], [], 2)
     assert job.status is JobStatus.COMPLETED
 
 
 def test_permanent_failure_skips_retries() -> None:
     core = new_core()
     job, _ = core.create_job(spec(end=100, size=100, max_attempts=5), 0)
-    [(_, node)] = core.lease(["default"], 1, 0)
-    core.fail([Failure(node.fence, False, "PermanentError: no")], 0)
+    fence, node = lease_one(core, 0)
+    core.fail([Failure(fence, False, "PermanentError: no")], 0)
     assert job.status is JobStatus.FAILED and node.attempts == 1
 
 
 def test_pause_resume_cancel() -> None:
     core = new_core()
     job, _ = core.create_job(spec(end=1000, size=100), 0)
-    first = [n.fence for _, n in core.lease(["default"], 2, 0)]
+    first = [lease.fence for lease in core.lease(["default"], 2, 0)]
     core.pause(job.id, 1)
     assert core.lease(["default"], 5, 1) == []
     with pytest.raises(FailedPrecondition):
@@ -139,30 +153,28 @@ def test_pause_resume_cancel() -> None:
 def test_pause_with_release_asks_workers_to_give_leases_back() -> None:
     core = new_core()
     job, _ = core.create_job(spec(end=1000, size=100), 0)
-    [(_, node)] = core.lease(["default"], 1, 0)
-    fence = node.fence
+    fence, node = lease_one(core, 0)
     core.pause(job.id, 1, release=True)
     assert core.heartbeat([Beat(fence)], 1)[0][1] is Action.RELEASE
     core.fail([Failure(fence, True, "", released=True, cursor=node.start + 50)], 1)
     assert node.attempts == 0 and node.done_upto == node.start + 50
     core.resume(job.id, 2)
-    [(_, again)] = core.lease(["default"], 1, 2)
+    _, again = lease_one(core, 2)
     assert again is node and again.attempts == 1
 
 
 def test_state_survives_a_round_trip_through_rocksdb(tmp_path: Path) -> None:
     store = Store(tmp_path / "db")
     core = Core(fence_limit=store.fence_limit())
-    batch = core.collect_writes()
-    store.write(batch)
-    assert batch.fence_limit is not None
-    core.fences.made_durable(batch.fence_limit)
+    assert core.fences.pending_limit() is not None
+    commit(core, store)
+    assert core.fences.pending_limit() is None
     job, _ = core.create_job(spec(end=10_000, size=100, job_id="rt"), 0)
     leases = core.lease(["default"], 10, 0)
-    fences = [n.fence for _, n in leases]
+    fences = [lease.fence for lease in leases]
     core.complete(fences[:6], [], 1)
-    core.heartbeat([Beat(fences[6], cursor=leases[6][1].start + 7, details=b"d")], 1)
-    store.write(core.collect_writes())
+    core.heartbeat([Beat(fences[6], cursor=leases[6].node.start + 7, details=b"d")], 1)
+    commit(core, store)
     store.close()
 
     store = Store(tmp_path / "db")
@@ -173,7 +185,9 @@ def test_state_survives_a_round_trip_through_rocksdb(tmp_path: Path) -> None:
     assert len(back.leases) == 4 and back.fences.next >= core.fences.next
     assert all(back.leases.get(f) is not None for f in fences[6:])
     node7 = back.leases.get(fences[6])
-    assert node7 is not None and node7.node.done_upto == leases[6][1].start + 7 and node7.node.details == b"d"
+    assert (
+        node7 is not None and node7.node.done_upto == leases[6].node.start + 7 and node7.node.details == b"d"
+    )
     events = back.events.recent("rt", 0)[0]
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
     assert events[0].type is EventType.JOB_CREATED
@@ -185,13 +199,10 @@ def test_events_are_kept_in_segments_with_bounded_retention(tmp_path: Path) -> N
     core = Core(fence_limit=store.fence_limit(), event_retention=50)
     core.create_job(spec(end=100_000, size=100, job_id="ev"), 0)
     for step in range(30):
-        fences = [n.fence for _, n in core.lease(["default"], 5, step)]
+        fences = [lease.fence for lease in core.lease(["default"], 5, step)]
         core.complete(fences, [], step)
-        batch = core.collect_writes()
-        store.write(batch)
-        if batch.fence_limit:
-            core.fences.made_durable(batch.fence_limit)
-    last = core.events.last_seq("ev")
+        commit(core, store)
+    last = core.events.durable_seq("ev")
     kept = store.read_events("ev", 0, last)
     seqs = [e.seq for e in kept]
     assert seqs == list(range(seqs[0], last + 1))  # contiguous up to the newest
@@ -201,7 +212,7 @@ def test_events_are_kept_in_segments_with_bounded_retention(tmp_path: Path) -> N
     store = Store(tmp_path / "db")
     back = Core(fence_limit=store.fence_limit(), event_retention=50)
     back.restore(store.load(MEMORY_WINDOW), 100)
-    assert back.events.last_seq("ev") == last
+    assert back.events.durable_seq("ev") == last
     event = back.events.append("ev", EventType.STATS_UPDATED, 101, stats=back.stats(back.get("ev")))
     assert event.seq == last + 1
     store.close()
@@ -212,8 +223,7 @@ def test_leaf_timeout_revokes_the_lease_despite_heartbeats() -> None:
     s = spec(end=100, size=100, lease_ttl=1, backoff=0)
     s.leaf_timeout.FromMilliseconds(2500)
     job, _ = core.create_job(s, 0)
-    [(_, node)] = core.lease(["default"], 1, 0)
-    fence = node.fence
+    fence, node = lease_one(core, 0)
     for t in (0.8, 1.6, 2.4):
         core.heartbeat([Beat(fence)], t)
         core.tick(t)
@@ -228,8 +238,7 @@ def test_deadline_fails_the_job() -> None:
     s = spec(end=1000, size=100, lease_ttl=100)
     s.deadline.FromSeconds(50)
     job, _ = core.create_job(s, 0)
-    [(_, node)] = core.lease(["default"], 1, 0)
-    fence = node.fence
+    fence, _ = lease_one(core, 0)
     core.tick(49)
     assert job.status is JobStatus.RUNNING
     core.tick(51)
@@ -244,8 +253,9 @@ def test_stats_events_are_coalesced() -> None:
     core.events.subscribe("busy", lambda event: seen.append(event.type))
     for step in range(100):
         now = step * 0.01  # one second of activity, a batch every 10 ms
-        core.complete([n.fence for _, n in core.lease(["default"], 50, now)], [], now)
+        core.complete([lease.fence for lease in core.lease(["default"], 50, now)], [], now)
         core.tick(now)
+        commit(core)
     assert len(seen) > 10_000  # node events: three per leaf
     assert 1 <= seen.count(EventType.STATS_UPDATED) <= 4  # at most four a second
 
@@ -257,8 +267,9 @@ def test_the_event_that_finishes_a_job_is_its_last() -> None:
     core.events.subscribe("short", lambda event: seen.append(event.type))
     core.tick(1.0)
     while leases := core.lease(["default"], 3, 1.0):
-        core.complete([n.fence for _, n in leases], [], 1.0)  # stats change at every batch
+        core.complete([lease.fence for lease in leases], [], 1.0)  # stats change at every batch
     for now in (1.0, 1.5, 3.0, 10.0):
         core.tick(now)
+    commit(core)
     assert seen[-1] is EventType.JOB_COMPLETED
     assert EventType.STATS_UPDATED not in seen[seen.index(EventType.JOB_COMPLETED) :]

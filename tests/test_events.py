@@ -7,6 +7,7 @@ from parcelo.coordinator.events import (
     Event,
     EventLog,
     EventType,
+    Stats,
     decode_segment,
     encode_segment,
 )
@@ -35,6 +36,9 @@ def test_node_batches_and_single_events_share_one_numbering() -> None:
     log.append_nodes("j", EventType.NODE_STARTED, 2.0, [(0, 10, 1), (10, 20, 2), (20, TOP, 3)])
     log.append("j", EventType.NODE_FAILED, 3.0, 10, 20, 2, message="boom")
     log.append_nodes("j", EventType.NODE_COMPLETED, 4.0, [(0, 10, 0)])
+    # Nothing is shown before the committer says it is on disk.
+    assert log.recent("j", 0) == ([], True) and heard == [] and log.durable_seq("j") == 0
+    log.published(log.drain().published)
 
     everything, covered = log.recent("j", 0)
     assert covered
@@ -52,13 +56,14 @@ def test_node_batches_and_single_events_share_one_numbering() -> None:
 
 def test_stored_segment_decodes_to_the_same_events() -> None:
     log = EventLog(retention=10_000)
-    log.append("j", EventType.JOB_CREATED, 1.5, stats=(1, 1, 0, 0, 0, 0, 0, 0, 100, 0, 0, 1))
+    log.append("j", EventType.JOB_CREATED, 1.5, stats=Stats(1, 1, 0, 0, 0, 0, 0, 0, 100, 0, 0, 1))
     log.append_nodes("j", EventType.NODE_SPLIT, 2.25, [(0, TOP, 0), (0, 2**63, 0)])
     log.append("j", EventType.NODE_FAILED, 3.0, 5, 6, 4, message="a message, ünïcode")
+    drained = log.drain()
+    log.published(drained.published)
     expected = log.recent("j", 0)[0]
-    written, expired = log.drain()
-    assert expired == [] and [(job, first) for job, first, _ in written] == [("j", 1)]
-    decoded = decode_segment("j", written[0][2])
+    assert drained.expired == [] and [(job, first) for job, first, _ in drained.written] == [("j", 1)]
+    decoded = decode_segment("j", encode_segment(drained.written[0][2]))
     assert [fields(e) for e in decoded] == [fields(e) for e in expected]
     assert encode_segment([]) == b""
 
@@ -67,6 +72,7 @@ def test_memory_window_stays_bounded_and_reports_gaps() -> None:
     log = EventLog(retention=10_000)
     for i in range(40):
         log.append_nodes("j", EventType.NODE_COMPLETED, float(i), [(k, k + 1, 0) for k in range(100)])
+    log.published(log.drain().published)
     kept, covered = log.recent("j", 0)
     assert not covered  # the oldest events are only in the store now
     assert MEMORY_WINDOW <= len(kept) < MEMORY_WINDOW + 100

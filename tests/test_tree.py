@@ -7,7 +7,9 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from parcelo.coordinator.codec import StoredLease
 from parcelo.coordinator.events import STAT_FIELDS
+from parcelo.coordinator.leases import Lease
 from parcelo.coordinator.store import decode_node, encode_node
 from parcelo.coordinator.tree import Node, RangeTree, Status, split_point
 
@@ -20,6 +22,13 @@ def reference_leaves(start: int, end: int, max_size: int) -> list[tuple[int, int
     return reference_leaves(start, mid, max_size) + reference_leaves(mid, end, max_size)
 
 
+def lease(tree: RangeTree, node: Node, fence: int, now: float = 0.0) -> Lease:
+    """Lease ``node`` as the core does (the lease record is the LeaseTable's; here it stands alone)."""
+    record = Lease(fence, "job", node, "worker-1", tree.lease_kind(node), now, now + 30, 0.0)
+    tree.lease(node, record)
+    return record
+
+
 def lease_all(tree: RangeTree, now: float = 0.0, limit: int = 10**9) -> list[Node]:
     out: list[Node] = []
     fence = 1
@@ -27,10 +36,28 @@ def lease_all(tree: RangeTree, now: float = 0.0, limit: int = 10**9) -> list[Nod
         node = tree.next_work(now)
         if node is None:
             break
-        tree.lease(node, fence, now, ttl=30, timeout=0)
+        lease(tree, node, fence, now)
         fence += 1
         out.append(node)
     return out
+
+
+def restore(tree: RangeTree, records: list[tuple[int, int, bytes]]) -> RangeTree:
+    """The tree rebuilt from stored records (``(start, end, record)``), as the core rebuilds it."""
+    decoded = [decode_node(s, e, d) for s, e, d in records]
+    leased: dict[Node, StoredLease] = {node: stored for node, stored in decoded if stored is not None}
+    return RangeTree.restore(
+        0,
+        tree.range_total,
+        tree.max_range_size,
+        pruning=tree.pruning,
+        nodes=[node for node, _ in decoded],
+        counters=stored_counters(tree),
+        leased={node: stored.kind for node, stored in leased.items()},
+        adopt=lambda node: Lease(
+            leased[node].fence, "job", node, leased[node].holder, leased[node].kind, 0, 30, 0
+        ),
+    )
 
 
 def stored_counters(tree: RangeTree) -> dict[str, int]:
@@ -140,8 +167,7 @@ def test_pruned_subtree_is_skipped_without_splitting() -> None:
     tree = RangeTree(0, 1000, 10, pruning=True)
     probe = tree.next_work(0)
     assert probe is tree.root and not probe.probed
-    tree.lease(probe, 1, 0, 30, 0)
-    assert probe.probe
+    assert lease(tree, probe, 1).probe
     assert tree.skip(probe)
     assert tree.root.status is Status.SKIPPED and tree.range_skipped == 1000
     assert tree.total_nodes == 1 and tree.next_work(0) is None
@@ -155,7 +181,7 @@ def test_checkpoint_moves_progress_inside_a_leaf() -> None:
     tree.fail(leaf, "killed", retry_at=0.0)
     again = tree.next_work(0.0)
     assert again is leaf and leaf.done_upto == 140 and leaf.details == b"state"
-    tree.lease(leaf, 2, 0, 30, 0)
+    lease(tree, leaf, 2)
     tree.complete(leaf)
     assert tree.range_processed == 100
 
@@ -166,15 +192,14 @@ def test_restore_from_records_continues_the_job() -> None:
     for node in leased[:5]:
         tree.complete(node)
     # What the store holds: the nodes written so far (fresh pending children never are).
-    records = [(n.start, n.end, encode_node(n)) for n in tree.dirty]
+    dirty, _ = tree.take_changes()
+    records = [(n.start, n.end, encode_node(n)) for n in dirty]
     assert len(records) < len(list(tree.walk()))
-    counters = stored_counters(tree)
-    back = RangeTree.restore(
-        0, 10_000, 100, pruning=False, nodes=[decode_node(s, e, d) for s, e, d in records], counters=counters
-    )
-    assert back.active_leases == 5
-    running = [n for n in back.walk() if n.status is Status.RUNNING and n.fence]
+    back = restore(tree, records)
+    running = [n for n in back.walk() if n.lease is not None]
     assert sorted(n.start for n in running) == sorted(n.start for n in leased[5:])
+    assert {n.lease.fence for n in running if n.lease} == {n.lease.fence for n in leased[5:] if n.lease}
+    assert all(n.lease.holder == "worker-1" for n in running if n.lease)
     for node in running + lease_all(back):
         back.complete(node)
     assert back.root.status is Status.DONE and back.range_processed == 10_000
@@ -193,13 +218,11 @@ def test_restore_at_any_point_rebuilds_implied_nodes(width: int, max_size: int, 
 
     def commit() -> None:
         # What the committer does: write dirty nodes, delete dropped ones.
-        for key in tree.deleted:
+        dirty, deleted = tree.take_changes()
+        for key in deleted:
             stored.pop(key, None)
-        tree.deleted.clear()
-        for node in tree.dirty:
+        for node in dirty:
             stored[(node.start, node.end)] = encode_node(node)
-            node.persisted = True
-        tree.dirty.clear()
 
     held = lease_all(tree, limit=rnd.randint(1, 30))
     rnd.shuffle(held)
@@ -208,11 +231,9 @@ def test_restore_at_any_point_rebuilds_implied_nodes(width: int, max_size: int, 
         if rnd.random() < 0.3:
             commit()
     commit()
-    counters = stored_counters(tree)
-    nodes = [decode_node(s, e, d) for (s, e), d in stored.items()]
-    back = RangeTree.restore(0, width, max_size, pruning=False, nodes=nodes, counters=counters)
+    back = restore(tree, [(s, e, d) for (s, e), d in stored.items()])
     assert sorted(n.key for n in back.walk()) == sorted(n.key for n in tree.walk())
-    for node in list(back.restored_leases) + lease_all(back):
+    for node in [n for n in back.walk() if n.lease is not None] + lease_all(back):
         back.complete(node)
     assert back.root.status is Status.DONE and back.range_processed == width
     check_counters(back)

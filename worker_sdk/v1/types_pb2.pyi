@@ -404,7 +404,11 @@ class Job(_message.Message):
     @_builtins.property
     def started_at(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
-    def updated_at(self) -> _timestamp_pb2.Timestamp: ...
+    def updated_at(self) -> _timestamp_pb2.Timestamp:
+        """When the job last changed status or was steered (created, started,
+        paused, resumed, cancelled, retried, finished); progress does not move it.
+        """
+
     @_builtins.property
     def finished_at(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
@@ -500,6 +504,7 @@ class TreeNode(_message.Message):
     CHILDREN_FIELD_NUMBER: _builtins.int
     TRUNCATED_FIELD_NUMBER: _builtins.int
     COLLAPSED_FIELD_NUMBER: _builtins.int
+    WORKER_ID_FIELD_NUMBER: _builtins.int
     status: Global___NodeStatus.ValueType
     depth: _builtins.int
     is_leaf: _builtins.bool
@@ -513,6 +518,11 @@ class TreeNode(_message.Message):
     """True when the node has children that were left out by the depth limit."""
     collapsed: _builtins.bool
     """True when the subtree finished and its records were collapsed into this node."""
+    worker_id: _builtins.str
+    """Leased nodes: the worker id of the lease's holder, as its Work stream's
+    Hello named it (or the unary Lease call's worker_id; the peer address when
+    neither gave one). Empty when the node holds no lease.
+    """
     @_builtins.property
     def range(self) -> Global___Range: ...
     @_builtins.property
@@ -534,10 +544,11 @@ class TreeNode(_message.Message):
         children: _abc.Iterable[Global___TreeNode] | None = ...,
         truncated: _builtins.bool = ...,
         collapsed: _builtins.bool = ...,
+        worker_id: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "children", b"children", "collapsed", b"collapsed", "cursor", b"cursor", "depth", b"depth", "is_leaf", b"is_leaf", "last_error", b"last_error", "range", b"range", "status", b"status", "truncated", b"truncated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "children", b"children", "collapsed", b"collapsed", "cursor", b"cursor", "depth", b"depth", "is_leaf", b"is_leaf", "last_error", b"last_error", "range", b"range", "status", b"status", "truncated", b"truncated", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

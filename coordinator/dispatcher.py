@@ -1,0 +1,135 @@
+"""Lease dispatch: the lease credit of every worker stream, matched with available work.
+
+``Dispatcher`` hands out leases when credit and work meet, one grant message
+per stream per round. A round is all-or-nothing per lease: a lease whose
+grant message cannot be built is given back at once (as if never granted),
+so a failure never leaves a leaf held by nobody nor harms another job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from parcelo.coordinator.codec import lease_to_proto
+from parcelo.coordinator.core import Core
+from parcelo.coordinator.leases import Lease
+from parcelo.v1 import worker_pb2
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(eq=False)
+class Session:
+    """One worker stream (or one waiting unary Lease call) and its lease credit."""
+
+    worker_id: str
+    queues: tuple[str, ...]
+    out: asyncio.Queue[worker_pb2.WorkResponse | None] = field(default_factory=asyncio.Queue)
+    credits: int = 0
+    sent_jobs: set[str] = field(default_factory=set)
+
+
+def _ignore(_: int) -> None:
+    pass
+
+
+class Dispatcher:
+    """Matches lease credit with available work.
+
+    Args:
+        core: Where leases come from.
+        on_grant: Telemetry: leases granted per round.
+    """
+
+    def __init__(self, core: Core, *, on_grant: Callable[[int], None] = _ignore) -> None:
+        self._core = core
+        self._sessions: dict[int, Session] = {}
+        self._scheduled = False
+        # Whether a round could grant something: work may have appeared, or credit did.
+        self._work = True
+        self._want = False
+        self._on_grant = on_grant
+
+    def add(self, session: Session) -> None:
+        self._sessions[id(session)] = session
+
+    def remove(self, session: Session) -> None:
+        self._sessions.pop(id(session), None)
+
+    def credit(self, session: Session, count: int) -> None:
+        """``session`` wants ``count`` more leases."""
+        session.credits += count
+        self._want = True
+        self.poke()
+
+    def work_available(self) -> None:
+        """Leases may have become available (the core calls this): run a round soon."""
+        self._work = True
+        self.poke()
+
+    def credit_changed(self) -> None:
+        """Something that limited the last round (fences running out) is gone: try again."""
+        self._want = True
+        self.poke()
+
+    def poke(self) -> None:
+        """Run a dispatch round soon (coalesced: many pokes, one round)."""
+        if not self._scheduled:
+            self._scheduled = True
+            asyncio.get_running_loop().call_soon(self._round)
+
+    def _round(self) -> None:
+        self._scheduled = False
+        if not (self._work or self._want):
+            return
+        self._work = False
+        self._want = False
+        core = self._core
+        now = time.time()
+        granted = 0
+        for session in list(self._sessions.values()):
+            if session.credits <= 0:
+                continue
+            leases = core.lease(session.queues, session.credits, now, session.worker_id)
+            if not leases:
+                continue
+            grant = self._grant(session, leases, now)
+            if grant.leases:
+                session.credits -= len(grant.leases)
+                granted += len(grant.leases)
+                session.out.put_nowait(worker_pb2.WorkResponse(grant=grant))
+        # Grants need no prompt write (a lost grant only re-runs a leaf): the ticker's write takes them.
+        if granted:
+            self._on_grant(granted)
+
+    def _grant(self, session: Session, leases: list[Lease], now: float) -> worker_pb2.LeaseGrant:
+        """The grant message of ``leases``; a lease that cannot be encoded is given back."""
+        grant = worker_pb2.LeaseGrant()
+        jobs = self._core.jobs
+        unsent: list[Lease] = []
+        for lease in leases:
+            job = jobs[lease.job_id]
+            try:
+                lease_to_proto(lease, job, grant.leases.add())
+            except Exception:
+                # A defect, never an expected path (specs are validated): log it and keep the round.
+                log.exception("cannot encode lease %d of job %s; giving it back", lease.fence, job.id)
+                del grant.leases[-1]
+                unsent.append(lease)
+                continue
+            if job.id not in session.sent_jobs:
+                session.sent_jobs.add(job.id)
+                spec = job.spec
+                grant.jobs.add(
+                    job_id=job.id,
+                    queue=spec.queue,
+                    params_json=spec.params_json,
+                    max_range_size=spec.max_range_size,
+                )
+        if unsent:
+            self._core.unsent(unsent, now)
+        return grant

@@ -1,0 +1,75 @@
+"""What readers see: the job records as last written to disk.
+
+``GetJob``, ``ListJobs`` and the job in ``GetJobTree`` answer from here, not
+from the core's live state, so a reader is never told something (a status,
+a count) that a crash could take back. The committer feeds it the job
+records of each batch once the batch is on disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from parcelo import defaults
+from parcelo.coordinator.errors import InvalidArgument, NotFound
+from parcelo.v1 import types_pb2
+
+
+def _order(job: types_pb2.Job) -> tuple[int, str]:
+    # Creation time, then id: a total order that survives restarts.
+    return (job.created_at.seconds * 1_000_000_000 + job.created_at.nanos, job.id)
+
+
+class JobViews:
+    """The durable record of every job, by id."""
+
+    def __init__(self) -> None:
+        self._jobs: dict[str, types_pb2.Job] = {}
+
+    def written(self, records: Iterable[types_pb2.Job], deleted: Iterable[str]) -> None:
+        """These records are on disk now; these jobs are gone from it."""
+        for job_id in deleted:
+            self._jobs.pop(job_id, None)
+        for record in records:
+            self._jobs[record.id] = record
+
+    def get(self, job_id: str) -> types_pb2.Job:
+        """The durable record of a job; :class:`NotFound` when there is none."""
+        if not job_id:
+            raise InvalidArgument("job_id", "is required")
+        job = self._jobs.get(job_id)
+        if job is None:
+            raise NotFound(f"job '{job_id}' not found")
+        return job
+
+    def list(
+        self, *, statuses: Sequence[int], queue: str, page_size: int, page_token: str
+    ) -> tuple[list[types_pb2.Job], str]:
+        """A page of jobs, newest first, and the token of the next page ("" on the last)."""
+        if page_size > defaults.MAX_LIST_PAGE_SIZE:
+            raise InvalidArgument("page_size", f"must be at most {defaults.MAX_LIST_PAGE_SIZE}")
+        size = page_size or defaults.LIST_PAGE_SIZE
+        before: tuple[int, str] | None = None
+        if page_token:
+            nanos, sep, last_id = page_token.partition(":")
+            if not sep or not nanos.isdigit():
+                raise InvalidArgument("page_token", "is not a token returned by ListJobs")
+            before = (int(nanos), last_id)
+        wanted = set(statuses)
+        page = sorted(
+            (
+                j
+                for j in self._jobs.values()
+                if (before is None or _order(j) < before)
+                and (not wanted or j.status in wanted)
+                and (not queue or j.spec.queue == queue)
+            ),
+            key=_order,
+            reverse=True,
+        )
+        more = len(page) > size
+        page = page[:size]
+        if not more:
+            return page, ""
+        created, last_id = _order(page[-1])
+        return page, f"{created}:{last_id}"
