@@ -13,7 +13,7 @@ import bisect
 import logging
 import random
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass, field
 from itertools import chain, repeat
 
@@ -246,14 +246,21 @@ class Core:
 
     # -- leases ---------------------------------------------------------------------------------
 
-    def lease(self, queues: Iterable[str], count: int, now: float, holder: str = "") -> list[Lease]:
-        """Up to ``count`` leases for ``holder`` from the given queues, best job first, deeper-first."""
+    def lease(
+        self, queues: Iterable[str], count: int, now: float, holder: str = "", exclude: Collection[str] = ()
+    ) -> list[Lease]:
+        """Up to ``count`` leases for ``holder`` from the given queues, best job first, deeper-first.
+
+        Jobs named in ``exclude`` are passed over.
+        """
         out: list[Lease] = []
         grant = self.leases.grant
         for queue in queues:
             for job in tuple(self._queues.get(queue, ())):
                 if len(out) >= count:
                     return out
+                if exclude and job.id in exclude:
+                    continue
                 tree = job.tree
                 before = len(out)
                 if job.status is JobStatus.PENDING and tree.has_work(now):

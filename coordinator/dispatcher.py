@@ -2,8 +2,9 @@
 
 ``Dispatcher`` hands out leases when credit and work meet, one grant message
 per stream per round. A round is all-or-nothing per lease: a lease whose
-grant message cannot be built is given back at once (as if never granted),
-so a failure never leaves a leaf held by nobody nor harms another job.
+grant message cannot be built is given back at once (as if never granted)
+and its job is passed over for the rest of the round, so a failure never
+leaves a leaf held by nobody nor takes the credit another job could use.
 """
 
 from __future__ import annotations
@@ -91,13 +92,17 @@ class Dispatcher:
         core = self._core
         now = time.time()
         granted = 0
+        # Jobs whose leases could not be encoded this round: passed over until the next one.
+        broken: set[str] = set()
         for session in list(self._sessions.values()):
             if session.credits <= 0:
                 continue
-            leases = core.lease(session.queues, session.credits, now, session.worker_id)
-            if not leases:
-                continue
-            grant = self._grant(session, leases, now)
+            grant = worker_pb2.LeaseGrant()
+            while session.credits > len(grant.leases):
+                wanted = session.credits - len(grant.leases)
+                leases = core.lease(session.queues, wanted, now, session.worker_id, broken)
+                if not leases or not self._add(session, grant, leases, now, broken):
+                    break
             if grant.leases:
                 session.credits -= len(grant.leases)
                 granted += len(grant.leases)
@@ -106,19 +111,30 @@ class Dispatcher:
         if granted:
             self._on_grant(granted)
 
-    def _grant(self, session: Session, leases: list[Lease], now: float) -> worker_pb2.LeaseGrant:
-        """The grant message of ``leases``; a lease that cannot be encoded is given back."""
-        grant = worker_pb2.LeaseGrant()
+    def _add(
+        self,
+        session: Session,
+        grant: worker_pb2.LeaseGrant,
+        leases: list[Lease],
+        now: float,
+        broken: set[str],
+    ) -> bool:
+        """Add ``leases`` to ``grant``; a lease that cannot be encoded is given back and its job
+        added to ``broken``. Returns whether any lease was given back (worth leasing again)."""
         jobs = self._core.jobs
         unsent: list[Lease] = []
         for lease in leases:
             job = jobs[lease.job_id]
+            if job.id in broken:
+                unsent.append(lease)
+                continue
             try:
                 lease_to_proto(lease, job, grant.leases.add())
             except Exception:
-                # A defect, never an expected path (specs are validated): log it and keep the round.
-                log.exception("cannot encode lease %d of job %s; giving it back", lease.fence, job.id)
+                # A defect, never an expected path (specs are validated): log it, keep the round.
+                log.exception("cannot encode a lease of job %s; giving its leases back", job.id)
                 del grant.leases[-1]
+                broken.add(job.id)
                 unsent.append(lease)
                 continue
             if job.id not in session.sent_jobs:
@@ -132,4 +148,4 @@ class Dispatcher:
                 )
         if unsent:
             self._core.unsent(unsent, now)
-        return grant
+        return bool(unsent)

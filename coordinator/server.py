@@ -70,8 +70,10 @@ def _tune_gc() -> None:
 class Coordinator:
     """A running coordinator: ``await start()``, then ``await stop()``."""
 
-    def __init__(self, config: Config) -> None:
+    def __init__(self, config: Config, *, store: Store | None = None) -> None:
+        """``store``: an open store to use instead of opening ``config.data_dir`` (tests inject faults)."""
         self.config = config
+        self._given_store = store
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
@@ -81,7 +83,7 @@ class Coordinator:
         """Load the store, reserve fences, bind and serve. Returns the bound port."""
         cfg = self.config
         started = time.perf_counter()
-        self.store = Store(cfg.data_dir)
+        self.store = self._given_store or Store(cfg.data_dir)
         # The core signals new work to the dispatcher, which is made from the core just below.
         self.core = Core(
             fence_limit=self.store.fence_limit(),

@@ -230,6 +230,8 @@ def _node_label(node: types_pb2.TreeNode) -> Text:
         details.append(f"attempts={node.attempts}")
     if node.cursor:
         details.append(f"cursor={node.cursor}")
+    if node.worker_id:
+        details.append(f"held by {node.worker_id}")
     if node.collapsed:
         details.append("collapsed")
     if node.truncated:
