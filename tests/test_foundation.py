@@ -10,43 +10,20 @@ from typing import Any
 import grpc
 import pytest
 
-from parcelo.testing import BIN, Proc, start_worker, wait_for
+from parcelo.testing import BIN, Proc, wait_for
 from parcelo.testing import CoordinatorProcess as Coordinator
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
-from tests.test_tree import reference_leaves
-from tests.wire import RawWorker
+from tests.support import RawWorker, reference_leaves, runs, start_recording_workers
 
 pytestmark = pytest.mark.integration
 
 COMPLETED: set[int] = {types_pb2.JOB_STATUS_COMPLETED}
 
 
-def runs(log: Path, event: str = "run") -> list[tuple[int, int, int]]:
-    if not log.exists():
-        return []
-    out = []
-    for line in log.read_text().splitlines():
-        kind, start, end, attempt, _pid = line.split()
-        if kind == event:
-            out.append((int(start), int(end), int(attempt)))
-    return out
-
-
 def workers(
     coord: Coordinator, procs: list[Proc], log_dir: Path, run_log: Path, handler: str, n: int = 2
 ) -> None:
-    for i in range(n):
-        procs.append(
-            start_worker(
-                coord.target,
-                f"tests.handlers:{handler}",
-                log_dir,
-                "--concurrency",
-                "4",
-                env={"PARCELO_TEST_LOG": str(run_log)},
-                name=f"worker{i}",
-            )
-        )
+    start_recording_workers(coord, procs, log_dir, run_log, handler, "--concurrency", "4", n=n)
 
 
 def test_job_runs_every_leaf_once_with_exact_stats(

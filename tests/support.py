@@ -1,0 +1,184 @@
+"""What the tests share: reference answers, worker launchers, the run log, a raw Work-stream client.
+
+Test modules import from here and from ``parcelo``, never from one another. The
+handlers that worker processes run live in ``tests/handlers.py`` (loaded by name,
+``tests.handlers:record``); :func:`runs` reads the log they write.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+
+from parcelo import Range
+from parcelo.testing import CoordinatorProcess, Proc, start_worker
+from parcelo.v1 import worker_pb2, worker_pb2_grpc
+from tests.handlers import keep_multiples
+
+HANDLERS = "tests.handlers"
+"""The module worker processes load their handlers from."""
+
+# -- reference answers ---------------------------------------------------------------------------
+
+
+def reference_leaves(start: int, end: int, max_size: int) -> list[tuple[int, int]]:
+    """Leaves by the contract's rule, computed eagerly and independently of the tree.
+
+    A node wider than ``max_size`` splits at ``mid = start + (end - start) // 2``.
+    """
+    if end - start <= max_size:
+        return [(start, end)]
+    mid = start + (end - start) // 2
+    return reference_leaves(start, mid, max_size) + reference_leaves(mid, end, max_size)
+
+
+def pruned_reference(start: int, end: int, size: int) -> tuple[list[tuple[int, int]], int, int]:
+    """Under ``handlers.keep_multiples``: the leaves that run, the width skipped, the nodes materialised."""
+    leaves: list[tuple[int, int]] = []
+    skipped = 0
+    nodes = 0
+
+    def visit(s: int, e: int) -> None:
+        nonlocal skipped, nodes
+        nodes += 1
+        if not keep_multiples(Range(s, e), e - s <= size):
+            skipped += e - s
+            return
+        if e - s <= size:
+            leaves.append((s, e))
+            return
+        mid = s + (e - s) // 2
+        visit(s, mid)
+        visit(mid, e)
+
+    visit(start, end)
+    return leaves, skipped, nodes
+
+
+# -- worker processes and their run log ----------------------------------------------------------
+
+
+def start_recording_workers(
+    coord: CoordinatorProcess,
+    procs: list[Proc],
+    log_dir: Path,
+    run_log: Path,
+    handler: str,
+    *args: str,
+    n: int = 1,
+) -> list[Proc]:
+    """Start ``n`` worker processes running ``tests.handlers.<handler>``, logging runs to ``run_log``.
+
+    Each is appended to ``procs`` (the ``procs`` fixture kills what is left at the end).
+    ``args`` are extra ``parcelo-worker`` flags.
+    """
+    started = [
+        start_worker(
+            coord.target,
+            f"{HANDLERS}:{handler}",
+            log_dir,
+            *args,
+            env={"PARCELO_TEST_LOG": str(run_log)},
+            name=f"worker{len(procs) + i}",
+        )
+        for i in range(n)
+    ]
+    procs.extend(started)
+    return started
+
+
+def runs(log: Path, event: str = "run") -> list[tuple[int, int, int]]:
+    """``(start, end, attempt)`` of each ``event`` line ``tests/handlers.py`` wrote to ``log``, in order."""
+    if not log.exists():
+        return []
+    out = []
+    for line in log.read_text().splitlines():
+        kind, start, end, attempt, _pid = line.split()
+        if kind == event:
+            out.append((int(start), int(end), int(attempt)))
+    return out
+
+
+# -- the Work stream by hand ---------------------------------------------------------------------
+
+
+class RawWorker:
+    """Speaks the Work stream directly: hello, lease, complete, heartbeat; answers read in order.
+
+    A synchronous client for tests that need to control the protocol message by message.
+    """
+
+    def __init__(
+        self, channel: grpc.Channel, worker_id: str = "raw", queues: tuple[str, ...] = ("default",)
+    ) -> None:
+        self._out: queue.Queue[worker_pb2.WorkRequest | None] = queue.Queue()
+        self._in: queue.Queue[worker_pb2.WorkResponse | Exception] = queue.Queue()
+        self._out.put(
+            worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id=worker_id, queues=list(queues)))
+        )
+        self._call = worker_pb2_grpc.WorkerServiceStub(channel).Work(self._requests())
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        welcome = self.next("welcome")
+        self.heartbeat_interval_ms = welcome.welcome.heartbeat_interval_ms
+
+    def _requests(self) -> Iterator[worker_pb2.WorkRequest]:
+        while True:
+            msg = self._out.get()
+            if msg is None:
+                return
+            yield msg
+
+    def _read(self) -> None:
+        try:
+            for msg in self._call:
+                self._in.put(msg)
+        except Exception as err:  # the test decides whether a broken stream matters
+            self._in.put(err)
+
+    def next(self, kind: str, timeout: float = 10) -> worker_pb2.WorkResponse:
+        """The next response of ``kind`` (others of other kinds are dropped).
+
+        Raises:
+            queue.Empty: none came within ``timeout`` seconds.
+        """
+        while True:
+            msg = self._in.get(timeout=timeout)
+            if isinstance(msg, Exception):
+                raise msg
+            if msg.WhichOneof("msg") == kind:
+                return msg
+
+    def send(self, msg: worker_pb2.WorkRequest) -> None:
+        """Queue a request without waiting for its answer (to pipeline)."""
+        self._out.put(msg)
+
+    def lease(self, count: int, timeout: float = 10) -> list[worker_pb2.Lease]:
+        """Ask for ``count`` leases and collect grants until that many arrived."""
+        self._out.put(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=count)))
+        leases: list[worker_pb2.Lease] = []
+        while len(leases) < count:
+            leases.extend(self.next("grant", timeout).grant.leases)
+        return leases
+
+    def complete(self, fences: list[int], skipped: list[int] | None = None) -> worker_pb2.CompleteResponse:
+        self._out.put(
+            worker_pb2.WorkRequest(complete=worker_pb2.CompleteRequest(fences=fences, skipped=skipped or []))
+        )
+        return self.next("complete").complete
+
+    def heartbeat(self, *beats: worker_pb2.LeaseHeartbeat) -> worker_pb2.HeartbeatResponse:
+        self._out.put(worker_pb2.WorkRequest(heartbeat=worker_pb2.HeartbeatRequest(leases=list(beats))))
+        return self.next("heartbeat").heartbeat
+
+    def fail(self, *failures: worker_pb2.Failure) -> worker_pb2.FailResponse:
+        self._out.put(worker_pb2.WorkRequest(fail=worker_pb2.FailRequest(failures=list(failures))))
+        return self.next("fail").fail
+
+    def close(self) -> None:
+        self._out.put(None)
+        self._call.cancel()
