@@ -1,4 +1,5 @@
-"""What the tests share: reference answers, worker launchers, the run log, a raw Work-stream client.
+"""What the tests share: reference answers, worker launchers, the run log, a raw Work-stream client,
+and the pieces of in-process tests (a coordinator in the test's own event loop, a running SDK worker).
 
 Test modules import from here and from ``parcelo``, never from one another. The
 handlers that worker processes run live in ``tests/handlers.py`` (loaded by name,
@@ -7,17 +8,26 @@ handlers that worker processes run live in ``tests/handlers.py`` (loaded by name
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import functools
+import gc
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
+from typing import Any, ParamSpec
 
 import grpc
+from grpc import aio
 
-from parcelo import Range
+from parcelo import Range, Worker
+from parcelo.coordinator.server import Config, Coordinator
 from parcelo.testing import CoordinatorProcess, Proc, start_worker
 from parcelo.v1 import worker_pb2, worker_pb2_grpc
 from tests.handlers import keep_multiples
+
+P = ParamSpec("P")
 
 HANDLERS = "tests.handlers"
 """The module worker processes load their handlers from."""
@@ -182,3 +192,121 @@ class RawWorker:
     def close(self) -> None:
         self._out.put(None)
         self._call.cancel()
+
+
+# -- in-process tests ----------------------------------------------------------------------------
+
+ASYNC_TEST_TIMEOUT = 20.0
+"""Seconds an :func:`async_test` may run before it is cancelled (its cleanups still run)."""
+
+
+def async_test(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Run an ``async def`` test in a fresh event loop (pytest-asyncio is not a dependency).
+
+    The test is cancelled after :data:`ASYNC_TEST_TIMEOUT` seconds, so a hang fails with a
+    traceback and the ``async with`` blocks of the test still stop what they started.
+    """
+
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        asyncio.run(asyncio.wait_for(test(*args, **kwargs), ASYNC_TEST_TIMEOUT))
+
+    return run
+
+
+class InProcessCoordinator:
+    """A real coordinator (real RocksDB in ``data_dir``) serving on ``127.0.0.1:port`` in the running loop.
+
+    Port 0 binds any free port (see :attr:`port` once started); give a former coordinator's port to
+    restart on it. Workers are told to heartbeat every ``heartbeat_interval_ms`` so directives
+    arrive quickly; ``grace`` bounds how long :meth:`stop` waits for open Work streams.
+    """
+
+    def __init__(
+        self, data_dir: Path, *, port: int = 0, heartbeat_interval_ms: int = 50, grace: float = 0.2
+    ) -> None:
+        self.coordinator = Coordinator(
+            Config(
+                data_dir=data_dir,
+                listen=f"127.0.0.1:{port}",
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                grace=grace,
+            )
+        )
+        self.port = port
+        self._gc_threshold = gc.get_threshold()
+        self._running = False
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> int:
+        """Start serving; returns the bound port."""
+        self._gc_threshold = gc.get_threshold()
+        self.port = await self.coordinator.start()
+        self._running = True
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop serving and close the store; does nothing the second time."""
+        if not self._running:
+            return
+        self._running = False
+        try:
+            await self.coordinator.stop()
+        finally:
+            # The coordinator tunes the process's garbage collector for its hot path; the rest of
+            # the test run gets its own settings back.
+            gc.unfreeze()
+            gc.set_threshold(*self._gc_threshold)
+
+
+@contextlib.asynccontextmanager
+async def inprocess_coordinator(
+    data_dir: Path, *, port: int = 0, heartbeat_interval_ms: int = 50, grace: float = 0.2
+) -> AsyncIterator[InProcessCoordinator]:
+    """Start an :class:`InProcessCoordinator`; stop it on the way out (unless the test already did)."""
+    coord = InProcessCoordinator(
+        data_dir, port=port, heartbeat_interval_ms=heartbeat_interval_ms, grace=grace
+    )
+    try:
+        await coord.start()
+        yield coord
+    finally:
+        await coord.stop()
+
+
+def loopback_channel(port: int) -> aio.Channel:
+    """A grpc.aio channel to ``127.0.0.1:port`` (use it in ``async with``)."""
+    return aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+@contextlib.asynccontextmanager
+async def running_worker(worker: Worker, stop_timeout: float = 15) -> AsyncIterator[Worker]:
+    """Run an SDK worker in this loop (``worker.run()``); stop and drain it on the way out."""
+    task = asyncio.create_task(worker.run(), name="worker")
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, stop_timeout)
+
+
+async def eventually(predicate: Callable[[], Any], what: str, within: float = 5) -> None:
+    """Poll ``predicate`` (plain or async) until it is truthy; fail naming ``what`` after ``within`` s.
+
+    For conditions nobody announces (a stats counter, a worker's tally); await events where
+    there are some.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.01)
