@@ -9,7 +9,7 @@ import pytest
 from parcelo.coordinator.store import Store, node_prefix
 from parcelo.testing import CoordinatorProcess, Proc, start_worker, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
-from tests.wire import RawWorker
+from tests.support import RawWorker
 
 pytestmark = pytest.mark.integration
 

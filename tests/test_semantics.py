@@ -7,10 +7,9 @@ from pathlib import Path
 import grpc
 import pytest
 
-from parcelo.testing import BIN, CoordinatorProcess, Proc, start_worker, wait_for
+from parcelo.testing import BIN, CoordinatorProcess, Proc, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
-from tests.test_foundation import runs
-from tests.wire import RawWorker
+from tests.support import HANDLERS, RawWorker, pruned_reference, runs, start_recording_workers
 
 pytestmark = pytest.mark.integration
 
@@ -18,37 +17,10 @@ DONE = {types_pb2.JOB_STATUS_COMPLETED}
 FAILED = {types_pb2.JOB_STATUS_FAILED}
 
 
-def pruned_reference(start: int, end: int, size: int) -> tuple[list[tuple[int, int]], int, int]:
-    """Leaves the seed's pruning example runs, the width it skips, and the nodes it materialises."""
-    leaves: list[tuple[int, int]] = []
-    skipped = 0
-    nodes = 0
-
-    def keep(s: int, e: int) -> bool:
-        return (e - 1) // 10_000 >= (s + 9_999) // 10_000
-
-    def visit(s: int, e: int) -> None:
-        nonlocal skipped, nodes
-        nodes += 1
-        if not keep(s, e):
-            skipped += e - s
-            return
-        if e - s <= size:
-            leaves.append((s, e))
-            return
-        mid = s + (e - s) // 2
-        visit(s, mid)
-        visit(mid, e)
-
-    visit(start, end)
-    return leaves, skipped, nodes
-
-
 def worker(
     coord: CoordinatorProcess, procs: list[Proc], log_dir: Path, run_log: Path, handler: str, *args: str
 ) -> Proc:
-    proc = start_worker(coord.target, handler, log_dir, *args, env={"PARCELO_TEST_LOG": str(run_log)})
-    procs.append(proc)
+    (proc,) = start_recording_workers(coord, procs, log_dir, run_log, handler, *args)
     return proc
 
 
@@ -57,14 +29,7 @@ def pruning_worker(
 ) -> Proc:
     """A worker recording its runs and pruning by the seed's rule (multiples of 10,000)."""
     return worker(
-        coord,
-        procs,
-        log_dir,
-        run_log,
-        "tests.handlers:record",
-        "--should-process",
-        "tests.handlers:keep_multiples",
-        *args,
+        coord, procs, log_dir, run_log, "record", "--should-process", f"{HANDLERS}:keep_multiples", *args
     )
 
 
@@ -138,7 +103,7 @@ def test_retries_permanent_errors_and_retry_failed(
     job = coordinator.create_job(
         0, 800, 100, retry=retry, params_json=f'{{"bad_start": 300, "fixed": "{fixed}"}}'
     )
-    worker(coordinator, procs, log_dir, run_log, "tests.handlers:flaky")
+    worker(coordinator, procs, log_dir, run_log, "flaky")
     failed = coordinator.wait_status(job.id, FAILED, timeout=60)
     ran = runs(run_log)
     assert [a for s, _, a in ran if s == 300] == [1]  # permanent: no retry
@@ -161,17 +126,17 @@ def test_checkpoint_survives_kill9_of_the_worker(
 ) -> None:
     run_log = tmp_path / "runs.log"
     job = coordinator.create_job(0, 1000, 1000, lease_ttl=1.0)
-    first = worker(coordinator, procs, log_dir, run_log, "tests.handlers:checkpoint_then_stall")
+    first = worker(coordinator, procs, log_dir, run_log, "checkpoint_then_stall")
     wait_for(lambda: runs(run_log, "checkpointed"), 30, "the checkpoint")
     assert coordinator.get_job(job.id).stats.range_processed == 500  # progress moves inside the leaf
     first.kill9()
-    worker(coordinator, procs, log_dir, run_log, "tests.handlers:checkpoint_then_stall")
+    worker(coordinator, procs, log_dir, run_log, "checkpoint_then_stall")
     coordinator.wait_status(job.id, DONE, timeout=30)
     resumed = [line for line in run_log.read_text().splitlines() if line.startswith("resumed")]
     assert resumed == ["resumed 500 1000 2 b'half-done'"]
 
 
-@pytest.mark.parametrize("handler", ["tests.handlers:watch_cancel", "tests.handlers:async_watch_cancel"])
+@pytest.mark.parametrize("handler", ["watch_cancel", "async_watch_cancel"])
 def test_cancel_reaches_a_running_handler(
     coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path, handler: str
 ) -> None:
@@ -185,7 +150,7 @@ def test_cancel_reaches_a_running_handler(
     assert got.status == types_pb2.JOB_STATUS_CANCELLED and got.stats.failed_attempts == 0
 
 
-@pytest.mark.parametrize("handler", ["tests.handlers:watch_cancel", "tests.handlers:async_watch_cancel"])
+@pytest.mark.parametrize("handler", ["watch_cancel", "async_watch_cancel"])
 def test_pause_with_release_then_resume(
     coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path, handler: str
 ) -> None:

@@ -12,14 +12,7 @@ from parcelo.coordinator.events import STAT_FIELDS
 from parcelo.coordinator.leases import Lease
 from parcelo.coordinator.store import decode_node, encode_node
 from parcelo.coordinator.tree import Node, RangeTree, Status, split_point
-
-
-def reference_leaves(start: int, end: int, max_size: int) -> list[tuple[int, int]]:
-    """Leaves by the contract's rule, computed eagerly and independently of the tree."""
-    if end - start <= max_size:
-        return [(start, end)]
-    mid = start + (end - start) // 2
-    return reference_leaves(start, mid, max_size) + reference_leaves(mid, end, max_size)
+from tests.support import reference_leaves
 
 
 def lease(tree: RangeTree, node: Node, fence: int, now: float = 0.0) -> Lease:

@@ -1,0 +1,312 @@
+"""What the tests share: reference answers, worker launchers, the run log, a raw Work-stream client,
+and the pieces of in-process tests (a coordinator in the test's own event loop, a running SDK worker).
+
+Test modules import from here and from ``parcelo``, never from one another. The
+handlers that worker processes run live in ``tests/handlers.py`` (loaded by name,
+``tests.handlers:record``); :func:`runs` reads the log they write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import functools
+import gc
+import queue
+import threading
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
+from pathlib import Path
+from typing import Any, ParamSpec
+
+import grpc
+from grpc import aio
+
+from parcelo import Range, Worker
+from parcelo.coordinator.server import Config, Coordinator
+from parcelo.testing import CoordinatorProcess, Proc, start_worker
+from parcelo.v1 import worker_pb2, worker_pb2_grpc
+from tests.handlers import keep_multiples
+
+P = ParamSpec("P")
+
+HANDLERS = "tests.handlers"
+"""The module worker processes load their handlers from."""
+
+# -- reference answers ---------------------------------------------------------------------------
+
+
+def reference_leaves(start: int, end: int, max_size: int) -> list[tuple[int, int]]:
+    """Leaves by the contract's rule, computed eagerly and independently of the tree.
+
+    A node wider than ``max_size`` splits at ``mid = start + (end - start) // 2``.
+    """
+    if end - start <= max_size:
+        return [(start, end)]
+    mid = start + (end - start) // 2
+    return reference_leaves(start, mid, max_size) + reference_leaves(mid, end, max_size)
+
+
+def pruned_reference(start: int, end: int, size: int) -> tuple[list[tuple[int, int]], int, int]:
+    """Under ``handlers.keep_multiples``: the leaves that run, the width skipped, the nodes materialised."""
+    leaves: list[tuple[int, int]] = []
+    skipped = 0
+    nodes = 0
+
+    def visit(s: int, e: int) -> None:
+        nonlocal skipped, nodes
+        nodes += 1
+        if not keep_multiples(Range(s, e), e - s <= size):
+            skipped += e - s
+            return
+        if e - s <= size:
+            leaves.append((s, e))
+            return
+        mid = s + (e - s) // 2
+        visit(s, mid)
+        visit(mid, e)
+
+    visit(start, end)
+    return leaves, skipped, nodes
+
+
+# -- worker processes and their run log ----------------------------------------------------------
+
+
+def start_recording_workers(
+    coord: CoordinatorProcess,
+    procs: list[Proc],
+    log_dir: Path,
+    run_log: Path,
+    handler: str,
+    *args: str,
+    n: int = 1,
+) -> list[Proc]:
+    """Start ``n`` worker processes running ``tests.handlers.<handler>``, logging runs to ``run_log``.
+
+    Each is appended to ``procs`` (the ``procs`` fixture kills what is left at the end).
+    ``args`` are extra ``parcelo-worker`` flags.
+    """
+    started = [
+        start_worker(
+            coord.target,
+            f"{HANDLERS}:{handler}",
+            log_dir,
+            *args,
+            env={"PARCELO_TEST_LOG": str(run_log)},
+            name=f"worker{len(procs) + i}",
+        )
+        for i in range(n)
+    ]
+    procs.extend(started)
+    return started
+
+
+def runs(log: Path, event: str = "run") -> list[tuple[int, int, int]]:
+    """``(start, end, attempt)`` of each ``event`` line ``tests/handlers.py`` wrote to ``log``, in order."""
+    if not log.exists():
+        return []
+    out = []
+    for line in log.read_text().splitlines():
+        kind, start, end, attempt, _pid = line.split()
+        if kind == event:
+            out.append((int(start), int(end), int(attempt)))
+    return out
+
+
+# -- the Work stream by hand ---------------------------------------------------------------------
+
+
+class RawWorker:
+    """Speaks the Work stream directly: hello, lease, complete, heartbeat; answers read in order.
+
+    A synchronous client for tests that need to control the protocol message by message.
+    """
+
+    def __init__(
+        self, channel: grpc.Channel, worker_id: str = "raw", queues: tuple[str, ...] = ("default",)
+    ) -> None:
+        self._out: queue.Queue[worker_pb2.WorkRequest | None] = queue.Queue()
+        self._in: queue.Queue[worker_pb2.WorkResponse | Exception] = queue.Queue()
+        self._out.put(
+            worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id=worker_id, queues=list(queues)))
+        )
+        self._call = worker_pb2_grpc.WorkerServiceStub(channel).Work(self._requests())
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+        welcome = self.next("welcome")
+        self.heartbeat_interval_ms = welcome.welcome.heartbeat_interval_ms
+
+    def _requests(self) -> Iterator[worker_pb2.WorkRequest]:
+        while True:
+            msg = self._out.get()
+            if msg is None:
+                return
+            yield msg
+
+    def _read(self) -> None:
+        try:
+            for msg in self._call:
+                self._in.put(msg)
+        except Exception as err:  # the test decides whether a broken stream matters
+            self._in.put(err)
+
+    def next(self, kind: str, timeout: float = 10) -> worker_pb2.WorkResponse:
+        """The next response of ``kind`` (others of other kinds are dropped).
+
+        Raises:
+            queue.Empty: none came within ``timeout`` seconds.
+        """
+        while True:
+            msg = self._in.get(timeout=timeout)
+            if isinstance(msg, Exception):
+                raise msg
+            if msg.WhichOneof("msg") == kind:
+                return msg
+
+    def send(self, msg: worker_pb2.WorkRequest) -> None:
+        """Queue a request without waiting for its answer (to pipeline)."""
+        self._out.put(msg)
+
+    def lease(self, count: int, timeout: float = 10) -> list[worker_pb2.Lease]:
+        """Ask for ``count`` leases and collect grants until that many arrived."""
+        self._out.put(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=count)))
+        leases: list[worker_pb2.Lease] = []
+        while len(leases) < count:
+            leases.extend(self.next("grant", timeout).grant.leases)
+        return leases
+
+    def complete(self, fences: list[int], skipped: list[int] | None = None) -> worker_pb2.CompleteResponse:
+        self._out.put(
+            worker_pb2.WorkRequest(complete=worker_pb2.CompleteRequest(fences=fences, skipped=skipped or []))
+        )
+        return self.next("complete").complete
+
+    def heartbeat(self, *beats: worker_pb2.LeaseHeartbeat) -> worker_pb2.HeartbeatResponse:
+        self._out.put(worker_pb2.WorkRequest(heartbeat=worker_pb2.HeartbeatRequest(leases=list(beats))))
+        return self.next("heartbeat").heartbeat
+
+    def fail(self, *failures: worker_pb2.Failure) -> worker_pb2.FailResponse:
+        self._out.put(worker_pb2.WorkRequest(fail=worker_pb2.FailRequest(failures=list(failures))))
+        return self.next("fail").fail
+
+    def close(self) -> None:
+        self._out.put(None)
+        self._call.cancel()
+
+
+# -- in-process tests ----------------------------------------------------------------------------
+
+ASYNC_TEST_TIMEOUT = 20.0
+"""Seconds an :func:`async_test` may run before it is cancelled (its cleanups still run)."""
+
+
+def async_test(test: Callable[P, Coroutine[Any, Any, None]]) -> Callable[P, None]:
+    """Run an ``async def`` test in a fresh event loop (pytest-asyncio is not a dependency).
+
+    The test is cancelled after :data:`ASYNC_TEST_TIMEOUT` seconds, so a hang fails with a
+    traceback and the ``async with`` blocks of the test still stop what they started.
+    """
+
+    @functools.wraps(test)
+    def run(*args: P.args, **kwargs: P.kwargs) -> None:
+        asyncio.run(asyncio.wait_for(test(*args, **kwargs), ASYNC_TEST_TIMEOUT))
+
+    return run
+
+
+class InProcessCoordinator:
+    """A real coordinator (real RocksDB in ``data_dir``) serving on ``127.0.0.1:port`` in the running loop.
+
+    Port 0 binds any free port (see :attr:`port` once started); give a former coordinator's port to
+    restart on it. Workers are told to heartbeat every ``heartbeat_interval_ms`` so directives
+    arrive quickly; ``grace`` bounds how long :meth:`stop` waits for open Work streams.
+    """
+
+    def __init__(
+        self, data_dir: Path, *, port: int = 0, heartbeat_interval_ms: int = 50, grace: float = 0.2
+    ) -> None:
+        self.coordinator = Coordinator(
+            Config(
+                data_dir=data_dir,
+                listen=f"127.0.0.1:{port}",
+                heartbeat_interval_ms=heartbeat_interval_ms,
+                grace=grace,
+            )
+        )
+        self.port = port
+        self._gc_threshold = gc.get_threshold()
+        self._running = False
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def start(self) -> int:
+        """Start serving; returns the bound port."""
+        self._gc_threshold = gc.get_threshold()
+        self.port = await self.coordinator.start()
+        self._running = True
+        return self.port
+
+    async def stop(self) -> None:
+        """Stop serving and close the store; does nothing the second time."""
+        if not self._running:
+            return
+        self._running = False
+        try:
+            await self.coordinator.stop()
+        finally:
+            # The coordinator tunes the process's garbage collector for its hot path; the rest of
+            # the test run gets its own settings back.
+            gc.unfreeze()
+            gc.set_threshold(*self._gc_threshold)
+
+
+@contextlib.asynccontextmanager
+async def inprocess_coordinator(
+    data_dir: Path, *, port: int = 0, heartbeat_interval_ms: int = 50, grace: float = 0.2
+) -> AsyncIterator[InProcessCoordinator]:
+    """Start an :class:`InProcessCoordinator`; stop it on the way out (unless the test already did)."""
+    coord = InProcessCoordinator(
+        data_dir, port=port, heartbeat_interval_ms=heartbeat_interval_ms, grace=grace
+    )
+    try:
+        await coord.start()
+        yield coord
+    finally:
+        await coord.stop()
+
+
+def loopback_channel(port: int) -> aio.Channel:
+    """A grpc.aio channel to ``127.0.0.1:port`` (use it in ``async with``)."""
+    return aio.insecure_channel(f"127.0.0.1:{port}")
+
+
+@contextlib.asynccontextmanager
+async def running_worker(worker: Worker, stop_timeout: float = 15) -> AsyncIterator[Worker]:
+    """Run an SDK worker in this loop (``worker.run()``); stop and drain it on the way out."""
+    task = asyncio.create_task(worker.run(), name="worker")
+    try:
+        yield worker
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, stop_timeout)
+
+
+async def eventually(predicate: Callable[[], Any], what: str, within: float = 5) -> None:
+    """Poll ``predicate`` (plain or async) until it is truthy; fail naming ``what`` after ``within`` s.
+
+    For conditions nobody announces (a stats counter, a worker's tally); await events where
+    there are some.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + within
+    while True:
+        value = predicate()
+        if asyncio.iscoroutine(value):
+            value = await value
+        if value:
+            return
+        if loop.time() > deadline:
+            raise AssertionError(f"timed out after {within} s waiting for {what}")
+        await asyncio.sleep(0.01)
