@@ -23,6 +23,7 @@ from grpc import aio
 
 from parcelo import Range, Worker
 from parcelo.coordinator.server import Config, Coordinator
+from parcelo.coordinator.store import Store
 from parcelo.testing import CoordinatorProcess, Proc, start_worker
 from parcelo.v1 import worker_pb2, worker_pb2_grpc
 from tests.handlers import keep_multiples
@@ -223,7 +224,13 @@ class InProcessCoordinator:
     """
 
     def __init__(
-        self, data_dir: Path, *, port: int = 0, heartbeat_interval_ms: int = 50, grace: float = 0.2
+        self,
+        data_dir: Path,
+        *,
+        port: int = 0,
+        heartbeat_interval_ms: int = 50,
+        grace: float = 0.2,
+        store: Store | None = None,
     ) -> None:
         self.coordinator = Coordinator(
             Config(
@@ -231,7 +238,9 @@ class InProcessCoordinator:
                 listen=f"127.0.0.1:{port}",
                 heartbeat_interval_ms=heartbeat_interval_ms,
                 grace=grace,
-            )
+                tick_interval=0.02,
+            ),
+            store=store,
         )
         self.port = port
         self._gc_threshold = gc.get_threshold()
@@ -264,11 +273,19 @@ class InProcessCoordinator:
 
 @contextlib.asynccontextmanager
 async def inprocess_coordinator(
-    data_dir: Path, *, port: int = 0, heartbeat_interval_ms: int = 50, grace: float = 0.2
+    data_dir: Path,
+    *,
+    port: int = 0,
+    heartbeat_interval_ms: int = 50,
+    grace: float = 0.2,
+    store: Store | None = None,
 ) -> AsyncIterator[InProcessCoordinator]:
-    """Start an :class:`InProcessCoordinator`; stop it on the way out (unless the test already did)."""
+    """Start an :class:`InProcessCoordinator`; stop it on the way out (unless the test already did).
+
+    ``store``: an open store to serve from instead of opening ``data_dir`` (to inject faults).
+    """
     coord = InProcessCoordinator(
-        data_dir, port=port, heartbeat_interval_ms=heartbeat_interval_ms, grace=grace
+        data_dir, port=port, heartbeat_interval_ms=heartbeat_interval_ms, grace=grace, store=store
     )
     try:
         await coord.start()

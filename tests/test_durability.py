@@ -7,10 +7,8 @@ writes the test can make fail, as a full disk would, driven through real gRPC ch
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import threading
-import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable
 from pathlib import Path
 
 import grpc
@@ -18,9 +16,9 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parcelo.coordinator.server import Config, Coordinator
 from parcelo.coordinator.store import Batch, Op, Store
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
+from tests.support import async_test, eventually, inprocess_coordinator, loopback_channel
 
 WAIT = 10.0
 """Seconds any single wait may take before the test fails."""
@@ -46,31 +44,6 @@ class FaultyStore(Store):
         super().reopen()
 
 
-@contextlib.asynccontextmanager
-async def serving(
-    data_dir: Path, store: Store | None = None
-) -> AsyncIterator[tuple[Coordinator, aio.Channel]]:
-    """A coordinator on a free loopback port and a channel to it; both closed at the end."""
-    coordinator = Coordinator(
-        Config(data_dir=data_dir, listen="127.0.0.1:0", tick_interval=0.02), store=store
-    )
-    port = await coordinator.start()
-    channel = aio.insecure_channel(f"127.0.0.1:{port}")
-    try:
-        yield coordinator, channel
-    finally:
-        await channel.close()
-        await coordinator.stop()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str) -> None:
-    deadline = time.monotonic() + WAIT
-    while not await check():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.02)
-
-
 def spec(end: int, size: int, **fields: object) -> types_pb2.JobSpec:
     out = types_pb2.JobSpec(range=types_pb2.Range(start=0, end=end), max_range_size=size, **fields)  # type: ignore[arg-type]
     return out
@@ -81,132 +54,121 @@ async def health_status(channel: aio.Channel, service: str = "") -> int:
     return int(answer.status)
 
 
-def test_a_failed_write_is_retried_until_written_and_nothing_runs_ahead(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        store = FaultyStore(tmp_path / "data")
-        async with serving(tmp_path / "data", store) as (_, channel):
-            jobs = jobs_pb2_grpc.JobServiceStub(channel)
-            workers = worker_pb2_grpc.WorkerServiceStub(channel)
-            job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(2000, 100, job_id="full")))
-            grant = await workers.Lease(worker_pb2.LeaseRequest(worker_id="w1", count=32, wait_ms=2000))
-            fences = [lease.fence for lease in grant.leases]
-            assert len(fences) == 32  # 2000 ids split in halves down to 62/63 wide: 32 leaves
-            first = await workers.Complete(worker_pb2.CompleteRequest(fences=fences[:16]))
-            assert list(first.accepted) == fences[:16]
-            watch = jobs.WatchJob(
-                jobs_pb2.WatchJobRequest(job_id=job.id, types=[types_pb2.EVENT_TYPE_JOB_COMPLETED])
-            )
+@async_test
+async def test_a_failed_write_is_retried_until_written_and_nothing_runs_ahead(tmp_path: Path) -> None:
+    store = FaultyStore(tmp_path / "data")
+    async with (
+        inprocess_coordinator(tmp_path / "data", store=store) as coord,
+        loopback_channel(coord.port) as channel,
+    ):
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        workers = worker_pb2_grpc.WorkerServiceStub(channel)
+        job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(2000, 100, job_id="full")))
+        grant = await workers.Lease(worker_pb2.LeaseRequest(worker_id="w1", count=32, wait_ms=2000))
+        fences = [lease.fence for lease in grant.leases]
+        assert len(fences) == 32  # 2000 ids split in halves down to 62/63 wide: 32 leaves
+        first = await workers.Complete(worker_pb2.CompleteRequest(fences=fences[:16]))
+        assert list(first.accepted) == fences[:16]
+        watch = jobs.WatchJob(
+            jobs_pb2.WatchJobRequest(job_id=job.id, types=[types_pb2.EVENT_TYPE_JOB_COMPLETED])
+        )
 
-            store.full.set()
-            # The completion that finishes the job is applied in memory, but not acknowledged...
-            finishing = asyncio.ensure_future(
-                workers.Complete(worker_pb2.CompleteRequest(fences=fences[16:]))
-            )
-            await eventually(lambda: _is(store.refused > 1), "the committer to retry the failed batch")
-            assert not finishing.done()
-            # ...nor shown: readers see what is on disk, and health says not serving.
-            now = await jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
-            assert now.status == types_pb2.JOB_STATUS_RUNNING and now.stats.range_processed == 1000
-            listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest())
-            assert [j.status for j in listed.jobs] == [types_pb2.JOB_STATUS_RUNNING]
-            for service in ("", "parcelo.v1.WorkerService", "parcelo.v1.JobService"):
-                assert await health_status(channel, service) == health_pb2.HealthCheckResponse.NOT_SERVING
+        store.full.set()
+        # The completion that finishes the job is applied in memory, but not acknowledged...
+        finishing = asyncio.ensure_future(workers.Complete(worker_pb2.CompleteRequest(fences=fences[16:])))
+        await eventually(lambda: store.refused > 1, "the committer to retry the failed batch")
+        assert not finishing.done()
+        # ...nor shown: readers see what is on disk, and health says not serving.
+        now = await jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+        assert now.status == types_pb2.JOB_STATUS_RUNNING and now.stats.range_processed == 1000
+        listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest())
+        assert [j.status for j in listed.jobs] == [types_pb2.JOB_STATUS_RUNNING]
+        for service in ("", "parcelo.v1.WorkerService", "parcelo.v1.JobService"):
+            assert await health_status(channel, service) == health_pb2.HealthCheckResponse.NOT_SERVING
 
-            store.full.clear()  # space is back: the coordinator goes on by itself
-            answer = await asyncio.wait_for(finishing, WAIT)
-            assert list(answer.accepted) == fences[16:] and not answer.rejected
-            event = await asyncio.wait_for(watch.read(), WAIT)
-            assert event.type == types_pb2.EVENT_TYPE_JOB_COMPLETED
-            done = await jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
-            assert done.status == types_pb2.JOB_STATUS_COMPLETED
-            assert (done.stats.range_processed, done.stats.active_leases, done.stats.failed_attempts) == (
-                2000,
-                0,
-                0,
-            )
-            await eventually(
-                lambda: _equals(health_status(channel), health_pb2.HealthCheckResponse.SERVING),
-                "health again",
-            )
-            watch.cancel()
-        # And the disk agrees after a restart.
-        async with serving(tmp_path / "data") as (_, channel):
-            back = await jobs_pb2_grpc.JobServiceStub(channel).GetJob(jobs_pb2.GetJobRequest(job_id="full"))
-            assert back.status == types_pb2.JOB_STATUS_COMPLETED and back.stats == done.stats
-
-    asyncio.run(scenario())
-
-
-async def _is(value: bool) -> bool:
-    return value
+        store.full.clear()  # space is back: the coordinator goes on by itself
+        answer = await asyncio.wait_for(finishing, WAIT)
+        assert list(answer.accepted) == fences[16:] and not answer.rejected
+        event = await asyncio.wait_for(watch.read(), WAIT)
+        assert event.type == types_pb2.EVENT_TYPE_JOB_COMPLETED
+        done = await jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+        assert done.status == types_pb2.JOB_STATUS_COMPLETED
+        assert (done.stats.range_processed, done.stats.active_leases, done.stats.failed_attempts) == (
+            2000,
+            0,
+            0,
+        )
+        await eventually(
+            lambda: _equals(health_status(channel), health_pb2.HealthCheckResponse.SERVING),
+            "health again",
+        )
+        watch.cancel()
+    # And the disk agrees after a restart.
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        back = await jobs_pb2_grpc.JobServiceStub(channel).GetJob(jobs_pb2.GetJobRequest(job_id="full"))
+        assert back.status == types_pb2.JOB_STATUS_COMPLETED and back.stats == done.stats
 
 
 async def _equals(value: Awaitable[int], expected: int) -> bool:
     return await value == expected
 
 
-def test_watch_with_follow_ends_after_the_job_is_deleted(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with serving(tmp_path / "data") as (_, channel):
-            jobs = jobs_pb2_grpc.JobServiceStub(channel)
-            job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(100, 100, job_id="gone")))
-            await jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
-            watch = jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id, follow=True))
-            first = await asyncio.wait_for(watch.read(), WAIT)  # the watch is open
-            await jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=job.id))
+@async_test
+async def test_watch_with_follow_ends_after_the_job_is_deleted(tmp_path: Path) -> None:
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(100, 100, job_id="gone")))
+        await jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+        watch = jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id, follow=True))
+        first = await asyncio.wait_for(watch.read(), WAIT)  # the watch is open
+        await jobs.DeleteJob(jobs_pb2.DeleteJobRequest(job_id=job.id))
 
-            async def the_rest() -> list[int]:
-                types = []
-                while (event := await watch.read()) is not aio.EOF:
-                    types.append(event.type)
-                return types
+        async def the_rest() -> list[int]:
+            types = []
+            while (event := await watch.read()) is not aio.EOF:
+                types.append(event.type)
+            return types
 
-            seen = [first.type, *await asyncio.wait_for(the_rest(), WAIT)]
-            assert seen == [
-                types_pb2.EVENT_TYPE_JOB_CREATED,
-                types_pb2.EVENT_TYPE_JOB_CANCELLED,
-                types_pb2.EVENT_TYPE_JOB_DELETED,
-            ]
-            with pytest.raises(aio.AioRpcError) as err:
-                await jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
-            assert err.value.code() == grpc.StatusCode.NOT_FOUND
-
-    asyncio.run(scenario())
+        seen = [first.type, *await asyncio.wait_for(the_rest(), WAIT)]
+        assert seen == [
+            types_pb2.EVENT_TYPE_JOB_CREATED,
+            types_pb2.EVENT_TYPE_JOB_CANCELLED,
+            types_pb2.EVENT_TYPE_JOB_DELETED,
+        ]
+        with pytest.raises(aio.AioRpcError) as err:
+            await jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job.id))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
 
 
-def test_the_holder_of_a_lease_is_shown_in_the_tree(tmp_path: Path) -> None:
-    async def scenario() -> None:
-        async with serving(tmp_path / "data") as (_, channel):
-            jobs = jobs_pb2_grpc.JobServiceStub(channel)
-            workers = worker_pb2_grpc.WorkerServiceStub(channel)
-            await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(400, 100, job_id="who")))
-            requests: asyncio.Queue[worker_pb2.WorkRequest] = asyncio.Queue()
-            await requests.put(worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id="stream-worker")))
-            await requests.put(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=1)))
+@async_test
+async def test_the_holder_of_a_lease_is_shown_in_the_tree(tmp_path: Path) -> None:
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        workers = worker_pb2_grpc.WorkerServiceStub(channel)
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(400, 100, job_id="who")))
+        requests: asyncio.Queue[worker_pb2.WorkRequest] = asyncio.Queue()
+        await requests.put(worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id="stream-worker")))
+        await requests.put(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=1)))
 
-            async def send() -> AsyncIterator[worker_pb2.WorkRequest]:
-                while True:
-                    yield await requests.get()
+        async def send() -> AsyncIterator[worker_pb2.WorkRequest]:
+            while True:
+                yield await requests.get()
 
-            stream = workers.Work(send())
-            while (msg := await asyncio.wait_for(stream.read(), WAIT)).WhichOneof("msg") != "grant":
-                pass
-            streamed = msg.grant.leases[0]
-            unary = (await workers.Lease(worker_pb2.LeaseRequest(worker_id="unary-worker", count=1))).leases[
-                0
-            ]
-            tree = await jobs.GetJobTree(jobs_pb2.GetJobTreeRequest(job_id="who", max_depth=8))
-            holders = {}
-            stack = [tree.root]
-            while stack:
-                node = stack.pop()
-                stack.extend(node.children)
-                if node.worker_id:
-                    holders[(node.range.start, node.range.end)] = node.worker_id
-            assert holders == {
-                (streamed.start, streamed.end): "stream-worker",
-                (unary.start, unary.end): "unary-worker",
-            }
-            stream.cancel()
-
-    asyncio.run(scenario())
+        stream = workers.Work(send())
+        while (msg := await asyncio.wait_for(stream.read(), WAIT)).WhichOneof("msg") != "grant":
+            pass
+        streamed = msg.grant.leases[0]
+        unary = (await workers.Lease(worker_pb2.LeaseRequest(worker_id="unary-worker", count=1))).leases[0]
+        tree = await jobs.GetJobTree(jobs_pb2.GetJobTreeRequest(job_id="who", max_depth=8))
+        holders = {}
+        stack = [tree.root]
+        while stack:
+            node = stack.pop()
+            stack.extend(node.children)
+            if node.worker_id:
+                holders[(node.range.start, node.range.end)] = node.worker_id
+        assert holders == {
+            (streamed.start, streamed.end): "stream-worker",
+            (unary.start, unary.end): "unary-worker",
+        }
+        stream.cancel()

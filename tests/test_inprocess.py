@@ -141,11 +141,17 @@ async def test_a_work_stream_must_start_with_hello(data_dir: Path, first: str) -
             await call.read()
         assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert err.value.details() == "hello: the first message of a Work stream must be hello"
-        # The refused message changed nothing: the lease is still live, nothing done or failed.
-        assert counts((await get_job(jobs, job.id)).stats) == dict(
+        # The refused message changed nothing: the lease is still live, nothing done or failed
+        # (GetJob shows what is on disk, and a grant is written by the next commit: poll for it).
+        expected = dict(
             total=3, pending=1, running=2, done=0, skipped=0, error=0, processed=0, active_leases=1,
             failed_attempts=0,
         )  # fmt: skip
+
+        async def unchanged() -> bool:
+            return counts((await get_job(jobs, job.id)).stats) == expected
+
+        await eventually(unchanged, f"the job's stats to read {expected}")
         # A stream that starts with hello is welcomed, and its credit is served.
         call = workers.Work()
         await call.write(worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id="polite")))
