@@ -7,6 +7,8 @@ and the admin CLI; the coordinator daemon lives in :mod:`parcelo.coordinator`
 (extra ``coordinator``).
 """
 
+from importlib.metadata import version
+
 from parcelo.context import Context, Range
 from parcelo.errors import ConfigError, ParceloError, PermanentError, RpcError
 from parcelo.options import JobOptions, RetryPolicy
@@ -23,4 +25,5 @@ __all__ = [
     "RpcError",
     "Worker",
 ]
-__version__ = "0.1.0"
+# The version is written once, in pyproject.toml; the installed package's metadata carries it.
+__version__ = version("parcelo")
