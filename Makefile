@@ -1,35 +1,65 @@
-# The interface of the project: `make demo`, `make test`, `make bench`, `make lint`, `make proto`.
-# Every target sets up what it needs itself (a virtualenv in .venv).
+# The interface of the project: `make demo`, `make test`, `make bench`, `make lint`, `make proto`,
+# and `make dev` for an interpreted install to debug with. Every target sets up what it needs itself
+# (a virtualenv in .venv).
 
 PYTHON ?= python3
 VENV := .venv
 PY := $(VENV)/bin/python
-# Modules compiled with mypyc, from setup.py's COMPILED: a change to their contents needs a rebuild.
-COMPILED := $(patsubst %,coordinator/%.py,$(shell sed -n 's/^COMPILED = (\(.*\))/\1/p' setup.py | tr -d '",'))
-# The stamp changes when dependencies, the module list or a compiled module change: strict editable installs
-# link files, so new modules need a reinstall, and compiled ones a recompile.
-STAMP := $(VENV)/.installed-$(shell (cat pyproject.toml setup.py $(COMPILED); find worker_sdk coordinator -name "*.py" | sort) | cksum | cut -d" " -f1)
+# setup.py's COMPILED (the modules mypyc compiles), read by Python: a change to their contents needs a rebuild.
+HOT_PATH := $(shell $(PYTHON) -c 'import ast; print(*next(ast.literal_eval(n.value) for n in ast.parse(open("setup.py").read()).body if isinstance(n, ast.Assign) and [getattr(t, "id", "") for t in n.targets] == ["COMPILED"]))')
+COMPILED := $(HOT_PATH:%=coordinator/%.py)
+# What a compiled install leaves behind: the sources staged for mypyc (tests/conftest.py compares them
+# with coordinator/), the extension modules, mypyc's runtime library and the editable tree. If any is
+# gone (rm -rf build, make clean of a part), the install is redone whatever the stamp says.
+EXT_SUFFIX := $(shell $(if $(wildcard $(PY)),$(PY),$(PYTHON)) -c 'import sysconfig; print(sysconfig.get_config_var("EXT_SUFFIX"))')
+BUILT := $(HOT_PATH:%=build/mypyc-src/parcelo/coordinator/%.py) $(HOT_PATH:%=coordinator/%$(EXT_SUFFIX))
+EDITABLE := $(wildcard build/__editable__.parcelo-*/parcelo/__init__.py)
+MISSING := $(strip $(filter-out $(wildcard $(BUILT)),$(BUILT)) \
+	$(if $(wildcard *__mypyc.*.so),,the-mypyc-runtime-library) $(if $(EDITABLE),,the-editable-tree))
+# The stamps change when dependencies, the module list or (compiled install) a compiled module change:
+# strict editable installs link files, so new modules need a reinstall, and compiled ones a recompile.
+# Only one stamp exists at a time: it says which install .venv holds.
+MODULES := find worker_sdk coordinator -name "*.py" | sort
+STAMP := $(VENV)/.installed-compiled-$(shell (cat pyproject.toml setup.py $(COMPILED); $(MODULES)) | cksum | cut -d" " -f1)
+DEV_STAMP := $(VENV)/.installed-dev-$(shell (cat pyproject.toml setup.py; $(MODULES)) | cksum | cut -d" " -f1)
 # The second install compiles the hot-path modules against the packages the first one installed.
 COMPILE := PARCELO_COMPILE=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e . --config-settings editable_mode=strict
 PYTEST_ARGS ?=
 
-.PHONY: all install demo test lint proto bench clean
+.PHONY: all install dev demo test lint proto bench clean FORCE
 
 all: test
 
-$(STAMP): pyproject.toml setup.py $(COMPILED)
+# An interpreted editable install of parcelo with every extra; both installs start with it.
+# Strict editable mode links the mapped folders (worker_sdk -> parcelo, coordinator -> parcelo.coordinator)
+# into one tree, which plain tools (mypy, pytest, coverage) can follow.
+define interpreted_install
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip "setuptools>=77"
-	# strict editable mode links the mapped folders (worker_sdk -> parcelo, coordinator -> parcelo.coordinator)
-	# into one tree, which plain tools (mypy, pytest) can follow.
-	@rm -rf build/__editable__.* coordinator/*.so *__mypyc.*.so
+	@rm -rf build/__editable__.* build/mypyc-src coordinator/*.so *__mypyc.*.so
 	$(PY) -m pip install -q -e ".[coordinator,dev]" --config-settings editable_mode=strict
+endef
+
+$(STAMP): pyproject.toml setup.py $(COMPILED) $(if $(MISSING),FORCE)
+	@$(if $(MISSING),echo "build outputs missing ($(MISSING)): installing again",true)
+	$(interpreted_install)
 	@rm -rf build/__editable__.*
 	$(COMPILE)
 	@rm -f $(VENV)/.installed-*
 	@touch $@
 
+$(DEV_STAMP): pyproject.toml setup.py $(if $(EDITABLE),,FORCE)
+	$(interpreted_install)
+	@rm -f $(VENV)/.installed-*
+	@touch $@
+
+# The compiled build: what make test, demo and bench run.
 install: $(STAMP)
+
+# Interpreted (nothing compiled), for breakpoints in and coverage of the hot path. make test, lint,
+# demo, bench and install go back to the compiled build by themselves.
+dev: $(DEV_STAMP)
+	@echo "parcelo installed interpreted in $(VENV): run tests with $(PY) -m pytest; make test compiles again"
 
 demo: $(STAMP)
 	$(PY) deploy/demo.py

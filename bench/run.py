@@ -17,12 +17,13 @@ import tempfile
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import grpc
 import psutil
 
+from parcelo import JobOptions
 from parcelo.testing import CoordinatorProcess, Proc, start_worker, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2, worker_pb2_grpc
 
@@ -69,7 +70,7 @@ def time_job(
 ) -> float:
     """Seconds from creating one job on ``coord`` to seeing it completed (its leaf count checked)."""
     began = time.perf_counter()
-    job = coord.create_job(start, end, leaf)
+    job = coord.create_job(JobOptions(start, end, max_range_size=leaf))
     while True:
         got = coord.get_job(job.id)
         if got.status in DONE:
@@ -238,7 +239,7 @@ async def _latency(target: str, rate: int, seconds: float) -> list[float]:
 
 def latency(work: Path, rate: int = 1000, seconds: float = 10) -> tuple[float, float, int]:
     coord = CoordinatorProcess(work / "data-latency", work, extra=["--log-level", "WARNING"]).start()
-    coord.create_job(0, 10**12, 1000)
+    coord.create_job(JobOptions(0, 10**12, max_range_size=1000))
     samples = asyncio.run(_latency(coord.target, rate, seconds))
     coord.stop()
     samples.sort()
@@ -248,7 +249,7 @@ def latency(work: Path, rate: int = 1000, seconds: float = 10) -> tuple[float, f
 def expiry(work: Path, ttl: float = 2.0) -> float:
     """A worker process holding a lease is killed with kill -9; seconds until the leaf is leased again."""
     coord = CoordinatorProcess(work / "data-expiry", work, extra=["--log-level", "WARNING"]).start()
-    coord.create_job(0, 1000, 1000, lease_ttl=ttl)
+    coord.create_job(JobOptions(0, 1000, max_range_size=1000, lease_ttl=timedelta(seconds=ttl)))
     holder = Proc(
         [sys.executable, "-c", _HOLDER, coord.target],
         work / "holder.log",
@@ -283,7 +284,7 @@ import time; time.sleep(3600)
 def restart(work: Path, live: int = 100_000) -> tuple[float, float]:
     """100,000 live leases in the store; kill -9; seconds until the coordinator serves again."""
     coord = CoordinatorProcess(work / "data-restart", work, extra=["--log-level", "INFO"]).start()
-    coord.create_job(0, live * 10, 10, lease_ttl=600)
+    coord.create_job(JobOptions(0, live * 10, max_range_size=10, lease_ttl=timedelta(seconds=600)))
     stub = worker_pb2_grpc.WorkerServiceStub(coord.channel)
     held = 0
     while held < live:

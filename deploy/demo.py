@@ -17,6 +17,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from parcelo import JobOptions
 from parcelo.client import Client
 from parcelo.examples import primes_in
 from parcelo.testing import BIN, CoordinatorProcess, Proc, start_worker
@@ -46,7 +47,7 @@ def main() -> int:
     ]
     try:
         with Client(coordinator.target) as client:
-            job = client.create_job(start=0, end=END, max_range_size=LEAF, params={"out": str(out)})
+            job = client.create_job(JobOptions(0, END, max_range_size=LEAF, params={"out": str(out)}))
             console.print(
                 f"job [bold]{job.id}[/]: count the primes in [0, {END:,}), leaves of at most {LEAF:,} "
                 f"({END // LEAF} leaves, 2 workers x 2 handlers)"

@@ -1,4 +1,7 @@
-"""Fixtures: real coordinator processes over temp data dirs, and cleanup of every process."""
+"""Fixtures: real coordinator processes over temp data dirs, and cleanup of every process.
+
+Before anything else, a stale compiled build stops the run (tests/stale_build.py).
+"""
 
 from __future__ import annotations
 
@@ -9,6 +12,12 @@ import pytest
 
 from parcelo.testing import CoordinatorProcess as Coordinator
 from parcelo.testing import Proc
+from tests.stale_build import exit_if_stale
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # In pytest_configure, pytest.exit prints one line and no test is collected.
+    exit_if_stale()
 
 
 @pytest.fixture

@@ -25,8 +25,9 @@ from rich.console import Console
 
 from parcelo import progress
 from parcelo.cli import cli, exit_code_for, parse_labels
-from parcelo.client import Client, encode_params
+from parcelo.client import Client
 from parcelo.errors import ConfigError, NotFound
+from parcelo.options import encode_params
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 
 

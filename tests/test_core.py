@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from google.protobuf.duration_pb2 import Duration
 
+from parcelo import JobOptions, RetryPolicy
 from parcelo.coordinator.core import Core
 from parcelo.coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from parcelo.coordinator.events import MEMORY_WINDOW, EventType
@@ -15,19 +19,17 @@ from parcelo.coordinator.store import Store
 from parcelo.coordinator.tree import Node
 from parcelo.v1 import types_pb2
 
+SECOND = timedelta(seconds=1)
 
-def spec(start: int = 0, end: int = 1000, size: int = 100, **fields: object) -> types_pb2.JobSpec:
-    out = types_pb2.JobSpec(range=types_pb2.Range(start=start, end=end), max_range_size=size)
-    for name, value in fields.items():
-        if name == "lease_ttl":
-            out.lease_ttl.FromMilliseconds(int(float(value) * 1000))  # type: ignore[arg-type]
-        elif name == "max_attempts":
-            out.retry.max_attempts = int(value)  # type: ignore[call-overload]
-        elif name == "backoff":
-            out.retry.initial_backoff.FromMilliseconds(int(float(value) * 1000))  # type: ignore[arg-type]
-        else:
-            setattr(out, name, value)
-    return out
+
+def spec(start: int = 0, end: int = 1000, size: int = 100, **options: Any) -> types_pb2.JobSpec:
+    """The spec a client sends for these options."""
+    return JobOptions(start, end, max_range_size=size, **options).to_proto()
+
+
+def raw(start: int = 0, end: int = 1000, size: int = 100, **fields: Any) -> types_pb2.JobSpec:
+    """A spec as any gRPC client could send it, unchecked: JobOptions refuses most bad ones."""
+    return types_pb2.JobSpec(range=types_pb2.Range(start=start, end=end), max_range_size=size, **fields)
 
 
 def new_core() -> Core:
@@ -53,12 +55,12 @@ def commit(core: Core, store: Store | None = None) -> None:
 @pytest.mark.parametrize(
     ("bad", "field"),
     [
-        (spec(5, 5), "range"),
-        (spec(9, 3), "range"),
-        (spec(size=0), "max_range_size"),
-        (spec(params_json="{nope"), "params_json"),
-        (spec(job_id="has space"), "job_id"),
-        (spec(lease_ttl=0.01), "lease_ttl"),
+        (raw(5, 5), "range"),
+        (raw(9, 3), "range"),
+        (raw(size=0), "max_range_size"),
+        (raw(params_json="{nope"), "params_json"),
+        (raw(job_id="has space"), "job_id"),
+        (raw(lease_ttl=Duration(nanos=10_000_000)), "lease_ttl"),
         (types_pb2.JobSpec(max_range_size=5), "range"),
     ],
 )
@@ -84,7 +86,9 @@ def test_create_is_idempotent_by_job_id_and_request_id() -> None:
 
 def test_stale_fence_is_rejected_and_changes_nothing() -> None:
     core = new_core()
-    job, _ = core.create_job(spec(end=100, size=100, lease_ttl=1, backoff=0), 0)
+    job, _ = core.create_job(
+        spec(end=100, size=100, lease_ttl=SECOND, retry=RetryPolicy(initial_backoff=timedelta(0))), 0
+    )
     old, node = lease_one(core, 0)
     core.tick(1.5)  # no heartbeat: the lease expires and the leaf is pending again
     new, again = lease_one(core, 2)
@@ -99,7 +103,7 @@ def test_stale_fence_is_rejected_and_changes_nothing() -> None:
 
 def test_heartbeat_keeps_a_lease_alive() -> None:
     core = new_core()
-    core.create_job(spec(end=100, size=100, lease_ttl=1), 0)
+    core.create_job(spec(end=100, size=100, lease_ttl=SECOND), 0)
     fence, _ = lease_one(core, 0)
     for t in (0.8, 1.6, 2.4):
         assert core.heartbeat([Beat(fence)], t)[0][1] is Action.CONTINUE
@@ -109,7 +113,9 @@ def test_heartbeat_keeps_a_lease_alive() -> None:
 
 def test_retries_then_error_then_job_fails() -> None:
     core = new_core()
-    job, _ = core.create_job(spec(end=100, size=100, max_attempts=2, backoff=1), 0)
+    job, _ = core.create_job(
+        spec(end=100, size=100, retry=RetryPolicy(max_attempts=2, initial_backoff=SECOND)), 0
+    )
     fence, _ = lease_one(core, 0)
     core.fail([Failure(fence, True, "first")], 0)
     assert core.lease(["default"], 1, 0.5) == []  # backing off
@@ -124,7 +130,7 @@ def test_retries_then_error_then_job_fails() -> None:
 
 def test_permanent_failure_skips_retries() -> None:
     core = new_core()
-    job, _ = core.create_job(spec(end=100, size=100, max_attempts=5), 0)
+    job, _ = core.create_job(spec(end=100, size=100, retry=RetryPolicy(max_attempts=5)), 0)
     fence, node = lease_one(core, 0)
     core.fail([Failure(fence, False, "PermanentError: no")], 0)
     assert job.status is JobStatus.FAILED and node.attempts == 1
@@ -220,8 +226,13 @@ def test_events_are_kept_in_segments_with_bounded_retention(tmp_path: Path) -> N
 
 def test_leaf_timeout_revokes_the_lease_despite_heartbeats() -> None:
     core = new_core()
-    s = spec(end=100, size=100, lease_ttl=1, backoff=0)
-    s.leaf_timeout.FromMilliseconds(2500)
+    s = spec(
+        end=100,
+        size=100,
+        lease_ttl=SECOND,
+        retry=RetryPolicy(initial_backoff=timedelta(0)),
+        leaf_timeout=timedelta(milliseconds=2500),
+    )
     job, _ = core.create_job(s, 0)
     fence, node = lease_one(core, 0)
     for t in (0.8, 1.6, 2.4):
@@ -235,8 +246,7 @@ def test_leaf_timeout_revokes_the_lease_despite_heartbeats() -> None:
 
 def test_deadline_fails_the_job() -> None:
     core = new_core()
-    s = spec(end=1000, size=100, lease_ttl=100)
-    s.deadline.FromSeconds(50)
+    s = spec(end=1000, size=100, lease_ttl=100 * SECOND, deadline=datetime.fromtimestamp(50, UTC))
     job, _ = core.create_job(s, 0)
     fence, _ = lease_one(core, 0)
     core.tick(49)

@@ -5,12 +5,14 @@ from __future__ import annotations
 import queue
 import subprocess
 from collections import Counter
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import grpc
 import pytest
 
+from parcelo import JobOptions
 from parcelo.testing import BIN, Proc, wait_for
 from parcelo.testing import CoordinatorProcess as Coordinator
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
@@ -31,7 +33,7 @@ def test_job_runs_every_leaf_once_with_exact_stats(
     coordinator: Coordinator, procs: list[Proc], log_dir: Path, tmp_path: Path
 ) -> None:
     run_log = tmp_path / "runs.log"
-    job = coordinator.create_job(0, 100_000, 1000)
+    job = coordinator.create_job(JobOptions(0, 100_000, max_range_size=1000))
     workers(coordinator, procs, log_dir, run_log, "record")
     done = coordinator.wait_status(job.id, COMPLETED | {types_pb2.JOB_STATUS_FAILED})
     assert done.status == types_pb2.JOB_STATUS_COMPLETED
@@ -57,7 +59,9 @@ def test_worker_killed_mid_leaf_is_rerun_after_ttl(
     coordinator: Coordinator, procs: list[Proc], log_dir: Path, tmp_path: Path
 ) -> None:
     run_log = tmp_path / "runs.log"
-    job = coordinator.create_job(0, 8000, 1000, lease_ttl=1.0, params_json='{"stall_start": 0}')
+    job = coordinator.create_job(
+        JobOptions(0, 8000, max_range_size=1000, lease_ttl=timedelta(seconds=1), params={"stall_start": 0})
+    )
     workers(coordinator, procs, log_dir, run_log, "stall_first", n=1)
     wait_for(lambda: runs(run_log, "stalled"), 30, "the first leaf to stall")
     procs[0].kill9()
@@ -75,7 +79,7 @@ def test_coordinator_kill9_loses_no_acknowledged_completion(
 ) -> None:
     data = tmp_path / "data"
     coord = make_coordinator(data, log_dir).start()
-    job = coord.create_job(0, 256_000, 1000, lease_ttl=2.0)
+    job = coord.create_job(JobOptions(0, 256_000, max_range_size=1000, lease_ttl=timedelta(seconds=2)))
     raw = RawWorker(coord.channel)
     leases = raw.lease(40)
     answer = raw.complete([lease.fence for lease in leases])
@@ -98,7 +102,9 @@ def test_workers_ride_through_a_coordinator_kill9(
     make_coordinator: type[Coordinator], procs: list[Proc], log_dir: Path, tmp_path: Path
 ) -> None:
     coord = make_coordinator(tmp_path / "data", log_dir).start()
-    job = coord.create_job(0, 400_000, 1000, lease_ttl=3.0, params_json='{"sleep": 0.01}')
+    job = coord.create_job(
+        JobOptions(0, 400_000, max_range_size=1000, lease_ttl=timedelta(seconds=3), params={"sleep": 0.01})
+    )
     run_log = tmp_path / "runs.log"
     workers(coord, procs, log_dir, run_log, "record")
     wait_for(lambda: len(runs(run_log)) > 50, 30, "some leaves to run")
@@ -113,7 +119,7 @@ def test_workers_ride_through_a_coordinator_kill9(
 
 
 def test_stale_completion_is_rejected(coordinator: Coordinator) -> None:
-    coordinator.create_job(0, 1000, 1000, lease_ttl=0.5)
+    coordinator.create_job(JobOptions(0, 1000, max_range_size=1000, lease_ttl=timedelta(milliseconds=500)))
     first = RawWorker(coordinator.channel, "first")
     (old,) = first.lease(1)
     second = RawWorker(coordinator.channel, "second")
@@ -130,11 +136,15 @@ def test_stale_completion_is_rejected(coordinator: Coordinator) -> None:
     second.close()
 
 
+# Raw specs, as any gRPC client could send them: JobOptions would refuse to build most of them.
 BAD_SPECS = [
-    (dict(start=5, end=5, max_range_size=10), "range"),
-    (dict(start=10, end=5, max_range_size=10), "range"),
-    (dict(start=0, end=100, max_range_size=0), "max_range_size"),
-    (dict(start=0, end=100, max_range_size=10, params_json="{bad json"), "params_json"),
+    (dict(range=types_pb2.Range(start=5, end=5), max_range_size=10), "range"),
+    (dict(range=types_pb2.Range(start=10, end=5), max_range_size=10), "range"),
+    (dict(range=types_pb2.Range(start=0, end=100), max_range_size=0), "max_range_size"),
+    (
+        dict(range=types_pb2.Range(start=0, end=100), max_range_size=10, params_json="{bad json"),
+        "params_json",
+    ),
 ]
 
 
@@ -142,8 +152,9 @@ BAD_SPECS = [
 def test_bad_create_over_grpc_is_invalid_argument(
     coordinator: Coordinator, fields: dict[str, Any], field: str
 ) -> None:
+    request = jobs_pb2.CreateJobRequest(spec=types_pb2.JobSpec(**fields))
     with pytest.raises(grpc.RpcError) as err:
-        coordinator.create_job(**fields)
+        coordinator.jobs.CreateJob(request, timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert field in err.value.details()
 
@@ -180,9 +191,9 @@ def test_errors_over_grpc_and_cli(coordinator: Coordinator) -> None:
     result = cli(coordinator, "job", "get", "missing")
     assert result.returncode != 0 and "missing" in result.stderr and "NOT_FOUND" in result.stderr
 
-    coordinator.create_job(0, 10, 10, job_id="fixed")
+    coordinator.create_job(JobOptions(0, 10, max_range_size=10, job_id="fixed"))
     with pytest.raises(grpc.RpcError) as err:
-        coordinator.create_job(0, 20, 10, job_id="fixed")
+        coordinator.create_job(JobOptions(0, 20, max_range_size=10, job_id="fixed"))
     assert err.value.code() == grpc.StatusCode.ALREADY_EXISTS
     result = cli(
         coordinator, "job", "create", "--start", "0", "--end", "20", "--max-range-size", "10", "--id", "fixed"
@@ -209,7 +220,7 @@ def test_errors_over_grpc_and_cli(coordinator: Coordinator) -> None:
 
 
 def test_pause_stops_leases_resume_continues_cancel_ends(coordinator: Coordinator) -> None:
-    job = coordinator.create_job(0, 10_000, 100)
+    job = coordinator.create_job(JobOptions(0, 10_000, max_range_size=100))
     raw = RawWorker(coordinator.channel)
     got = raw.lease(5)
     coordinator.jobs.PauseJob(jobs_pb2.PauseJobRequest(job_id=job.id))
@@ -230,7 +241,7 @@ def test_pause_stops_leases_resume_continues_cancel_ends(coordinator: Coordinato
 
 
 def test_sigterm_stops_the_coordinator_cleanly(coordinator: Coordinator) -> None:
-    coordinator.create_job(0, 100, 10)
+    coordinator.create_job(JobOptions(0, 100, max_range_size=10))
     proc = coordinator.proc
     assert proc is not None
     assert coordinator.stop() == 0
@@ -239,7 +250,7 @@ def test_sigterm_stops_the_coordinator_cleanly(coordinator: Coordinator) -> None
 
 def test_restart_keeps_jobs(make_coordinator: type[Coordinator], log_dir: Path, tmp_path: Path) -> None:
     coord = make_coordinator(tmp_path / "data", log_dir).start()
-    job = coord.create_job(0, 1000, 10, job_id="keep", params_json='{"a": 1}')
+    job = coord.create_job(JobOptions(0, 1000, max_range_size=10, job_id="keep", params='{"a": 1}'))
     assert coord.stop() == 0
     coord.start()
     again = coord.get_job("keep")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from parcelo import JobOptions
 from parcelo.testing import BIN, CoordinatorProcess, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -18,7 +19,7 @@ def test_online_and_offline_backups_restore_the_jobs(
     make_coordinator: type[CoordinatorProcess], log_dir: Path, tmp_path: Path
 ) -> None:
     coord = make_coordinator(tmp_path / "data", log_dir).start()
-    coord.create_job(0, 1000, 10, job_id="saved")
+    coord.create_job(JobOptions(0, 1000, max_range_size=10, job_id="saved"))
     online = coord.online_backup()
     assert online.parent == tmp_path / "data-backups"
     assert coord.stop() == 0
@@ -42,7 +43,7 @@ def test_health_and_prometheus_metrics(
 ) -> None:
     port = free_port()
     coord = make_coordinator(tmp_path / "data", log_dir, extra=["--metrics-port", str(port)]).start()
-    coord.create_job(0, 100, 10)
+    coord.create_job(JobOptions(0, 100, max_range_size=10))
     health = health_pb2_grpc.HealthStub(coord.channel)
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
 

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 
+from parcelo import JobOptions
 from parcelo.coordinator.store import Store, node_prefix
 from parcelo.testing import CoordinatorProcess, Proc, start_worker, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
@@ -28,7 +29,7 @@ def test_a_2_pow_62_wide_job_keeps_a_bounded_number_of_stored_nodes(
 ) -> None:
     data = tmp_path / "data"
     coord = make_coordinator(data, log_dir).start()
-    job = coord.create_job(0, 1 << 62, 1 << 48)  # 16,384 leaves
+    job = coord.create_job(JobOptions(0, 1 << 62, max_range_size=1 << 48))  # 16,384 leaves
     for i in range(2):
         procs.append(
             start_worker(
@@ -63,7 +64,7 @@ def test_a_2_pow_62_wide_job_keeps_a_bounded_number_of_stored_nodes(
 
 
 def test_pipelined_batches_are_acknowledged_in_order_and_completely(coordinator: CoordinatorProcess) -> None:
-    coordinator.create_job(0, 4096 * 10, 10)  # exactly 4,096 leaves
+    coordinator.create_job(JobOptions(0, 4096 * 10, max_range_size=10))  # exactly 4,096 leaves
     raw = RawWorker(coordinator.channel)
     leases = raw.lease(4096)
     fences = [lease.fence for lease in leases]

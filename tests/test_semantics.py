@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from pathlib import Path
 
 import grpc
 import pytest
 
+from parcelo import JobOptions, RetryPolicy
 from parcelo.testing import BIN, CoordinatorProcess, Proc, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
 from tests.support import HANDLERS, RawWorker, pruned_reference, runs, start_recording_workers
@@ -37,7 +39,7 @@ def test_pruning_runs_exactly_the_kept_leaves(
     coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
 ) -> None:
     run_log = tmp_path / "runs.log"
-    job = coordinator.create_job(0, 1_000_000, 1000, pruning=True)
+    job = coordinator.create_job(JobOptions(0, 1_000_000, max_range_size=1000, pruning=True))
     pruning_worker(coordinator, procs, log_dir, run_log)
     done = coordinator.wait_status(job.id, DONE, timeout=60)
     leaves, skipped, nodes = pruned_reference(0, 1_000_000, 1000)
@@ -56,7 +58,7 @@ def test_a_worker_holding_only_probes_asks_for_more_after_answering(
     # With room for one lease and no prefetch, each grant is a single probe: nothing but the
     # answer itself can prompt the worker to ask again.
     run_log = tmp_path / "runs.log"
-    job = coordinator.create_job(0, 40_000, 1000, pruning=True)
+    job = coordinator.create_job(JobOptions(0, 40_000, max_range_size=1000, pruning=True))
     pruning_worker(coordinator, procs, log_dir, run_log, "--concurrency", "1", "--prefetch", "0")
     coordinator.wait_status(job.id, DONE, timeout=30)
     leaves, _, _ = pruned_reference(0, 40_000, 1000)
@@ -64,7 +66,7 @@ def test_a_worker_holding_only_probes_asks_for_more_after_answering(
 
 
 def test_status_propagation_node_by_node(coordinator: CoordinatorProcess) -> None:
-    job = coordinator.create_job(0, 400, 100)
+    job = coordinator.create_job(JobOptions(0, 400, max_range_size=100))
     raw = RawWorker(coordinator.channel)
     a, b, c, d = raw.lease(4)
     assert [(x.start, x.end) for x in (a, b, c, d)] == [(0, 100), (100, 200), (200, 300), (300, 400)]
@@ -98,11 +100,9 @@ def test_retries_permanent_errors_and_retry_failed(
 ) -> None:
     run_log = tmp_path / "runs.log"
     fixed = tmp_path / "fixed"
-    retry = types_pb2.RetryPolicy(max_attempts=3, backoff_multiplier=2.0)
-    retry.initial_backoff.FromMilliseconds(100)
-    job = coordinator.create_job(
-        0, 800, 100, retry=retry, params_json=f'{{"bad_start": 300, "fixed": "{fixed}"}}'
-    )
+    retry = RetryPolicy(max_attempts=3, initial_backoff=timedelta(milliseconds=100), backoff_multiplier=2.0)
+    params = {"bad_start": 300, "fixed": str(fixed)}
+    job = coordinator.create_job(JobOptions(0, 800, max_range_size=100, retry=retry, params=params))
     worker(coordinator, procs, log_dir, run_log, "flaky")
     failed = coordinator.wait_status(job.id, FAILED, timeout=60)
     ran = runs(run_log)
@@ -125,7 +125,7 @@ def test_checkpoint_survives_kill9_of_the_worker(
     coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
 ) -> None:
     run_log = tmp_path / "runs.log"
-    job = coordinator.create_job(0, 1000, 1000, lease_ttl=1.0)
+    job = coordinator.create_job(JobOptions(0, 1000, max_range_size=1000, lease_ttl=timedelta(seconds=1)))
     first = worker(coordinator, procs, log_dir, run_log, "checkpoint_then_stall")
     wait_for(lambda: runs(run_log, "checkpointed"), 30, "the checkpoint")
     assert coordinator.get_job(job.id).stats.range_processed == 500  # progress moves inside the leaf
@@ -141,7 +141,9 @@ def test_cancel_reaches_a_running_handler(
     coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path, handler: str
 ) -> None:
     run_log = tmp_path / "runs.log"
-    job = coordinator.create_job(0, 100, 100, lease_ttl=0.6)
+    job = coordinator.create_job(
+        JobOptions(0, 100, max_range_size=100, lease_ttl=timedelta(milliseconds=600))
+    )
     worker(coordinator, procs, log_dir, run_log, handler)
     wait_for(lambda: runs(run_log), 30, "the handler to start")
     coordinator.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
@@ -155,7 +157,9 @@ def test_pause_with_release_then_resume(
     coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path, handler: str
 ) -> None:
     run_log = tmp_path / "runs.log"
-    job = coordinator.create_job(0, 100, 100, lease_ttl=0.6)
+    job = coordinator.create_job(
+        JobOptions(0, 100, max_range_size=100, lease_ttl=timedelta(milliseconds=600))
+    )
     worker(coordinator, procs, log_dir, run_log, handler)
     wait_for(lambda: runs(run_log), 30, "the handler to start")
     coordinator.jobs.PauseJob(jobs_pb2.PauseJobRequest(job_id=job.id, release=True))
@@ -171,7 +175,7 @@ def test_pause_with_release_then_resume(
 def test_watcher_reconnecting_with_its_sequence_sees_every_event_once(
     coordinator: CoordinatorProcess,
 ) -> None:
-    job = coordinator.create_job(0, 64_000, 1000)
+    job = coordinator.create_job(JobOptions(0, 64_000, max_range_size=1000))
     raw = RawWorker(coordinator.channel)
     seen: list[types_pb2.JobEvent] = []
 

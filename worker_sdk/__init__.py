@@ -2,13 +2,28 @@
 
 The base install is the worker SDK (:class:`Worker`, :class:`Range`,
 :class:`Context`, :class:`PermanentError`), the client
-(:class:`parcelo.client.Client`) and the admin CLI; the coordinator daemon
-lives in :mod:`parcelo.coordinator` (extra ``coordinator``).
+(:class:`parcelo.client.Client`, which creates jobs from :class:`JobOptions`)
+and the admin CLI; the coordinator daemon lives in :mod:`parcelo.coordinator`
+(extra ``coordinator``).
 """
+
+from importlib.metadata import version
 
 from parcelo.context import Context, Range
 from parcelo.errors import ConfigError, ParceloError, PermanentError, RpcError
+from parcelo.options import JobOptions, RetryPolicy
 from parcelo.worker import Worker
 
-__all__ = ["ConfigError", "Context", "ParceloError", "PermanentError", "Range", "RpcError", "Worker"]
-__version__ = "0.1.0"
+__all__ = [
+    "ConfigError",
+    "Context",
+    "JobOptions",
+    "ParceloError",
+    "PermanentError",
+    "Range",
+    "RetryPolicy",
+    "RpcError",
+    "Worker",
+]
+# The version is written once, in pyproject.toml; the installed package's metadata carries it.
+__version__ = version("parcelo")

@@ -7,10 +7,12 @@ job waited on failed or was cancelled; 2 bad command line (click's usage errors 
 
 from __future__ import annotations
 
+import dataclasses
 import json
+import re
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
 from typing import IO, Any, NoReturn
@@ -24,8 +26,9 @@ from rich.live import Live
 
 from parcelo import defaults, progress
 from parcelo.cli_options import target_option
-from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client, encode_params
+from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client
 from parcelo.errors import ConfigError, RpcError, Unavailable
+from parcelo.options import JobOptions, RetryPolicy
 from parcelo.v1 import types_pb2
 
 EXIT_OK = 0
@@ -76,16 +79,6 @@ def rpc_error_message(err: RpcError, target: str) -> str:
 def exit_code_for(job: types_pb2.Job) -> int:
     """Exit code of ``job wait``/``job watch`` for a job that reached a terminal status."""
     return EXIT_OK if job.status == types_pb2.JOB_STATUS_COMPLETED else EXIT_FAILED
-
-
-def parse_params(text: str | None) -> str | None:
-    """Check ``--params`` locally so a typo fails before any network call."""
-    if text is None:
-        return None
-    try:
-        return encode_params(text)
-    except ConfigError as err:
-        raise BadInput(f"--params is not valid JSON: {err.__cause__}") from err
 
 
 def parse_labels(items: tuple[str, ...]) -> dict[str, str]:
@@ -167,79 +160,122 @@ def job() -> None:
     """Create, inspect, steer and watch jobs."""
 
 
+def _seconds_flag(ctx: click.Context, param: click.Parameter, value: float | None) -> timedelta | None:
+    return seconds(value)
+
+
+def _labels_flag(ctx: click.Context, param: click.Parameter, value: tuple[str, ...]) -> dict[str, str]:
+    return parse_labels(value)
+
+
+def _deadline_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
+    return parse_deadline(value)
+
+
+# `job create`'s flags are named (their Python names) for the fields of JobOptions, RetryPolicy's
+# by their own names, and hand over typed values: the command builds the options without listing
+# them, so a new job option is one flag here.
+_RETRY_FIELDS = frozenset(f.name for f in dataclasses.fields(RetryPolicy))
+
+
+def job_options(values: Mapping[str, Any]) -> JobOptions:
+    """The :class:`JobOptions` of ``job create``'s flag values (keyed by the flags' Python names)."""
+    retry = {name: value for name, value in values.items() if name in _RETRY_FIELDS}
+    rest = {name: value for name, value in values.items() if name not in _RETRY_FIELDS}
+    return JobOptions(**rest, retry=RetryPolicy(**retry))
+
+
+def option_flags(command: click.Command) -> dict[str, str]:
+    """Each option path of :class:`JobOptions` (``"lease_ttl"``, ``"retry.jitter"``) -> its flag."""
+    flags: dict[str, str] = {}
+    for param in command.params:
+        if isinstance(param, click.Option) and param.name:
+            path = f"retry.{param.name}" if param.name in _RETRY_FIELDS else param.name
+            flags[path] = param.opts[0]
+    return flags
+
+
+def flag_message(err: ConfigError, flags: Mapping[str, str]) -> str:
+    """An options error in the words of the command line.
+
+    ``end: must be greater than start`` becomes ``--end must be greater than --start``. Only the
+    options' own words are translated: after a colon comes text quoted from elsewhere (a JSON error).
+    """
+    if err.field is None or err.field not in flags:
+        return str(err)
+    problem = str(err).removeprefix(f"{err.field}: ")
+    words, sep, quoted = problem.partition(": ")
+    names = "|".join(re.escape(name) for name in sorted(flags, key=len, reverse=True))
+    words = re.sub(rf"(?<![\w.])({names})(?![\w.])", lambda m: flags[m.group(1)], words)
+    return f"{flags[err.field]} {words}{sep}{quoted}"
+
+
 @job.command("create")
 @click.option("--start", type=Uint64, required=True, help="First id of the range.")
 @click.option("--end", type=Uint64, required=True, help="One past the last id of the range.")
 @click.option("--max-range-size", type=click.IntRange(min=1), required=True, help="Widest range of one leaf.")
 @click.option("--queue", help="Queue whose workers run the job [default: default].")
 @click.option("--params", help="JSON handed to every handler call.")
-@click.option("--lease-ttl", type=PositiveSeconds, metavar="SECONDS", help="Lease expiry without heartbeat.")
+@click.option(
+    "--lease-ttl",
+    type=PositiveSeconds,
+    callback=_seconds_flag,
+    metavar="SECONDS",
+    help="Lease expiry without heartbeat.",
+)
 @click.option("--id", "job_id", help="Job id (idempotent: same id and spec returns the existing job).")
 @click.option("--request-id", help="Idempotency key.")
 @click.option("--max-attempts", type=click.IntRange(min=1), help="Attempts per leaf, the first included.")
-@click.option("--initial-backoff", type=PositiveSeconds, metavar="SECONDS", help="Delay before a retry.")
-@click.option("--max-backoff", type=PositiveSeconds, metavar="SECONDS", help="Upper bound of retry delays.")
+@click.option(
+    "--initial-backoff",
+    type=PositiveSeconds,
+    callback=_seconds_flag,
+    metavar="SECONDS",
+    help="Delay before a retry.",
+)
+@click.option(
+    "--max-backoff",
+    type=PositiveSeconds,
+    callback=_seconds_flag,
+    metavar="SECONDS",
+    help="Upper bound of retry delays.",
+)
 @click.option("--backoff-multiplier", type=click.FloatRange(min=1), help="Retry delay growth factor.")
 @click.option("--jitter", type=click.FloatRange(0, 1), help="Random fraction of each retry delay.")
 @click.option("--pruning", is_flag=True, help="Ask workers' should_process before splitting or running.")
-@click.option("--leaf-timeout", type=PositiveSeconds, metavar="SECONDS", help="Longest time of one attempt.")
-@click.option("--deadline", metavar="ISO8601", help="Fail the job if not completed by then (local time).")
+@click.option(
+    "--leaf-timeout",
+    type=PositiveSeconds,
+    callback=_seconds_flag,
+    metavar="SECONDS",
+    help="Longest time of one attempt.",
+)
+@click.option(
+    "--deadline",
+    callback=_deadline_flag,
+    metavar="ISO8601",
+    help="Fail the job if not completed by then (local time).",
+)
 @click.option("--priority", type=int, default=0, show_default=True, help="Higher runs first in a queue.")
-@click.option("--paused", is_flag=True, help="Create the job paused; `job resume` starts it.")
-@click.option("--label", "labels", multiple=True, metavar="KEY=VALUE", help="A label (repeatable).")
+@click.option("--paused", "start_paused", is_flag=True, help="Create the job paused; `job resume` starts it.")
+@click.option(
+    "--label",
+    "labels",
+    multiple=True,
+    callback=_labels_flag,
+    metavar="KEY=VALUE",
+    help="A label (repeatable).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the created job as JSON instead of its id.")
 @pass_obj
-def create(
-    obj: _Obj,
-    start: int,
-    end: int,
-    max_range_size: int,
-    queue: str | None,
-    params: str | None,
-    lease_ttl: float | None,
-    job_id: str | None,
-    request_id: str | None,
-    max_attempts: int | None,
-    initial_backoff: float | None,
-    max_backoff: float | None,
-    backoff_multiplier: float | None,
-    jitter: float | None,
-    pruning: bool,
-    leaf_timeout: float | None,
-    deadline: str | None,
-    priority: int,
-    paused: bool,
-    labels: tuple[str, ...],
-    as_json: bool,
-) -> None:
+def create(obj: _Obj, /, as_json: bool, **values: Any) -> None:
     """Create a job over [START, END) and print its id."""
-    if end <= start:
-        raise BadInput("--end must be greater than --start")
-    params_json = parse_params(params)
-    when = parse_deadline(deadline)
-    label_map = parse_labels(labels)
+    try:
+        options = job_options(values)
+    except ConfigError as err:
+        raise BadInput(flag_message(err, option_flags(create))) from err
     with obj.client() as client:
-        created = client.create_job(
-            start=start,
-            end=end,
-            max_range_size=max_range_size,
-            queue=queue,
-            params=params_json,
-            lease_ttl=seconds(lease_ttl),
-            job_id=job_id,
-            request_id=request_id,
-            max_attempts=max_attempts,
-            initial_backoff=seconds(initial_backoff),
-            max_backoff=seconds(max_backoff),
-            backoff_multiplier=backoff_multiplier,
-            jitter=jitter,
-            pruning=pruning,
-            leaf_timeout=seconds(leaf_timeout),
-            deadline=when,
-            priority=priority,
-            start_paused=paused,
-            labels=label_map,
-        )
+        created = client.create_job(options)
     if as_json:
         echo_json(to_dict(created))
     else:

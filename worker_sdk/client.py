@@ -1,35 +1,35 @@
 """Synchronous client of the coordinator's admin API (``parcelo.v1.JobService``).
 
 The client is a thin, typed layer over the generated stub: it builds requests from Python values
-(``timedelta`` for durations, ``datetime`` for instants, ``dict`` for params), returns the protobuf
-messages unchanged, and turns every ``grpc.RpcError`` into a :class:`parcelo.errors.RpcError`.
+(a job's options as :class:`parcelo.options.JobOptions`), returns the protobuf messages unchanged,
+and turns every ``grpc.RpcError`` into a :class:`parcelo.errors.RpcError`.
 
 Example::
 
     from datetime import timedelta
+    from parcelo import JobOptions
     from parcelo.client import Client
 
     with Client("localhost:50051") as client:
-        job = client.create_job(start=0, end=10**9, max_range_size=10**6, params={"k": 1})
+        options = JobOptions(0, 10**9, max_range_size=10**6, params={"k": 1}, lease_ttl=timedelta(seconds=20))
+        job = client.create_job(options)
         final = client.wait(job.id, timeout=600)
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
-from datetime import UTC, datetime, timedelta
+from collections.abc import Iterable, Iterator
 from types import TracebackType
 from typing import Any, TypeAlias
 
 import grpc
-from google.protobuf.duration_pb2 import Duration
-from google.protobuf.timestamp_pb2 import Timestamp
 
 from parcelo import defaults
-from parcelo.errors import ConfigError, RpcError, from_grpc
+from parcelo.errors import RpcError, from_grpc
+from parcelo.options import JobOptions
+from parcelo.options import encode_params as encode_params  # moved to parcelo.options; still importable here
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
 
 logger = logging.getLogger(__name__)
@@ -68,49 +68,6 @@ _FALLBACK_CODES = frozenset(
         grpc.StatusCode.RESOURCE_EXHAUSTED,
     }
 )
-
-
-def encode_params(params: Mapping[str, Any] | str | None) -> str:
-    """Turn job params into the JSON text carried by ``JobSpec.params_json``.
-
-    Args:
-        params: A mapping serialised as JSON, JSON text (checked, passed on unchanged) or ``None``.
-
-    Returns:
-        The JSON text; empty for ``None``, which the coordinator reads as ``{}``.
-
-    Raises:
-        ConfigError: ``params`` is a string that is not JSON, or a mapping JSON cannot encode.
-    """
-    if params is None:
-        return ""
-    if isinstance(params, str):
-        try:
-            json.loads(params)
-        except json.JSONDecodeError as err:
-            raise ConfigError(f"params is not valid JSON: {err}") from err
-        return params
-    try:
-        return json.dumps(params, separators=(",", ":"), allow_nan=False)
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"params cannot be encoded as JSON: {err}") from err
-
-
-def _duration(value: timedelta | None) -> Duration | None:
-    if value is None:
-        return None
-    out = Duration()
-    out.FromTimedelta(value)
-    return out
-
-
-def _timestamp(value: datetime) -> Timestamp:
-    # A naive datetime means local time, as datetime.timestamp() reads it; protobuf would take it as UTC.
-    if value.tzinfo is None:
-        value = value.astimezone()
-    out = Timestamp()
-    out.FromDatetime(value.astimezone(UTC))
-    return out
 
 
 class Client:
@@ -162,86 +119,23 @@ class Client:
         except grpc.RpcError as err:
             raise from_grpc(err) from None
 
-    def create_job(
-        self,
-        *,
-        start: int,
-        end: int,
-        max_range_size: int,
-        queue: str | None = None,
-        params: Mapping[str, Any] | str | None = None,
-        lease_ttl: timedelta | None = None,
-        job_id: str | None = None,
-        request_id: str | None = None,
-        max_attempts: int | None = None,
-        initial_backoff: timedelta | None = None,
-        max_backoff: timedelta | None = None,
-        backoff_multiplier: float | None = None,
-        jitter: float | None = None,
-        pruning: bool = False,
-        leaf_timeout: timedelta | None = None,
-        deadline: datetime | None = None,
-        priority: int = 0,
-        start_paused: bool = False,
-        labels: Mapping[str, str] | None = None,
-    ) -> types_pb2.Job:
-        """Create a job over the half-open range ``[start, end)``.
+    def create_job(self, options: JobOptions) -> types_pb2.Job:
+        """Create a job as ``options`` describe it (see :class:`parcelo.options.JobOptions`).
 
-        Unset options take the coordinator's defaults (see :mod:`parcelo.defaults`). With ``job_id``
-        or ``request_id`` the call is idempotent: repeating it returns the job created first.
-
-        Args:
-            start: First id of the range.
-            end: One past the last id.
-            max_range_size: Widest range one leaf (one handler call) covers.
-            queue: Queue whose workers run the job; ``None`` means ``"default"``.
-            params: JSON-able mapping or JSON text handed to every handler call.
-            lease_ttl: A lease not heartbeated within this time expires.
-            job_id: Caller-chosen id (``[A-Za-z0-9._-]``, 1..128 chars).
-            request_id: Idempotency key.
-            max_attempts: Attempts per leaf, the first included.
-            initial_backoff: Delay before a leaf's second attempt.
-            max_backoff: Upper bound of the retry delay.
-            backoff_multiplier: Factor applied to the delay after each attempt.
-            jitter: Random fraction in [0, 1] added to or taken from each delay.
-            pruning: Ask workers' ``should_process`` before splitting or running a node.
-            leaf_timeout: Longest time one attempt may take, heartbeats notwithstanding.
-            deadline: The job fails if not completed by then (naive datetimes are local time).
-            priority: Higher runs first among the jobs of a queue.
-            start_paused: Create the job paused; :meth:`resume_job` starts it.
-            labels: Free-form labels shown with the job.
+        With ``options.job_id`` or ``options.request_id`` the call is idempotent: repeating it
+        returns the job created first.
 
         Returns:
-            The job as created (or as found, for an idempotent repeat).
+            The job as created (or as found, for an idempotent repeat), its spec with the
+            coordinator's defaults filled in.
 
         Raises:
-            ConfigError: ``params`` is not JSON.
+            ConfigError: ``options.params`` is a mapping that can no longer be encoded as JSON.
             InvalidArgument: The coordinator rejected the spec; the message names the field.
-            AlreadyExists: ``job_id`` is taken by a job with a different spec.
+            AlreadyExists: ``options.job_id`` is taken by a job with a different spec.
         """
-        spec = types_pb2.JobSpec(
-            job_id=job_id or "",
-            request_id=request_id or "",
-            queue=queue or "",
-            range=types_pb2.Range(start=start, end=end),
-            max_range_size=max_range_size,
-            params_json=encode_params(params),
-            lease_ttl=_duration(lease_ttl),
-            retry=types_pb2.RetryPolicy(
-                max_attempts=max_attempts or 0,
-                initial_backoff=_duration(initial_backoff),
-                max_backoff=_duration(max_backoff),
-                backoff_multiplier=backoff_multiplier or 0.0,
-                jitter=jitter or 0.0,
-            ),
-            pruning=pruning,
-            leaf_timeout=_duration(leaf_timeout),
-            deadline=_timestamp(deadline) if deadline is not None else None,
-            priority=priority,
-            start_paused=start_paused,
-            labels=dict(labels or {}),
-        )
-        job: types_pb2.Job = self._call(self._stub.CreateJob, jobs_pb2.CreateJobRequest(spec=spec))
+        request = jobs_pb2.CreateJobRequest(spec=options.to_proto())
+        job: types_pb2.Job = self._call(self._stub.CreateJob, request)
         return job
 
     def get_job(self, job_id: str) -> types_pb2.Job:

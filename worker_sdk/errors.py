@@ -4,7 +4,7 @@ All derive from :class:`ParceloError`::
 
     ParceloError
     ├── PermanentError        raised by a handler: fail the leaf, do not retry
-    ├── ConfigError           bad local configuration (handler path, flags)
+    ├── ConfigError           bad local configuration (handler path, flags, job options)
     └── RpcError              the coordinator answered with a gRPC error
         ├── InvalidArgument
         ├── NotFound
@@ -27,7 +27,17 @@ class PermanentError(ParceloError):
 
 
 class ConfigError(ParceloError):
-    """Raised when local configuration is unusable (a handler that cannot be imported, a bad flag)."""
+    """Raised when local configuration is unusable (a handler that cannot be imported, a bad flag,
+    a job option out of range).
+
+    Attributes:
+        field: The option at fault (``"max_range_size"``, ``"retry.jitter"``) when there is one;
+            the message then starts with ``"<field>: "``.
+    """
+
+    def __init__(self, message: str, *, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
 
 
 class RpcError(ParceloError):

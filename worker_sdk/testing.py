@@ -3,10 +3,11 @@
 Used by Parcelo's own tests and benchmarks, and by users who want to test a
 handler against the real protocol::
 
+    from parcelo import JobOptions
     from parcelo.testing import CoordinatorProcess, start_worker
 
     coord = CoordinatorProcess(tmp_path / "data", tmp_path).start()
-    job = coord.create_job(0, 10_000, 100)
+    job = coord.create_job(JobOptions(0, 10_000, max_range_size=100))
     worker = start_worker(coord.target, "mymodule:handler", tmp_path)
     coord.wait_status(job.id, {parcelo.v1.types_pb2.JOB_STATUS_COMPLETED})
     worker.terminate(); coord.stop()
@@ -29,6 +30,7 @@ from typing import TypeVar
 
 import grpc
 
+from parcelo.options import JobOptions
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2_grpc
 
 BIN = Path(sys.executable).parent
@@ -164,16 +166,10 @@ class CoordinatorProcess:
     def workers(self) -> worker_pb2_grpc.WorkerServiceStub:
         return worker_pb2_grpc.WorkerServiceStub(self.channel)
 
-    def create_job(self, start: int, end: int, max_range_size: int, **fields: object) -> types_pb2.Job:
-        spec = types_pb2.JobSpec(range=types_pb2.Range(start=start, end=end), max_range_size=max_range_size)
-        for name, value in fields.items():
-            if name in ("lease_ttl", "leaf_timeout"):
-                getattr(spec, name).FromMilliseconds(int(float(value) * 1000))  # type: ignore[arg-type]
-            elif name == "retry":
-                spec.retry.CopyFrom(value)  # type: ignore[arg-type]
-            else:
-                setattr(spec, name, value)
-        job: types_pb2.Job = self.jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec), timeout=10)
+    def create_job(self, options: JobOptions) -> types_pb2.Job:
+        """Create a job over the raw stub, so a refusal surfaces as the ``grpc.RpcError`` itself."""
+        request = jobs_pb2.CreateJobRequest(spec=options.to_proto())
+        job: types_pb2.Job = self.jobs.CreateJob(request, timeout=10)
         return job
 
     def get_job(self, job_id: str) -> types_pb2.Job:

@@ -23,6 +23,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import timedelta
+from importlib.metadata import version
 from typing import Any
 
 from grpc import aio
@@ -34,7 +35,8 @@ from parcelo.v1 import worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SDK = "parcelo-python/0.1.0"
+SDK = f"parcelo-python/{version('parcelo')}"
+"""What a worker tells the coordinator it runs (``WorkerHello.sdk``); the version is pyproject.toml's."""
 MAX_MESSAGE = 4096
 
 
