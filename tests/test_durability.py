@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable
+from collections.abc import AsyncIterator, Awaitable, Iterable
 from pathlib import Path
 
 import grpc
@@ -32,7 +32,7 @@ class FaultyStore(Store):
         self.refused = 0
         super().__init__(path)
 
-    def write(self, batch: Batch | list[Op], *, sync: bool = True) -> int:
+    def write(self, batch: Batch | Iterable[Op], *, sync: bool = True) -> int:
         if self.full.is_set():
             self.refused += 1
             raise OSError(28, "No space left on device (injected by the test)")

@@ -13,6 +13,7 @@ import pytest
 from google.protobuf.descriptor import EnumDescriptor
 from rocksdict import Options, Rdict
 
+from parcelo.coordinator import codec
 from parcelo.coordinator import dispatcher as dispatcher_module
 from parcelo.coordinator.core import Core
 from parcelo.coordinator.dispatcher import Dispatcher, Session
@@ -129,7 +130,7 @@ def test_a_lease_that_cannot_be_sent_is_given_back_and_harms_no_other_job(
     core = _core()
     bad, _ = core.create_job(_spec(job_id="bad", priority=5), 0)
     good, _ = core.create_job(_spec(job_id="good"), 0)
-    real = dispatcher_module.lease_to_proto
+    real = codec.lease_to_proto
 
     def failing(lease: object, job: object, out: worker_pb2.Lease) -> None:
         if getattr(job, "id", "") == "bad":
@@ -143,7 +144,9 @@ def test_a_lease_that_cannot_be_sent_is_given_back_and_harms_no_other_job(
         session = Session(worker_id="w", queues=("default",))
         dispatcher.add(session)
         dispatcher.credit(session, 6)
-        return await asyncio.wait_for(session.out.get(), 5)  # type: ignore[return-value]
+        response = await asyncio.wait_for(session.out.get(), 5)
+        assert response is not None
+        return response
 
     response = asyncio.run(one_round())
     # The bad job comes first (higher priority) and fails to encode: its leases are given back...
