@@ -21,7 +21,8 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from parcelo.coordinator.core import Changes, Core
+from parcelo.coordinator.changes import Changes
+from parcelo.coordinator.core import Core
 from parcelo.coordinator.store import Batch, Store
 
 log = logging.getLogger(__name__)

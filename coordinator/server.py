@@ -15,8 +15,9 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from parcelo import defaults
+from parcelo.coordinator.changes import Changes
 from parcelo.coordinator.committer import Committer
-from parcelo.coordinator.core import Changes, Core
+from parcelo.coordinator.core import Core
 from parcelo.coordinator.dispatcher import Dispatcher
 from parcelo.coordinator.events import MEMORY_WINDOW
 from parcelo.coordinator.service import JobServicer, WorkerServicer

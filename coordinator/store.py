@@ -1,6 +1,6 @@
 """The only code that knows RocksDB: key layout, record encoding, atomic batches, loading.
 
-The core hands over what changed in domain terms (:class:`~parcelo.coordinator.core.Changes`);
+The core hands over what changed in domain terms (:class:`~parcelo.coordinator.changes.Changes`);
 :meth:`Store.encode` turns it into keys and bytes, :meth:`Store.write` applies
 them as one batch.
 
@@ -28,18 +28,15 @@ import struct
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from rocksdict import Checkpoint, Options, Rdict, WriteBatch, WriteOptions
 
+from parcelo.coordinator.changes import Changes
 from parcelo.coordinator.codec import StoredJob, StoredLease
 from parcelo.coordinator.events import Event, decode_segment, encode_segment
 from parcelo.coordinator.leases import LeaseKind
 from parcelo.coordinator.tree import Node, Status
 from parcelo.v1 import types_pb2
-
-if TYPE_CHECKING:
-    from parcelo.coordinator.core import Changes
 
 FORMAT_VERSION = 2
 """Version of the key layout and records. 1: before the format key existed (node records had no holder)."""
