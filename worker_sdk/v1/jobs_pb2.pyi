@@ -294,7 +294,9 @@ class WatchJobRequest(_message.Message):
     after_seq: _builtins.int
     """Send events with seq > after_seq (0: from the oldest retained event)."""
     follow: _builtins.bool
-    """Keep the stream open after the job has finished."""
+    """Keep the stream open after the job has finished (it still ends after
+    JOB_DELETED).
+    """
     @_builtins.property
     def types(self) -> _containers.RepeatedScalarFieldContainer[_types_pb2.EventType.ValueType]:
         """Only these event types (all when empty)."""

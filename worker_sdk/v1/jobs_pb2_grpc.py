@@ -100,13 +100,15 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJob(self, request, context):
-        """Missing associated documentation comment in .proto file."""
+        """The job as last written to disk: what a crash cannot take back (it may
+        lag the live state by one commit, a few milliseconds).
+        """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ListJobs(self, request, context):
-        """Lists jobs, newest first, a page at a time.
+        """Lists jobs, newest first, a page at a time, as last written to disk.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -148,16 +150,17 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def GetJobTree(self, request, context):
-        """Snapshot of the range tree down to max_depth.
+        """Snapshot of the range tree down to max_depth: the job as in GetJob, the
+        nodes live (they may run ahead of the job record by one commit).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def WatchJob(self, request, context):
-        """Events of a job after after_seq, then live ones until the job ends (or
-        forever with follow). Retained events only: see oldest_seq in the first
-        message's position.
+        """Events of a job after after_seq, then live ones until the job ends (with
+        follow: until it is deleted). Only events on disk are sent. Retained
+        events only: see oldest_seq in the first message's position.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

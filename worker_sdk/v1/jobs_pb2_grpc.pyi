@@ -38,8 +38,11 @@ class JobServiceStub:
     by a different spec.
     """
     GetJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _types_pb2.Job]
+    """The job as last written to disk: what a crash cannot take back (it may
+    lag the live state by one commit, a few milliseconds).
+    """
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
-    """Lists jobs, newest first, a page at a time."""
+    """Lists jobs, newest first, a page at a time, as last written to disk."""
     PauseJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.PauseJobRequest, _types_pb2.Job]
     """Stops new leases. FAILED_PRECONDITION when the job is finished."""
     ResumeJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ResumeJobRequest, _types_pb2.Job]
@@ -51,11 +54,13 @@ class JobServiceStub:
     RetryFailed: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryFailedRequest, _types_pb2.Job]
     """Puts error leaves back to pending and a failed job back to running."""
     GetJobTree: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobTreeRequest, _jobs_pb2.GetJobTreeResponse]
-    """Snapshot of the range tree down to max_depth."""
+    """Snapshot of the range tree down to max_depth: the job as in GetJob, the
+    nodes live (they may run ahead of the job record by one commit).
+    """
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _types_pb2.JobEvent]
-    """Events of a job after after_seq, then live ones until the job ends (or
-    forever with follow). Retained events only: see oldest_seq in the first
-    message's position.
+    """Events of a job after after_seq, then live ones until the job ends (with
+    follow: until it is deleted). Only events on disk are sent. Retained
+    events only: see oldest_seq in the first message's position.
     """
 
 @_typing.type_check_only
@@ -67,8 +72,11 @@ class JobServiceAsyncStub(JobServiceStub):
     by a different spec.
     """
     GetJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobRequest, _types_pb2.Job]  # type: ignore[assignment]
+    """The job as last written to disk: what a crash cannot take back (it may
+    lag the live state by one commit, a few milliseconds).
+    """
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
-    """Lists jobs, newest first, a page at a time."""
+    """Lists jobs, newest first, a page at a time, as last written to disk."""
     PauseJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.PauseJobRequest, _types_pb2.Job]  # type: ignore[assignment]
     """Stops new leases. FAILED_PRECONDITION when the job is finished."""
     ResumeJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ResumeJobRequest, _types_pb2.Job]  # type: ignore[assignment]
@@ -80,11 +88,13 @@ class JobServiceAsyncStub(JobServiceStub):
     RetryFailed: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryFailedRequest, _types_pb2.Job]  # type: ignore[assignment]
     """Puts error leaves back to pending and a failed job back to running."""
     GetJobTree: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobTreeRequest, _jobs_pb2.GetJobTreeResponse]  # type: ignore[assignment]
-    """Snapshot of the range tree down to max_depth."""
+    """Snapshot of the range tree down to max_depth: the job as in GetJob, the
+    nodes live (they may run ahead of the job record by one commit).
+    """
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _types_pb2.JobEvent]  # type: ignore[assignment]
-    """Events of a job after after_seq, then live ones until the job ends (or
-    forever with follow). Retained events only: see oldest_seq in the first
-    message's position.
+    """Events of a job after after_seq, then live ones until the job ends (with
+    follow: until it is deleted). Only events on disk are sent. Retained
+    events only: see oldest_seq in the first message's position.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -104,7 +114,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         self,
         request: _jobs_pb2.GetJobRequest,
         context: _ServicerContext,
-    ) -> _typing.Union[_types_pb2.Job, _abc.Awaitable[_types_pb2.Job]]: ...
+    ) -> _typing.Union[_types_pb2.Job, _abc.Awaitable[_types_pb2.Job]]:
+        """The job as last written to disk: what a crash cannot take back (it may
+        lag the live state by one commit, a few milliseconds).
+        """
 
     @_abc_1.abstractmethod
     def ListJobs(
@@ -112,7 +125,7 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.ListJobsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.ListJobsResponse, _abc.Awaitable[_jobs_pb2.ListJobsResponse]]:
-        """Lists jobs, newest first, a page at a time."""
+        """Lists jobs, newest first, a page at a time, as last written to disk."""
 
     @_abc_1.abstractmethod
     def PauseJob(
@@ -160,7 +173,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.GetJobTreeRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_jobs_pb2.GetJobTreeResponse, _abc.Awaitable[_jobs_pb2.GetJobTreeResponse]]:
-        """Snapshot of the range tree down to max_depth."""
+        """Snapshot of the range tree down to max_depth: the job as in GetJob, the
+        nodes live (they may run ahead of the job record by one commit).
+        """
 
     @_abc_1.abstractmethod
     def WatchJob(
@@ -168,9 +183,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.WatchJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_types_pb2.JobEvent], _abc.AsyncIterator[_types_pb2.JobEvent]]:
-        """Events of a job after after_seq, then live ones until the job ends (or
-        forever with follow). Retained events only: see oldest_seq in the first
-        message's position.
+        """Events of a job after after_seq, then live ones until the job ends (with
+        follow: until it is deleted). Only events on disk are sent. Retained
+        events only: see oldest_seq in the first message's position.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -332,14 +332,17 @@ class JobSpec(_message.Message):
     def range(self) -> Global___Range: ...
     @_builtins.property
     def lease_ttl(self) -> _duration_pb2.Duration:
-        """A lease not heartbeated within this time expires. Unset means 30 s."""
+        """A lease not heartbeated within this time expires. Unset means 30 s; at
+        least 0.2 s, at most 2^32-1 ms (Lease.ttl_ms carries it).
+        """
 
     @_builtins.property
     def retry(self) -> Global___RetryPolicy: ...
     @_builtins.property
     def leaf_timeout(self) -> _duration_pb2.Duration:
         """Longest time from lease to completion of one attempt, heartbeats
-        notwithstanding. Unset means no limit.
+        notwithstanding. Unset means no limit; at most 2^32-1 ms (Lease.timeout_ms
+        carries it).
         """
 
     @_builtins.property
