@@ -61,6 +61,11 @@ class Dispatcher:
     def remove(self, session: Session) -> None:
         self._sessions.pop(id(session), None)
 
+    def end_streams(self) -> None:
+        """End every stream and waiting unary call (shutdown): each gets the end marker."""
+        for session in self._sessions.values():
+            session.out.put_nowait(None)
+
     def credit(self, session: Session, count: int) -> None:
         """``session`` wants ``count`` more leases."""
         session.credits += count

@@ -78,13 +78,24 @@ class Coordinator:
         self.port = 0
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
+        self._stopping = False
         self._stopped = asyncio.Event()
 
     async def start(self) -> int:
-        """Load the store, reserve fences, bind and serve. Returns the bound port."""
+        """Load the store, reserve fences, bind and serve. Returns the bound port.
+
+        If it fails (a port in use, a data dir of another format), the store is closed again.
+        """
+        self.store = self._given_store or Store(self.config.data_dir)
+        try:
+            return await self._start()
+        except BaseException:
+            self.store.close()
+            raise
+
+    async def _start(self) -> int:
         cfg = self.config
         started = time.perf_counter()
-        self.store = self._given_store or Store(cfg.data_dir)
         # The core signals new work to the dispatcher, which is made from the core just below.
         self.core = Core(
             fence_limit=self.store.fence_limit(),
@@ -119,9 +130,10 @@ class Coordinator:
             WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
-        self.port = self.server.add_insecure_port(cfg.listen)
-        if not self.port:
-            raise OSError(f"cannot listen on {cfg.listen}")
+        try:
+            self.port = self.server.add_insecure_port(cfg.listen)
+        except RuntimeError as err:  # grpc's way of saying the bind failed
+            raise OSError(f"cannot listen on {cfg.listen} (in use, or not an address of this host)") from err
         await self.server.start()
         self._set_healthy(True)
         self._tasks = [
@@ -180,10 +192,22 @@ class Coordinator:
         return dest
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight calls finish, write everything, close the store."""
+        """Stop accepting, let in-flight calls finish, write everything, close the store.
+
+        Work streams are ended once every answer owed to them is written and queued, so workers
+        reconnect (to the next coordinator) at once rather than after the grace period. Calling
+        it again does nothing.
+        """
+        if self._stopping:
+            return
+        self._stopping = True
         for name in SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
-        await self.server.stop(self.config.grace)
+        stopping = asyncio.create_task(self.server.stop(self.config.grace))
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self.committer.durable(), self.config.grace)
+        self.dispatcher.end_streams()
+        await stopping
         for task in self._tasks[1:]:
             task.cancel()
         await self.committer.close(self.config.grace)

@@ -16,6 +16,7 @@ import pytest
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from parcelo.coordinator.server import Config, Coordinator
 from parcelo.coordinator.store import Batch, Op, Store
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
 from tests.support import async_test, eventually, inprocess_coordinator, loopback_channel
@@ -172,3 +173,33 @@ async def test_the_holder_of_a_lease_is_shown_in_the_tree(tmp_path: Path) -> Non
             (unary.start, unary.end): "unary-worker",
         }
         stream.cancel()
+
+
+@async_test
+async def test_shutdown_answers_then_ends_work_streams_and_stops_once(tmp_path: Path) -> None:
+    # A grace far longer than the wait below: the stream must end because of the shutdown.
+    async with (
+        inprocess_coordinator(tmp_path / "data", grace=60) as coord,
+        loopback_channel(coord.port) as channel,
+    ):
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(200, 100, job_id="bye")))
+        stream = worker_pb2_grpc.WorkerServiceStub(channel).Work()
+        await stream.write(worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id="w")))
+        await stream.write(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=1)))
+        kinds = [(await stream.read()).WhichOneof("msg") for _ in range(2)]
+        assert kinds == ["welcome", "grant"]
+        stopping = asyncio.ensure_future(coord.coordinator.stop())
+        assert await asyncio.wait_for(stream.read(), WAIT) is aio.EOF
+        await asyncio.wait_for(stopping, WAIT)
+        await asyncio.wait_for(coord.coordinator.stop(), WAIT)  # a second stop does nothing
+
+
+@async_test
+async def test_a_start_that_fails_closes_the_store(tmp_path: Path) -> None:
+    async with inprocess_coordinator(tmp_path / "a") as first:
+        taken = f"127.0.0.1:{first.port}"
+        second = Coordinator(Config(data_dir=tmp_path / "b", listen=taken))
+        with pytest.raises(OSError, match="cannot listen"):
+            await second.start()
+        Store(tmp_path / "b").close()  # the data dir is not locked any more

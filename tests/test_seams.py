@@ -4,6 +4,7 @@ the job state machine, all-or-nothing grants and the store's format version."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import subprocess
 import sys
 from enum import IntEnum
@@ -181,4 +182,26 @@ def test_a_data_dir_in_another_format_is_refused_with_a_clear_error(tmp_path: Pa
         check=False,
     )
     assert out.returncode == 1 and "error: data dir" in out.stderr and "store format 1" in out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_a_port_in_use_is_one_line_and_exit_1(tmp_path: Path) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [
+                str(BIN / "parcelo-coordinator"),
+                "--data-dir",
+                str(tmp_path / "d"),
+                "--listen",
+                f"127.0.0.1:{port}",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    assert out.returncode == 1 and f"error: cannot listen on 127.0.0.1:{port}" in out.stderr
     assert "Traceback" not in out.stderr
