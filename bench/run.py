@@ -22,6 +22,7 @@ from pathlib import Path
 
 import grpc
 import psutil
+from google.protobuf.duration_pb2 import Duration
 
 from parcelo import JobOptions
 from parcelo.testing import CoordinatorProcess, Proc, start_worker, wait_for
@@ -260,7 +261,7 @@ def expiry(work: Path, ttl: float = 2.0) -> float:
     channel = grpc.insecure_channel(coord.target)
     stub = worker_pb2_grpc.WorkerServiceStub(channel)
     while True:
-        grant = stub.Lease(worker_pb2.LeaseRequest(count=1, wait_ms=5000), timeout=10)
+        grant = stub.Lease(worker_pb2.LeaseRequest(count=1, wait=Duration(seconds=5)), timeout=10)
         if grant.leases:
             break
     took = time.perf_counter() - died
@@ -273,7 +274,7 @@ _HOLDER = """
 import sys, grpc
 from parcelo.v1 import worker_pb2, worker_pb2_grpc
 stub = worker_pb2_grpc.WorkerServiceStub(grpc.insecure_channel(sys.argv[1]))
-grant = stub.Lease(worker_pb2.LeaseRequest(count=1, wait_ms=5000))
+grant = stub.Lease(worker_pb2.LeaseRequest(count=1, wait=Duration(seconds=5)))
 # Heartbeat once right away so the TTL runs from (about) the moment of death.
 stub.Heartbeat(worker_pb2.HeartbeatRequest(leases=[worker_pb2.LeaseHeartbeat(fence=grant.leases[0].fence)]))
 print("leased", flush=True)
@@ -288,7 +289,9 @@ def restart(work: Path, live: int = 100_000) -> tuple[float, float]:
     stub = worker_pb2_grpc.WorkerServiceStub(coord.channel)
     held = 0
     while held < live:
-        grant = stub.Lease(worker_pb2.LeaseRequest(count=min(5000, live - held), wait_ms=1000), timeout=30)
+        grant = stub.Lease(
+            worker_pb2.LeaseRequest(count=min(5000, live - held), wait=Duration(seconds=1)), timeout=30
+        )
         held += len(grant.leases)
     # A synced write (a no-op pause/resume pair is enough) makes sure every grant is on disk.
     job = coord.jobs.ListJobs(jobs_pb2.ListJobsRequest()).jobs[0]

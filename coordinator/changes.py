@@ -32,6 +32,9 @@ class Changes:
     events: Drained = field(default_factory=Drained)
     # A new fence high-water mark to make durable.
     fence_limit: int | None = None
+    # Pages of the accepted-fence bitmap to write (page -> bits) and to delete.
+    accepted_pages: dict[int, bytes] = field(default_factory=dict)
+    dropped_pages: list[int] = field(default_factory=list)
     # A job changed status: worth a synced write even if no one waits for it.
     status_changed: bool = False
 
@@ -45,4 +48,6 @@ class Changes:
             or self.events.expired
             or self.events.published
             or self.fence_limit is not None
+            or self.accepted_pages
+            or self.dropped_pages
         )

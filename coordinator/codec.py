@@ -107,6 +107,18 @@ def tree_to_proto(node: Node, max_depth: int, out: types_pb2.TreeNode) -> None:
             tree_to_proto(node.right, max_depth, out.children.add())
 
 
+def job_info(job: JobState) -> worker_pb2.JobInfo:
+    """What a worker needs of a job, sent once per stream."""
+    spec = job.spec
+    out = worker_pb2.JobInfo(
+        job_id=job.id, queue=spec.queue, params_json=spec.params_json, max_range_size=spec.max_range_size
+    )
+    out.lease_ttl.CopyFrom(spec.lease_ttl)
+    if spec.HasField("leaf_timeout"):
+        out.leaf_timeout.CopyFrom(spec.leaf_timeout)
+    return out
+
+
 def lease_to_proto(lease: Lease, job: JobState, out: worker_pb2.Lease) -> None:
     """Fill a ``Lease`` message for a lease just granted."""
     node = lease.node
@@ -119,7 +131,4 @@ def lease_to_proto(lease: Lease, job: JobState, out: worker_pb2.Lease) -> None:
     out.cursor = node.done_upto
     if node.details:
         out.details = node.details
-    out.ttl_ms = job.ttl_ms
     out.is_leaf = node.is_leaf
-    if job.timeout_ms:
-        out.timeout_ms = job.timeout_ms

@@ -82,20 +82,25 @@ class Core:
     # -- jobs -----------------------------------------------------------------------------------
 
     def create_job(self, spec: types_pb2.JobSpec, now: float) -> tuple[JobState, bool]:
-        """Create a job (or return the one an earlier identical request created). Returns (job, created)."""
+        """Create a job, or return the one an earlier request with the same ``job_id`` or
+        ``request_id`` and the same spec created. Returns (job, created).
+
+        Specs are compared after defaults are filled in, labels included and ``request_id``
+        excluded; the same key with a different spec is :class:`AlreadyExists`.
+        """
         validate_spec(spec)
-        if spec.request_id and spec.request_id in self._requests:
-            existing = self.jobs.get(self._requests[spec.request_id])
-            if existing is not None:
-                return existing, False
         full = normalized(spec)
-        if spec.job_id and spec.job_id in self.jobs:
-            existing = self.jobs[spec.job_id]
+        for key, job_id in (("request_id", self._requests.get(spec.request_id)), ("job_id", spec.job_id)):
+            existing = self.jobs.get(job_id) if job_id else None
+            if existing is None:
+                continue
             mine = types_pb2.JobSpec()
             mine.CopyFrom(full)
+            mine.job_id = spec.job_id or existing.id
             mine.request_id = existing.spec.request_id
             if mine != existing.spec:
-                raise AlreadyExists(f"job '{spec.job_id}' already exists with a different spec")
+                value = spec.request_id if key == "request_id" else spec.job_id
+                raise AlreadyExists(f"{key} '{value}' was used for job '{existing.id}' with a different spec")
             return existing, False
         job_id = spec.job_id or f"job-{uuid.uuid4().hex[:16]}"
         full.job_id = job_id
@@ -260,7 +265,7 @@ class Core:
         """Leases :meth:`lease` made that could not be sent: as if never granted (attempts not counted)."""
         for lease in leases:
             job = self.jobs.get(lease.job_id)
-            if job is None or self.leases.take(lease.fence) is None:
+            if job is None or self.leases.discard(lease.fence) is None:
                 continue
             job.tree.release(lease.node)
             self._touch(job)
@@ -271,14 +276,20 @@ class Core:
         self._dirty_jobs.add(job.id)
         self._stats_changed.add(job.id)
 
-    def _take(self, fence: int) -> tuple[JobState, Lease] | Rejection:
-        lease = self.leases.take(fence)
+    def _take(self, fence: int, success: bool) -> tuple[JobState, Lease] | Rejection | None:
+        """The live lease of a result, a rejection, or None: the same result was accepted before."""
+        lease = self.leases.take(fence, success)
         if lease is None:
+            if self.leases.was_accepted(fence, success):
+                return None
+            if self.leases.was_accepted(fence, not success):
+                other = "a failure" if success else "a completion"
+                return Rejection(fence, Reject.STALE_FENCE, f"{other} of this lease was accepted before")
             tomb = self.leases.tombstone(fence)
-            if tomb is not None and tomb.reason is Reject.JOB_GONE:
-                return Rejection(fence, Reject.JOB_GONE, tomb.message)
+            if tomb is not None:
+                return Rejection(fence, tomb.reason, tomb.message)
             return Rejection(
-                fence, Reject.STALE_FENCE, "no live lease with this fence (expired or re-leased)"
+                fence, Reject.STALE_FENCE, "no live lease with this fence (expired or never granted)"
             )
         job = self.jobs.get(lease.job_id)
         if job is None:
@@ -294,8 +305,15 @@ class Core:
         # NODE_COMPLETED events are batched per run of fences of the same job.
         batch_job: JobState | None = None
         done: list[tuple[int, int, int]] = []
+        seen: set[int] = set()
         for fence, skip in chain(zip(fences, repeat(False)), zip(skipped, repeat(True))):
-            taken = self._take(fence)
+            if fence in seen:
+                continue  # answered once per request
+            seen.add(fence)
+            taken = self._take(fence, True)
+            if taken is None:
+                accepted.append(fence)  # sent again: it counted the first time
+                continue
             if isinstance(taken, Rejection):
                 rejected.append(taken)
                 continue
@@ -330,8 +348,15 @@ class Core:
         """Apply failed or released attempts; returns (accepted fences, rejections)."""
         accepted: list[int] = []
         rejected: list[Rejection] = []
+        seen: set[int] = set()
         for failure in failures:
-            taken = self._take(failure.fence)
+            if failure.fence in seen:
+                continue
+            seen.add(failure.fence)
+            taken = self._take(failure.fence, False)
+            if taken is None:
+                accepted.append(failure.fence)
+                continue
             if isinstance(taken, Rejection):
                 rejected.append(taken)
                 continue
@@ -375,10 +400,10 @@ class Core:
             lease = self.leases.get(beat.fence)
             if lease is None:
                 tomb = self.leases.tombstone(beat.fence)
-                if tomb is not None and tomb.action is Action.CANCEL:
-                    out.append((beat.fence, Action.CANCEL, "job cancelled"))
+                if tomb is not None:
+                    out.append((beat.fence, tomb.action, tomb.message))
                 else:
-                    out.append((beat.fence, Action.LOST, "lease expired, timed out or unknown"))
+                    out.append((beat.fence, Action.LOST, "no live lease with this fence"))
                 continue
             job = self.jobs[lease.job_id]
             node = lease.node
@@ -487,6 +512,7 @@ class Core:
         self._dirty_jobs.clear()
         changes.events = self.events.drain()
         changes.fence_limit = self.fences.pending_limit()
+        changes.accepted_pages, changes.dropped_pages = self.leases.take_pages(self.fences.next)
         return changes
 
     def written(self, changes: Changes) -> None:
@@ -495,17 +521,32 @@ class Core:
             self.fences.made_durable(changes.fence_limit)
         self.events.published(changes.events.published)
 
-    def restore(self, stored: Iterable[StoredJob], now: float) -> None:
-        """Rebuild state loaded from the store; live leases get a fresh TTL from ``now``."""
+    def restore(
+        self, stored: Iterable[StoredJob], now: float, accepted: dict[int, bytes] | None = None
+    ) -> None:
+        """Rebuild state loaded from the store; live leases get a fresh TTL from ``now``.
+
+        ``accepted``: the stored pages of the accepted-fence bitmap.
+        """
+        if accepted:
+            self.leases.restore_accepted(accepted)
         for item in stored:
             restored: list[Lease] = []
+            spec = item.job.spec
+            # Per job, not per lease: a restart may bring back hundreds of thousands of leases.
+            expires_at = now + spec.lease_ttl.ToMilliseconds() / 1000
+            timeout_at = (
+                now + spec.leaf_timeout.ToMilliseconds() / 1000 if spec.HasField("leaf_timeout") else 0.0
+            )
 
-            def adopt(node: Node, item: StoredJob = item, restored: list[Lease] = restored) -> Lease:
+            def adopt(
+                node: Node,
+                item: StoredJob = item,
+                restored: list[Lease] = restored,
+                expires_at: float = expires_at,
+                timeout_at: float = timeout_at,
+            ) -> Lease:
                 stored_lease = item.leases[node]
-                spec = item.job.spec
-                ttl = spec.lease_ttl.ToMilliseconds() / 1000
-                timeout = spec.leaf_timeout.ToMilliseconds() / 1000 if spec.HasField("leaf_timeout") else 0
-                timeout_at = now + timeout if timeout else 0.0
                 lease = Lease(
                     stored_lease.fence,
                     item.job.id,
@@ -513,7 +554,7 @@ class Core:
                     stored_lease.holder,
                     LeaseKind.LEAF,
                     now,
-                    now + ttl,
+                    expires_at,
                     timeout_at,
                 )
                 restored.append(lease)

@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from parcelo.coordinator.codec import lease_to_proto
+from parcelo.coordinator.codec import job_info, lease_to_proto
 from parcelo.coordinator.core import Core
 from parcelo.coordinator.leases import Lease
 from parcelo.v1 import worker_pb2
@@ -144,13 +144,7 @@ class Dispatcher:
                 continue
             if job.id not in session.sent_jobs:
                 session.sent_jobs.add(job.id)
-                spec = job.spec
-                grant.jobs.add(
-                    job_id=job.id,
-                    queue=spec.queue,
-                    params_json=spec.params_json,
-                    max_range_size=spec.max_range_size,
-                )
+                grant.jobs.append(job_info(job))
         if unsent:
             self._core.unsent(unsent, now)
         return bool(unsent)

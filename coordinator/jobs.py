@@ -28,8 +28,9 @@ MAX_U64 = (1 << 64) - 1
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 MAX_PARAMS_BYTES = 1 << 20
-MAX_DURATION_MS = (1 << 32) - 1
-"""Longest lease TTL or leaf timeout: the wire carries them as ``uint32`` milliseconds (about 49.7 days)."""
+MAX_DURATION_MS = (1 << 31) - 1
+"""Longest lease TTL or leaf timeout (about 24.8 days): what a worker's timer holds in common
+runtimes (JavaScript's ``setTimeout`` fires at once beyond it)."""
 
 
 class JobStatus(IntEnum):
@@ -96,7 +97,7 @@ def validate_spec(spec: types_pb2.JobSpec) -> None:
             if value.seconds < 0 or value.nanos < 0:
                 raise InvalidArgument(name, "must not be negative")
             if value.ToMilliseconds() > MAX_DURATION_MS:
-                raise InvalidArgument(name, f"must be at most {MAX_DURATION_MS} ms (about 49.7 days)")
+                raise InvalidArgument(name, f"must be at most {MAX_DURATION_MS} ms (about 24.8 days)")
     if spec.HasField("lease_ttl") and _seconds(spec.lease_ttl) < defaults.MIN_LEASE_TTL.total_seconds():
         raise InvalidArgument("lease_ttl", f"must be at least {defaults.MIN_LEASE_TTL.total_seconds()} s")
     retry = spec.retry
@@ -151,9 +152,7 @@ class JobState:
         "spec",
         "started_at",
         "status",
-        "timeout_ms",
         "tree",
-        "ttl_ms",
         "updated_at",
     )
 
@@ -175,10 +174,6 @@ class JobState:
         self.release_requested = False
         self.lease_ttl = _seconds(spec.lease_ttl)
         self.leaf_timeout = _seconds(spec.leaf_timeout) if spec.HasField("leaf_timeout") else 0.0
-        # As the wire carries them; clamped so that a record stored before the limit was checked
-        # still makes grants that encode.
-        self.ttl_ms = min(int(self.lease_ttl * 1000), MAX_DURATION_MS)
-        self.timeout_ms = min(int(self.leaf_timeout * 1000), MAX_DURATION_MS)
         self.deadline = _seconds(spec.deadline) if spec.HasField("deadline") else 0.0
         r = spec.retry
         self.retry = RetryPolicy(

@@ -28,6 +28,12 @@ if TYPE_CHECKING:
 FENCE_BLOCK = 1 << 20
 """Fences reserved per durable write of the high-water mark."""
 
+PAGE_BITS = 13
+"""A page of the accepted-fence bitmap covers 2^13 fences (1 KiB)."""
+
+ACCEPTED_WINDOW = 1 << 22
+"""Fences below ``next fence - ACCEPTED_WINDOW`` are forgotten by the accepted-fence bitmap."""
+
 
 class LeaseKind(IntEnum):
     """What a lease asks of its holder; values equal ``parcelo.v1.LeaseKind``."""
@@ -178,6 +184,12 @@ class LeaseTable:
         self._per_job: dict[str, int] = {}
         self._heap: list[tuple[float, int]] = []
         self._tombstones: dict[int, Tombstone] = {}
+        # Fences whose result was accepted, as two bitmaps (successes, failures) in pages
+        # (page number * 2 + kind -> bits), so that a result sent again (after a reconnect or a
+        # restart) is told apart from a stale one. Pages are written with the batch that accepts
+        # the result (see ``take_pages``).
+        self._accepted: dict[int, bytearray] = {}
+        self._dirty_pages: set[int] = set()
 
     def __len__(self) -> int:
         return len(self._live)
@@ -237,12 +249,57 @@ class LeaseTable:
         """The live lease with this fence, or None when it ended or never existed."""
         return self._live.get(fence)
 
-    def take(self, fence: int) -> Lease | None:
-        """Remove and return the live lease with this fence (it ended normally)."""
+    def take(self, fence: int, success: bool) -> Lease | None:
+        """Remove and return the live lease with this fence: its result (a success, or a failure
+        or release) is accepted."""
+        lease = self._live.get(fence)
+        if lease is not None:
+            self._remove(lease)
+            key = (fence >> PAGE_BITS) << 1 | success
+            bits = self._accepted.get(key)
+            if bits is None:
+                bits = self._accepted[key] = bytearray(1 << (PAGE_BITS - 3))
+            offset = fence & ((1 << PAGE_BITS) - 1)
+            bits[offset >> 3] |= 1 << (offset & 7)
+            self._dirty_pages.add(key)
+        return lease
+
+    def discard(self, fence: int) -> Lease | None:
+        """Remove and return the live lease with this fence, as if it had never been granted."""
         lease = self._live.get(fence)
         if lease is not None:
             self._remove(lease)
         return lease
+
+    def was_accepted(self, fence: int, success: bool) -> bool:
+        """Whether a result of this kind for this (no longer live) fence was accepted, within the window."""
+        bits = self._accepted.get((fence >> PAGE_BITS) << 1 | success)
+        if bits is None:
+            return False
+        offset = fence & ((1 << PAGE_BITS) - 1)
+        return bool(bits[offset >> 3] & (1 << (offset & 7)))
+
+    def take_pages(self, next_fence: int) -> tuple[dict[int, bytes], list[int]]:
+        """Bitmap pages changed since the last call (to write) and pages now out of the window
+        below ``next_fence`` (to delete), by page key (page number * 2 + success)."""
+        lowest = (max(0, next_fence - ACCEPTED_WINDOW) >> PAGE_BITS) << 1
+        # Pages come in about ascending order (fences grow), so the old ones are first: stop at
+        # the first page still in the window (a rare late one goes at a later call).
+        old: list[int] = []
+        for page in self._accepted:
+            if page >= lowest:
+                break
+            old.append(page)
+        for page in old:
+            del self._accepted[page]
+            self._dirty_pages.discard(page)
+        changed = {page: bytes(self._accepted[page]) for page in self._dirty_pages}
+        self._dirty_pages = set()
+        return changed, old
+
+    def restore_accepted(self, pages: dict[int, bytes]) -> None:
+        """The stored bitmap pages (start-up)."""
+        self._accepted = {page: bytearray(bits) for page, bits in pages.items()}
 
     def revoke(self, lease: Lease, action: Action, reason: Reject, message: str, forget_at: float) -> None:
         """Take ``lease`` back; until ``forget_at`` its fence answers ``action`` / ``reason``."""

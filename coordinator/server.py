@@ -105,7 +105,7 @@ class Coordinator:
         self.telemetry = Telemetry(self.core, cfg.metrics_port)
         self.dispatcher = Dispatcher(self.core, on_grant=self.telemetry.on_grant)
         stored = self.store.load(MEMORY_WINDOW)
-        self.core.restore(stored, time.time())
+        self.core.restore(stored, time.time(), accepted=self.store.load_accepted())
         self.views = JobViews()
         self.views.written((item.job for item in stored), ())
         _tune_gc()

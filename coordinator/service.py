@@ -43,6 +43,9 @@ STATUS_OF: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
 WATCH_BUFFER = 50_000
 """Events buffered for one watcher; a watcher further behind is dropped and must reconnect with after_seq."""
 
+MAX_LEASE_WAIT_MS = 60_000
+"""Longest a unary Lease call waits for work (LeaseRequest.wait)."""
+
 TERMINAL_EVENTS = frozenset(
     {EventType.JOB_COMPLETED, EventType.JOB_FAILED, EventType.JOB_CANCELLED, EventType.JOB_DELETED}
 )
@@ -213,7 +216,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._core = core
         self._committer = committer
         self._dispatcher = dispatcher
-        self._heartbeat_ms = heartbeat_ms
+        self._welcome = worker_pb2.Welcome(coordinator_version=__version__)
+        if heartbeat_ms:
+            self._welcome.heartbeat_interval.FromMilliseconds(heartbeat_ms)
 
     # -- shared by stream and unary -------------------------------------------------------------
 
@@ -221,7 +226,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         beats = [
             Beat(
                 fence=h.fence,
-                cursor=h.cursor if h.has_checkpoint else None,
+                cursor=h.cursor if h.HasField("cursor") else None,
                 details=h.details,
                 message=h.message,
             )
@@ -234,7 +239,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
 
     def _complete(self, request: worker_pb2.CompleteRequest) -> worker_pb2.CompleteResponse:
         accepted, rejected = self._core.complete(request.fences, request.skipped, time.time())
-        out = worker_pb2.CompleteResponse(accepted=accepted)
+        out = worker_pb2.CompleteResponse(accepted=accepted, request_id=request.request_id)
         _rejections(rejected, out.rejected)
         self._dispatcher.poke()
         return out
@@ -243,16 +248,16 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         failures = [
             Failure(
                 fence=f.fence,
-                retryable=f.retryable,
+                retryable=not f.permanent,
                 message=f.message,
                 released=f.released,
-                cursor=f.cursor if f.has_checkpoint else None,
+                cursor=f.cursor if f.HasField("cursor") else None,
                 details=f.details,
             )
             for f in request.failures
         ]
         accepted, rejected = self._core.fail(failures, time.time())
-        out = worker_pb2.FailResponse(accepted=accepted)
+        out = worker_pb2.FailResponse(accepted=accepted, request_id=request.request_id)
         _rejections(rejected, out.rejected)
         self._dispatcher.poke()
         return out
@@ -296,23 +301,26 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         async for request in requests:
             kind = request.WhichOneof("msg")
             if kind == "hello":
+                if hello_seen:
+                    raise errors.InvalidArgument("hello", "a Work stream sends hello once, first")
                 hello = request.hello
                 session.worker_id = hello.worker_id or session.worker_id
                 session.queues = tuple(hello.queues) or ("default",)
                 hello_seen = True
-                self._dispatcher.add(session)
-                session.out.put_nowait(
-                    worker_pb2.WorkResponse(
-                        welcome=worker_pb2.Welcome(
-                            heartbeat_interval_ms=self._heartbeat_ms, coordinator_version=__version__
-                        )
-                    )
+                log.info(
+                    "worker %s connected (%s; queues %s)",
+                    session.worker_id,
+                    hello.sdk or "sdk not named",
+                    ",".join(session.queues),
                 )
+                self._dispatcher.add(session)
+                session.out.put_nowait(worker_pb2.WorkResponse(welcome=self._welcome))
             elif not hello_seen:
                 raise errors.InvalidArgument("hello", "the first message of a Work stream must be hello")
             elif kind == "lease":
-                if request.lease.count:
-                    self._dispatcher.credit(session, request.lease.count)
+                if not request.lease.count:
+                    raise errors.InvalidArgument("lease.count", "must be greater than 0")
+                self._dispatcher.credit(session, request.lease.count)
             elif kind == "heartbeat":
                 session.out.put_nowait(worker_pb2.WorkResponse(heartbeat=self._heartbeat(request.heartbeat)))
             elif kind == "complete":
@@ -335,7 +343,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._dispatcher.credit(session, request.count)
         grant = worker_pb2.LeaseGrant()
         try:
-            first = await asyncio.wait_for(session.out.get(), timeout=max(request.wait_ms, 1) / 1000)
+            wait = min(request.wait.ToMilliseconds(), MAX_LEASE_WAIT_MS) if request.HasField("wait") else 0
+            first = await asyncio.wait_for(session.out.get(), timeout=max(wait, 1) / 1000)
             if first is not None and first.HasField("grant"):
                 grant.MergeFrom(first.grant)
         except TimeoutError:

@@ -8,6 +8,8 @@ Key layout (all keys bytes; integers big-endian so keys sort numerically)::
 
     M format                     -> u32: the layout and record version (FORMAT_VERSION)
     M fence                      -> u64: fences below this may have been handed out
+    A <page * 2 + success>       -> 1 KiB bitmap: which fences of page * 2^13 + [0, 2^13) had
+                                   a success (1) or a failure (0) accepted (``LeaseTable.take_pages``)
     J <job_id>                   -> parcelo.v1.Job (spec, status, stats, timestamps)
     N <job_id> 0x00 <start><~end> -> node record (see ``encode_node``); ~end = 2^64-1-end, so
                                    key order is pre-order (parents before children)
@@ -43,6 +45,7 @@ FORMAT_VERSION = 2
 
 FORMAT_KEY = b"Mformat"
 FENCE_KEY = b"Mfence"
+ACCEPTED_PREFIX = b"A"
 _NODE = struct.Struct(">BBHIQQdIHH")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -230,6 +233,10 @@ class Store:
             ops.append((event_key(job_id, first), None))
         if changes.fence_limit is not None:
             ops.append((FENCE_KEY, _U64.pack(changes.fence_limit)))
+        for page, bits in changes.accepted_pages.items():
+            ops.append((ACCEPTED_PREFIX + _U64.pack(page), bits))
+        for page in changes.dropped_pages:
+            ops.append((ACCEPTED_PREFIX + _U64.pack(page), None))
         return batch
 
     def write(self, batch: Batch | Iterable[Op], *, sync: bool = True) -> int:
@@ -291,6 +298,10 @@ class Store:
         """The durable fence high-water mark (1 on a new store: fence 0 means "no lease")."""
         value = self._db.get(FENCE_KEY)
         return _U64.unpack(value)[0] if value else 1
+
+    def load_accepted(self) -> dict[int, bytes]:
+        """The stored pages of the accepted-fence bitmap, by page number."""
+        return {_U64.unpack_from(key, 1)[0]: bytes(value) for key, value in self._scan(ACCEPTED_PREFIX)}
 
     def load(self, event_window: int) -> list[StoredJob]:
         """Every job with its node records and its newest ``event_window`` events."""

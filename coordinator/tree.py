@@ -339,8 +339,14 @@ class RangeTree:
         return self._settle(node)
 
     def checkpoint(self, node: Node, cursor: int, details: bytes) -> None:
-        """Record progress inside a running leaf: ``cursor`` is the first id not yet done."""
+        """Record progress inside a running leaf: ``cursor`` is the first id not yet done.
+
+        A cursor outside the leaf is clamped into it; one below the current checkpoint is
+        ignored, details included, so progress (``range_processed``) never goes back.
+        """
         cursor = min(max(cursor, node.start), node.end)
+        if cursor < node.done_upto:
+            return
         self.range_processed += cursor - node.done_upto
         node.cursor = cursor
         node.details = details

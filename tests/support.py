@@ -135,7 +135,7 @@ class RawWorker:
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         welcome = self.next("welcome")
-        self.heartbeat_interval_ms = welcome.welcome.heartbeat_interval_ms
+        self.heartbeat_interval_ms = welcome.welcome.heartbeat_interval.ToMilliseconds()
 
     def _requests(self) -> Iterator[worker_pb2.WorkRequest]:
         while True:

@@ -80,6 +80,14 @@ def test_create_is_idempotent_by_job_id_and_request_id() -> None:
     c, _ = core.create_job(spec(request_id="r1"), 3)
     d, again = core.create_job(spec(request_id="r1"), 4)
     assert c is d and not again
+    # A key reused with a different spec is refused the same way for both keys.
+    with pytest.raises(AlreadyExists, match="request_id 'r1' was used for job"):
+        core.create_job(spec(request_id="r1", end=2000), 5)
+    with pytest.raises(AlreadyExists):
+        core.create_job(spec(request_id="r1", job_id="other"), 5)
+    # Defaults filled in compare equal to the same values given explicitly.
+    e, again = core.create_job(spec(request_id="r1", queue="default"), 6)
+    assert e is c and not again
     with pytest.raises(NotFound):
         core.get("nope")
 
@@ -96,7 +104,7 @@ def test_stale_fence_is_rejected_and_changes_nothing() -> None:
     accepted, rejected = core.complete([old], [], 2)
     assert accepted == [] and rejected[0][:2] == (old, Reject.STALE_FENCE)
     assert node.status.name == "RUNNING" and job.status is JobStatus.RUNNING
-    assert core.heartbeat([Beat(old)], 2) == [(old, Action.LOST, "lease expired, timed out or unknown")]
+    assert core.heartbeat([Beat(old)], 2) == [(old, Action.LOST, "lease expired: no heartbeat within 1 s")]
     accepted, _ = core.complete([new], [], 2)
     assert accepted == [new] and job.status is JobStatus.COMPLETED
 

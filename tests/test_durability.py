@@ -13,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
@@ -65,7 +66,9 @@ async def test_a_failed_write_is_retried_until_written_and_nothing_runs_ahead(tm
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
         job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(2000, 100, job_id="full")))
-        grant = await workers.Lease(worker_pb2.LeaseRequest(worker_id="w1", count=32, wait_ms=2000))
+        grant = await workers.Lease(
+            worker_pb2.LeaseRequest(worker_id="w1", count=32, wait=Duration(seconds=2))
+        )
         fences = [lease.fence for lease in grant.leases]
         assert len(fences) == 32  # 2000 ids split in halves down to 62/63 wide: 32 leaves
         first = await workers.Complete(worker_pb2.CompleteRequest(fences=fences[:16]))

@@ -17,6 +17,7 @@ from typing import Any
 
 import grpc
 import pytest
+from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 
 from parcelo import Context, Range, Worker
@@ -120,7 +121,7 @@ def not_hello(kind: str, fence: int) -> worker_pb2.WorkRequest:
         ),
         "complete": worker_pb2.WorkRequest(complete=worker_pb2.CompleteRequest(fences=[fence])),
         "fail": worker_pb2.WorkRequest(
-            fail=worker_pb2.FailRequest(failures=[worker_pb2.Failure(fence=fence, retryable=False)])
+            fail=worker_pb2.FailRequest(failures=[worker_pb2.Failure(fence=fence, permanent=True)])
         ),
         "empty": worker_pb2.WorkRequest(),
     }[kind]
@@ -133,7 +134,9 @@ async def test_a_work_stream_must_start_with_hello(data_dir: Path, first: str) -
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
         job = await create_job(jobs, 0, 200, 100)
-        grant = await workers.Lease(worker_pb2.LeaseRequest(count=1, worker_id="unary", wait_ms=2000))
+        grant = await workers.Lease(
+            worker_pb2.LeaseRequest(count=1, worker_id="unary", wait=Duration(seconds=2))
+        )
         (lease,) = grant.leases
         call = workers.Work()
         await call.write(not_hello(first, lease.fence))
@@ -174,7 +177,9 @@ async def test_unary_complete_and_fail(data_dir: Path) -> None:
         retry.initial_backoff.FromMilliseconds(50)
         job = await create_job(jobs, 0, 400, 100, retry=retry, params_json='{"k": 1}')
 
-        grant = await workers.Lease(worker_pb2.LeaseRequest(count=4, worker_id="unary", wait_ms=2000))
+        grant = await workers.Lease(
+            worker_pb2.LeaseRequest(count=4, worker_id="unary", wait=Duration(seconds=2))
+        )
         a, b, c, d = grant.leases
         assert [(x.start, x.end) for x in grant.leases] == reference_leaves(0, 400, 100)
         assert {x.attempt for x in grant.leases} == {1}
@@ -186,17 +191,15 @@ async def test_unary_complete_and_fail(data_dir: Path) -> None:
         done = await workers.Complete(worker_pb2.CompleteRequest(fences=[a.fence, never], worker_id="unary"))
         assert list(done.accepted) == [a.fence]
         assert [(r.fence, r.reason) for r in done.rejected] == [(never, worker_pb2.REJECT_REASON_STALE_FENCE)]
-        again = await workers.Complete(worker_pb2.CompleteRequest(fences=[a.fence]))
-        assert not again.accepted
-        assert [(r.fence, r.reason) for r in again.rejected] == [
-            (a.fence, worker_pb2.REJECT_REASON_STALE_FENCE)
-        ]
+        # Sent again (as after a lost answer), twice in one request: accepted once, nothing counted twice.
+        again = await workers.Complete(worker_pb2.CompleteRequest(fences=[a.fence, a.fence], request_id=7))
+        assert list(again.accepted) == [a.fence] and not again.rejected and again.request_id == 7
 
         failed = await workers.Fail(
             worker_pb2.FailRequest(
                 failures=[
-                    worker_pb2.Failure(fence=b.fence, retryable=True, message="flaky"),
-                    worker_pb2.Failure(fence=c.fence, retryable=False, message="corrupt"),
+                    worker_pb2.Failure(fence=b.fence, message="flaky"),
+                    worker_pb2.Failure(fence=c.fence, permanent=True, message="corrupt"),
                 ]
             )
         )
@@ -218,18 +221,19 @@ async def test_unary_complete_and_fail(data_dir: Path) -> None:
         ]
 
         # The retry comes after its backoff under a new fence; the old fence is stale for good.
-        retried = await workers.Lease(worker_pb2.LeaseRequest(count=1, worker_id="unary", wait_ms=5000))
+        retried = await workers.Lease(
+            worker_pb2.LeaseRequest(count=1, worker_id="unary", wait=Duration(seconds=5))
+        )
         (b2,) = retried.leases
         assert (b2.start, b2.end, b2.attempt) == (b.start, b.end, 2) and b2.fence != b.fence
+        # A completion under the failed attempt's fence did not count: stale.
         stale = await workers.Complete(worker_pb2.CompleteRequest(fences=[b.fence]))
         assert [(r.fence, r.reason) for r in stale.rejected] == [
             (b.fence, worker_pb2.REJECT_REASON_STALE_FENCE)
         ]
-        stale_fail = await workers.Fail(
-            worker_pb2.FailRequest(failures=[worker_pb2.Failure(fence=b.fence, retryable=True)])
-        )
-        assert not stale_fail.accepted
-        assert [r.reason for r in stale_fail.rejected] == [worker_pb2.REJECT_REASON_STALE_FENCE]
+        # The same failure sent again is accepted again and counts no second attempt (see below).
+        resent = await workers.Fail(worker_pb2.FailRequest(failures=[worker_pb2.Failure(fence=b.fence)]))
+        assert list(resent.accepted) == [b.fence] and not resent.rejected
 
         last = await workers.Complete(worker_pb2.CompleteRequest(fences=[b2.fence, d.fence]))
         assert list(last.accepted) == [b2.fence, d.fence] and not last.rejected
@@ -248,7 +252,7 @@ async def test_results_for_a_cancelled_job_are_rejected_as_job_gone(data_dir: Pa
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
         job = await create_job(jobs, 0, 200, 100)
-        a, b = (await workers.Lease(worker_pb2.LeaseRequest(count=2, wait_ms=2000))).leases
+        a, b = (await workers.Lease(worker_pb2.LeaseRequest(count=2, wait=Duration(seconds=2)))).leases
         await jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id, reason="enough"))
         done = await workers.Complete(worker_pb2.CompleteRequest(fences=[a.fence]))
         failed = await workers.Fail(worker_pb2.FailRequest(failures=[worker_pb2.Failure(fence=b.fence)]))

@@ -71,7 +71,7 @@ def test_status_propagation_node_by_node(coordinator: CoordinatorProcess) -> Non
     a, b, c, d = raw.lease(4)
     assert [(x.start, x.end) for x in (a, b, c, d)] == [(0, 100), (100, 200), (200, 300), (300, 400)]
     raw.complete([a.fence])
-    raw.fail(worker_pb2.Failure(fence=b.fence, retryable=False, message="bad leaf"))
+    raw.fail(worker_pb2.Failure(fence=b.fence, permanent=True, message="bad leaf"))
 
     def tree() -> types_pb2.TreeNode:
         return coordinator.jobs.GetJobTree(jobs_pb2.GetJobTreeRequest(job_id=job.id, max_depth=5)).root

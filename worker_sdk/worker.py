@@ -132,6 +132,8 @@ class Worker:
         self._waiting: deque[_Held] = deque()
         self._running = 0
         self._params: dict[str, dict[str, Any]] = {}
+        # Lease TTL of each job, from its JobInfo: heartbeats follow the shortest held.
+        self._ttls: dict[str, float] = {}
         self._results = _Results()
         self._outstanding = 0  # credit asked for on this stream and not yet granted
         self._out: asyncio.Queue[worker_pb2.WorkRequest | None] | None = None
@@ -248,9 +250,7 @@ class Worker:
             self.target, options=[("grpc.max_receive_message_length", 16 << 20)]
         ) as channel:
             call = worker_pb2_grpc.WorkerServiceStub(channel).Work()
-            hello = worker_pb2.Hello(
-                worker_id=self.worker_id, queues=self.queues, capacity=self.concurrency, sdk=SDK
-            )
+            hello = worker_pb2.Hello(worker_id=self.worker_id, queues=self.queues, sdk=SDK)
             await call.write(worker_pb2.WorkRequest(hello=hello))
             welcome = await call.read()
             if welcome is aio.EOF or welcome.WhichOneof("msg") != "welcome":
@@ -260,7 +260,9 @@ class Worker:
             out: asyncio.Queue[worker_pb2.WorkRequest | None] = asyncio.Queue()
             self._out = out
             writer = asyncio.create_task(self._write(call, out))
-            beats = asyncio.create_task(self._heartbeats(welcome.welcome.heartbeat_interval_ms))
+            suggested = welcome.welcome.heartbeat_interval
+            interval_ms = suggested.ToMilliseconds() if welcome.welcome.HasField("heartbeat_interval") else 0
+            beats = asyncio.create_task(self._heartbeats(interval_ms))
             try:
                 self._resend_unacked()
                 self._send_heartbeat()
@@ -298,8 +300,9 @@ class Worker:
                 self._send_heartbeat()
 
     def _default_interval(self) -> float:
-        ttls = [h.lease.ttl_ms for h in self._held.values() if h.lease.ttl_ms]
-        ttl = min(ttls) / 1000 if ttls else defaults.LEASE_TTL.total_seconds()
+        held_jobs = {h.lease.job_id for h in self._held.values()}
+        ttls = [self._ttls[job] for job in held_jobs if job in self._ttls]
+        ttl = min(ttls) if ttls else defaults.LEASE_TTL.total_seconds()
         return max(0.05, ttl / defaults.HEARTBEAT_FRACTION)
 
     def _send_heartbeat(self) -> None:
@@ -312,7 +315,6 @@ class Worker:
             if ctx is not None:
                 checkpoint = ctx.last_checkpoint
                 if checkpoint is not None:
-                    beat.has_checkpoint = True
                     beat.cursor, beat.details = checkpoint
                 beat.message = ctx.take_message()
         self._send(worker_pb2.WorkRequest(heartbeat=request))
@@ -337,6 +339,8 @@ class Worker:
 
     def _on_grant(self, grant: worker_pb2.LeaseGrant) -> None:
         for info in grant.jobs:
+            if info.HasField("lease_ttl"):
+                self._ttls[info.job_id] = info.lease_ttl.ToMilliseconds() / 1000
             try:
                 self._params[info.job_id] = json.loads(info.params_json or "{}")
             except ValueError:
@@ -461,12 +465,12 @@ class Worker:
                 results.unacked[fence] = ("complete", None)
                 self.stats.completed += 1
         else:
-            retryable = not isinstance(error, PermanentError)
             failure = worker_pb2.Failure(
-                fence=fence, retryable=retryable, message=f"{type(error).__name__}: {error}"[:MAX_MESSAGE]
+                fence=fence,
+                permanent=isinstance(error, PermanentError),
+                message=f"{type(error).__name__}: {error}"[:MAX_MESSAGE],
             )
             if checkpoint is not None:
-                failure.has_checkpoint = True
                 failure.cursor, failure.details = checkpoint
             results.failures.append(failure)
             results.unacked[fence] = ("fail", failure)
@@ -482,11 +486,8 @@ class Worker:
 
     def _give_back(self, held: _Held, checkpoint: tuple[int, bytes] | None = None) -> None:
         self._held.pop(held.lease.fence, None)
-        failure = worker_pb2.Failure(
-            fence=held.lease.fence, retryable=True, released=True, message="released"
-        )
+        failure = worker_pb2.Failure(fence=held.lease.fence, released=True, message="released")
         if checkpoint is not None:
-            failure.has_checkpoint = True
             failure.cursor, failure.details = checkpoint
         self._results.failures.append(failure)
         self._results.unacked[failure.fence] = ("fail", failure)

@@ -115,14 +115,17 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def PauseJob(self, request, context):
-        """Stops new leases. FAILED_PRECONDITION when the job is finished.
+        """Stops new leases. Pausing a paused job again is answered as it is (it can
+        add release). FAILED_PRECONDITION when the job is finished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
     def ResumeJob(self, request, context):
-        """Continues a paused (or start_paused) job. FAILED_PRECONDITION unless paused or pending.
+        """Continues a paused (or start_paused) job. A job that is pending or
+        running already is answered as it is (resuming is idempotent);
+        FAILED_PRECONDITION when the job is finished.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -143,7 +146,10 @@ class JobServiceServicer:
         raise NotImplementedError('Method not implemented!')
 
     def RetryFailed(self, request, context):
-        """Puts error leaves back to pending and a failed job back to running.
+        """Puts error leaves back to pending (their attempt count starts again: the
+        next attempt is number 1) and a failed job back to running.
+        FAILED_PRECONDITION when the job has no error leaves (e.g. it failed by
+        its deadline, which a retry could not lift) or is completed or cancelled.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -159,8 +165,11 @@ class JobServiceServicer:
 
     def WatchJob(self, request, context):
         """Events of a job after after_seq, then live ones until the job ends (with
-        follow: until it is deleted). Only events on disk are sent. Retained
-        events only: see oldest_seq in the first message's position.
+        follow: until it is deleted). Only events on disk are sent. Only retained
+        events can be sent (--event-retention per job): when the first event
+        received has seq > after_seq + 1, the ones in between were dropped.
+        A watcher more than 50,000 events behind is ended with
+        RESOURCE_EXHAUSTED; reconnect with after_seq = the last seq received.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

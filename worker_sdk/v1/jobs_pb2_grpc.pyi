@@ -44,23 +44,35 @@ class JobServiceStub:
     ListJobs: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]
     """Lists jobs, newest first, a page at a time, as last written to disk."""
     PauseJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.PauseJobRequest, _types_pb2.Job]
-    """Stops new leases. FAILED_PRECONDITION when the job is finished."""
+    """Stops new leases. Pausing a paused job again is answered as it is (it can
+    add release). FAILED_PRECONDITION when the job is finished.
+    """
     ResumeJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.ResumeJobRequest, _types_pb2.Job]
-    """Continues a paused (or start_paused) job. FAILED_PRECONDITION unless paused or pending."""
+    """Continues a paused (or start_paused) job. A job that is pending or
+    running already is answered as it is (resuming is idempotent);
+    FAILED_PRECONDITION when the job is finished.
+    """
     CancelJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _types_pb2.Job]
     """Ends the job; running handlers are told to stop. FAILED_PRECONDITION when finished."""
     DeleteJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _jobs_pb2.DeleteJobResponse]
     """Removes a finished (completed, failed or cancelled) job and all its records."""
     RetryFailed: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.RetryFailedRequest, _types_pb2.Job]
-    """Puts error leaves back to pending and a failed job back to running."""
+    """Puts error leaves back to pending (their attempt count starts again: the
+    next attempt is number 1) and a failed job back to running.
+    FAILED_PRECONDITION when the job has no error leaves (e.g. it failed by
+    its deadline, which a retry could not lift) or is completed or cancelled.
+    """
     GetJobTree: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.GetJobTreeRequest, _jobs_pb2.GetJobTreeResponse]
     """Snapshot of the range tree down to max_depth: the job as in GetJob, the
     nodes live (they may run ahead of the job record by one commit).
     """
     WatchJob: _grpc.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _types_pb2.JobEvent]
     """Events of a job after after_seq, then live ones until the job ends (with
-    follow: until it is deleted). Only events on disk are sent. Retained
-    events only: see oldest_seq in the first message's position.
+    follow: until it is deleted). Only events on disk are sent. Only retained
+    events can be sent (--event-retention per job): when the first event
+    received has seq > after_seq + 1, the ones in between were dropped.
+    A watcher more than 50,000 events behind is ended with
+    RESOURCE_EXHAUSTED; reconnect with after_seq = the last seq received.
     """
 
 @_typing.type_check_only
@@ -78,23 +90,35 @@ class JobServiceAsyncStub(JobServiceStub):
     ListJobs: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ListJobsRequest, _jobs_pb2.ListJobsResponse]  # type: ignore[assignment]
     """Lists jobs, newest first, a page at a time, as last written to disk."""
     PauseJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.PauseJobRequest, _types_pb2.Job]  # type: ignore[assignment]
-    """Stops new leases. FAILED_PRECONDITION when the job is finished."""
+    """Stops new leases. Pausing a paused job again is answered as it is (it can
+    add release). FAILED_PRECONDITION when the job is finished.
+    """
     ResumeJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.ResumeJobRequest, _types_pb2.Job]  # type: ignore[assignment]
-    """Continues a paused (or start_paused) job. FAILED_PRECONDITION unless paused or pending."""
+    """Continues a paused (or start_paused) job. A job that is pending or
+    running already is answered as it is (resuming is idempotent);
+    FAILED_PRECONDITION when the job is finished.
+    """
     CancelJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.CancelJobRequest, _types_pb2.Job]  # type: ignore[assignment]
     """Ends the job; running handlers are told to stop. FAILED_PRECONDITION when finished."""
     DeleteJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.DeleteJobRequest, _jobs_pb2.DeleteJobResponse]  # type: ignore[assignment]
     """Removes a finished (completed, failed or cancelled) job and all its records."""
     RetryFailed: _aio.UnaryUnaryMultiCallable[_jobs_pb2.RetryFailedRequest, _types_pb2.Job]  # type: ignore[assignment]
-    """Puts error leaves back to pending and a failed job back to running."""
+    """Puts error leaves back to pending (their attempt count starts again: the
+    next attempt is number 1) and a failed job back to running.
+    FAILED_PRECONDITION when the job has no error leaves (e.g. it failed by
+    its deadline, which a retry could not lift) or is completed or cancelled.
+    """
     GetJobTree: _aio.UnaryUnaryMultiCallable[_jobs_pb2.GetJobTreeRequest, _jobs_pb2.GetJobTreeResponse]  # type: ignore[assignment]
     """Snapshot of the range tree down to max_depth: the job as in GetJob, the
     nodes live (they may run ahead of the job record by one commit).
     """
     WatchJob: _aio.UnaryStreamMultiCallable[_jobs_pb2.WatchJobRequest, _types_pb2.JobEvent]  # type: ignore[assignment]
     """Events of a job after after_seq, then live ones until the job ends (with
-    follow: until it is deleted). Only events on disk are sent. Retained
-    events only: see oldest_seq in the first message's position.
+    follow: until it is deleted). Only events on disk are sent. Only retained
+    events can be sent (--event-retention per job): when the first event
+    received has seq > after_seq + 1, the ones in between were dropped.
+    A watcher more than 50,000 events behind is ended with
+    RESOURCE_EXHAUSTED; reconnect with after_seq = the last seq received.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -133,7 +157,9 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.PauseJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Job, _abc.Awaitable[_types_pb2.Job]]:
-        """Stops new leases. FAILED_PRECONDITION when the job is finished."""
+        """Stops new leases. Pausing a paused job again is answered as it is (it can
+        add release). FAILED_PRECONDITION when the job is finished.
+        """
 
     @_abc_1.abstractmethod
     def ResumeJob(
@@ -141,7 +167,10 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.ResumeJobRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Job, _abc.Awaitable[_types_pb2.Job]]:
-        """Continues a paused (or start_paused) job. FAILED_PRECONDITION unless paused or pending."""
+        """Continues a paused (or start_paused) job. A job that is pending or
+        running already is answered as it is (resuming is idempotent);
+        FAILED_PRECONDITION when the job is finished.
+        """
 
     @_abc_1.abstractmethod
     def CancelJob(
@@ -165,7 +194,11 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _jobs_pb2.RetryFailedRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_types_pb2.Job, _abc.Awaitable[_types_pb2.Job]]:
-        """Puts error leaves back to pending and a failed job back to running."""
+        """Puts error leaves back to pending (their attempt count starts again: the
+        next attempt is number 1) and a failed job back to running.
+        FAILED_PRECONDITION when the job has no error leaves (e.g. it failed by
+        its deadline, which a retry could not lift) or is completed or cancelled.
+        """
 
     @_abc_1.abstractmethod
     def GetJobTree(
@@ -184,8 +217,11 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_abc.Iterator[_types_pb2.JobEvent], _abc.AsyncIterator[_types_pb2.JobEvent]]:
         """Events of a job after after_seq, then live ones until the job ends (with
-        follow: until it is deleted). Only events on disk are sent. Retained
-        events only: see oldest_seq in the first message's position.
+        follow: until it is deleted). Only events on disk are sent. Only retained
+        events can be sent (--event-retention per job): when the first event
+        received has seq > after_seq + 1, the ones in between were dropped.
+        A watcher more than 50,000 events behind is ended with
+        RESOURCE_EXHAUSTED; reconnect with after_seq = the last seq received.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -211,8 +211,12 @@ Global___RetryPolicy: _TypeAlias = RetryPolicy  # noqa: Y015
 
 @_typing.final
 class JobStats(_message.Message):
-    """Counters of a job's range tree. Node counts cover every node materialised
-    so far, inner nodes included: total = pending + running + done + skipped + error.
+    """Counters of a job's range tree. Node counts are cumulative: they count every
+    node materialised so far, inner nodes and collapsed ones included, so
+    total = pending + running + done + skipped + error at all times, and a
+    finished job of 1,024 leaves reads total_nodes = done_nodes = 2047 (while
+    the store keeps one record for it). A cancelled job's nodes keep the status
+    they had (its pending nodes stay pending).
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -243,7 +247,9 @@ class JobStats(_message.Message):
     active_leases: _builtins.int
     """Leaf and probe leases held by workers right now."""
     failed_attempts: _builtins.int
-    """Leaves that ran to an error at least once (attempts included)."""
+    """Attempts that did not succeed: failures, leaf timeouts and lease expiries
+    (releases are not attempts). Cumulative: RetryFailed does not reset it.
+    """
     def __init__(
         self,
         *,
@@ -309,12 +315,14 @@ class JobSpec(_message.Message):
     LABELS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional caller-chosen id ([A-Za-z0-9._-], 1..128 chars). Creating a job
-    with an id that exists and an identical spec returns the existing job;
-    a different spec is ALREADY_EXISTS.
+    with an id that exists and the same spec returns the existing job; a
+    different spec is ALREADY_EXISTS. Specs are compared after defaults are
+    filled in, labels included, request_id excluded.
     """
     request_id: _builtins.str
     """Optional idempotency key: a second CreateJob with the same request_id
-    returns the job the first one created.
+    and the same spec (compared as for job_id) returns the job the first one
+    created; a different spec is ALREADY_EXISTS. Kept while the job exists.
     """
     queue: _builtins.str
     """Queue the job's leases are served from. Empty means "default"."""
@@ -333,7 +341,7 @@ class JobSpec(_message.Message):
     @_builtins.property
     def lease_ttl(self) -> _duration_pb2.Duration:
         """A lease not heartbeated within this time expires. Unset means 30 s; at
-        least 0.2 s, at most 2^32-1 ms (Lease.ttl_ms carries it).
+        least 0.2 s, at most 2^31-1 ms (about 24.8 days: what worker timers hold).
         """
 
     @_builtins.property
@@ -341,8 +349,7 @@ class JobSpec(_message.Message):
     @_builtins.property
     def leaf_timeout(self) -> _duration_pb2.Duration:
         """Longest time from lease to completion of one attempt, heartbeats
-        notwithstanding. Unset means no limit; at most 2^32-1 ms (Lease.timeout_ms
-        carries it).
+        notwithstanding. Unset means no limit; at most 2^31-1 ms (about 24.8 days).
         """
 
     @_builtins.property

@@ -7,11 +7,20 @@ A lease is identified by its fence: a number unique across the coordinator's
 whole life (it survives restarts). Heartbeats, completions and failures name
 the lease by its fence. When a lease expires and its node is leased again,
 the new lease gets a new fence, and anything sent with the old one is
-rejected and changes nothing.
+rejected and changes nothing. A fence is a fencing token, not an
+authorisation: whoever presents it acts for the lease's holder.
+
+Durations are google.protobuf.Duration throughout the API. The per-job ones
+a worker needs (lease TTL, leaf timeout) come once per job in JobInfo, not
+with every lease.
+
+docs/protocol.md is the companion of this file: the rules for a worker in
+any language, a minimal worker, and a table of every status and reason.
 """
 
 from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
+from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -57,11 +66,15 @@ class _DirectiveActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Direc
     DIRECTIVE_ACTION_CONTINUE: _DirectiveAction.ValueType  # 1
     """Keep going."""
     DIRECTIVE_ACTION_CANCEL: _DirectiveAction.ValueType  # 2
-    """Stop the handler; the job was cancelled. Do not complete or fail."""
+    """Stop the handler: the job ended (cancelled, or failed by its deadline;
+    reason says which). Do not complete or fail the lease.
+    """
     DIRECTIVE_ACTION_SHRINK: _DirectiveAction.ValueType  # 3
-    """Finish at new_end instead of end; [new_end, end) goes back to the coordinator."""
+    """Reserved for dynamic rebalancing; not sent yet."""
     DIRECTIVE_ACTION_LOST: _DirectiveAction.ValueType  # 4
-    """The lease is no longer yours (expired, timed out, job deleted): stop."""
+    """The lease is no longer yours (expired, timed out, job deleted, or
+    unknown): stop, report nothing.
+    """
     DIRECTIVE_ACTION_RELEASE: _DirectiveAction.ValueType  # 5
     """Checkpoint and stop; the leaf is released (job paused with release)."""
 
@@ -71,11 +84,15 @@ DIRECTIVE_ACTION_UNSPECIFIED: DirectiveAction.ValueType  # 0
 DIRECTIVE_ACTION_CONTINUE: DirectiveAction.ValueType  # 1
 """Keep going."""
 DIRECTIVE_ACTION_CANCEL: DirectiveAction.ValueType  # 2
-"""Stop the handler; the job was cancelled. Do not complete or fail."""
+"""Stop the handler: the job ended (cancelled, or failed by its deadline;
+reason says which). Do not complete or fail the lease.
+"""
 DIRECTIVE_ACTION_SHRINK: DirectiveAction.ValueType  # 3
-"""Finish at new_end instead of end; [new_end, end) goes back to the coordinator."""
+"""Reserved for dynamic rebalancing; not sent yet."""
 DIRECTIVE_ACTION_LOST: DirectiveAction.ValueType  # 4
-"""The lease is no longer yours (expired, timed out, job deleted): stop."""
+"""The lease is no longer yours (expired, timed out, job deleted, or
+unknown): stop, report nothing.
+"""
 DIRECTIVE_ACTION_RELEASE: DirectiveAction.ValueType  # 5
 """Checkpoint and stop; the leaf is released (job paused with release)."""
 Global___DirectiveAction: _TypeAlias = DirectiveAction  # noqa: Y015
@@ -88,21 +105,27 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     DESCRIPTOR: _descriptor.EnumDescriptor
     REJECT_REASON_UNSPECIFIED: _RejectReason.ValueType  # 0
     REJECT_REASON_STALE_FENCE: _RejectReason.ValueType  # 1
-    """No live lease with that fence: it expired and the node was leased again,
-    or it never existed.
+    """No live lease with that fence: it expired or timed out (the leaf went
+    back to pending and may run elsewhere), or it never existed. The result
+    did not count.
     """
     REJECT_REASON_JOB_GONE: _RejectReason.ValueType  # 2
-    """The job was cancelled or deleted."""
+    """The job was cancelled, failed by its deadline, or deleted. The result did
+    not count.
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper): ...
 
 REJECT_REASON_UNSPECIFIED: RejectReason.ValueType  # 0
 REJECT_REASON_STALE_FENCE: RejectReason.ValueType  # 1
-"""No live lease with that fence: it expired and the node was leased again,
-or it never existed.
+"""No live lease with that fence: it expired or timed out (the leaf went
+back to pending and may run elsewhere), or it never existed. The result
+did not count.
 """
 REJECT_REASON_JOB_GONE: RejectReason.ValueType  # 2
-"""The job was cancelled or deleted."""
+"""The job was cancelled, failed by its deadline, or deleted. The result did
+not count.
+"""
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
 @_typing.final
@@ -187,33 +210,38 @@ Global___WorkResponse: _TypeAlias = WorkResponse  # noqa: Y015
 
 @_typing.final
 class Hello(_message.Message):
+    """The first message of a Work stream, and only the first: a second hello
+    ends the stream with INVALID_ARGUMENT.
+    """
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WORKER_ID_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
-    CAPACITY_FIELD_NUMBER: _builtins.int
     SDK_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
-    """Stable name of the worker process (host:pid by default)."""
-    capacity: _builtins.int
-    """How many handlers run at once; informative."""
+    """Name of the worker process (host:pid by default), recorded as the holder
+    of every lease this stream gets and shown in GetJobTree and the
+    coordinator's log. Empty: the peer address.
+    """
     sdk: _builtins.str
-    """Worker SDK name and version, informative."""
+    """Worker SDK name and version (e.g. "parcelo-node/0.1.0"), logged when the
+    stream opens.
+    """
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
-        """Queues to take leases from. Empty means ["default"]."""
+        """Queues to take leases from, in order of preference. Empty means ["default"]."""
 
     def __init__(
         self,
         *,
         worker_id: _builtins.str = ...,
         queues: _abc.Iterable[_builtins.str] | None = ...,
-        capacity: _builtins.int = ...,
         sdk: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["capacity", b"capacity", "queues", b"queues", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["queues", b"queues", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -223,20 +251,24 @@ Global___Hello: _TypeAlias = Hello  # noqa: Y015
 class Welcome(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
-    HEARTBEAT_INTERVAL_MS_FIELD_NUMBER: _builtins.int
     COORDINATOR_VERSION_FIELD_NUMBER: _builtins.int
-    heartbeat_interval_ms: _builtins.int
-    """Suggested time between heartbeats, in milliseconds."""
+    HEARTBEAT_INTERVAL_FIELD_NUMBER: _builtins.int
     coordinator_version: _builtins.str
+    @_builtins.property
+    def heartbeat_interval(self) -> _duration_pb2.Duration:
+        """Heartbeat every lease at least this often. Unset: a third of each job's
+        lease_ttl (JobInfo.lease_ttl).
+        """
+
     def __init__(
         self,
         *,
-        heartbeat_interval_ms: _builtins.int = ...,
         coordinator_version: _builtins.str = ...,
+        heartbeat_interval: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_version", b"coordinator_version", "heartbeat_interval_ms", b"heartbeat_interval_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["coordinator_version", b"coordinator_version", "heartbeat_interval", b"heartbeat_interval"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -244,9 +276,11 @@ Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 
 @_typing.final
 class LeaseRequest(_message.Message):
-    """Ask for up to count more leases. On a Work stream the request is remembered:
-    grants arrive as work becomes available until count leases were granted in
-    all. Unary Lease returns what is available within wait_ms.
+    """Ask for up to count more leases (count > 0). On a Work stream the request is
+    remembered and adds to the stream's credit: grants arrive as work becomes
+    available until count leases were granted in all. Credit cannot be taken
+    back; it ends with the stream. Unary Lease returns what is available within
+    wait.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -254,25 +288,29 @@ class LeaseRequest(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
-    WAIT_MS_FIELD_NUMBER: _builtins.int
+    WAIT_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     worker_id: _builtins.str
     """Unary only: identity and queues (a stream takes them from Hello)."""
-    wait_ms: _builtins.int
-    """Unary only: wait at most this long for the first lease (0: do not wait)."""
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def wait(self) -> _duration_pb2.Duration:
+        """Unary only: wait at most this long for the first lease (unset or 0: do
+        not wait; at most 60 s).
+        """
+
     def __init__(
         self,
         *,
         count: _builtins.int = ...,
         worker_id: _builtins.str = ...,
         queues: _abc.Iterable[_builtins.str] | None = ...,
-        wait_ms: _builtins.int = ...,
+        wait: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "queues", b"queues", "wait_ms", b"wait_ms", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "queues", b"queues", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -290,9 +328,7 @@ class Lease(_message.Message):
     ATTEMPT_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
-    TTL_MS_FIELD_NUMBER: _builtins.int
     IS_LEAF_FIELD_NUMBER: _builtins.int
-    TIMEOUT_MS_FIELD_NUMBER: _builtins.int
     fence: _builtins.int
     """Lease id and fencing token."""
     job_id: _builtins.str
@@ -302,15 +338,13 @@ class Lease(_message.Message):
     attempt: _builtins.int
     """1 for the first attempt."""
     cursor: _builtins.int
-    """First id not yet done, from an earlier attempt's checkpoint (== start if none)."""
+    """First id not yet done, from an earlier attempt's checkpoint (== start if
+    none): run [cursor, end).
+    """
     details: _builtins.bytes
     """Opaque details saved with that checkpoint."""
-    ttl_ms: _builtins.int
-    """Heartbeat within this many milliseconds or the lease expires."""
     is_leaf: _builtins.bool
     """Probes only: whether the node is a leaf."""
-    timeout_ms: _builtins.int
-    """Milliseconds left before the leaf times out (0: no limit)."""
     def __init__(
         self,
         *,
@@ -322,13 +356,11 @@ class Lease(_message.Message):
         attempt: _builtins.int = ...,
         cursor: _builtins.int = ...,
         details: _builtins.bytes = ...,
-        ttl_ms: _builtins.int = ...,
         is_leaf: _builtins.bool = ...,
-        timeout_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cursor", b"cursor", "details", b"details", "end", b"end", "fence", b"fence", "is_leaf", b"is_leaf", "job_id", b"job_id", "kind", b"kind", "start", b"start", "timeout_ms", b"timeout_ms", "ttl_ms", b"ttl_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "cursor", b"cursor", "details", b"details", "end", b"end", "fence", b"fence", "is_leaf", b"is_leaf", "job_id", b"job_id", "kind", b"kind", "start", b"start"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -336,7 +368,10 @@ Global___Lease: _TypeAlias = Lease  # noqa: Y015
 
 @_typing.final
 class JobInfo(_message.Message):
-    """Per-job data sent once per stream, before the first lease of that job."""
+    """Per-job data. On a Work stream it comes once, in the grant that holds the
+    stream's first lease of the job; a unary LeaseGrant carries it for every job
+    of its leases.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -344,10 +379,23 @@ class JobInfo(_message.Message):
     QUEUE_FIELD_NUMBER: _builtins.int
     PARAMS_JSON_FIELD_NUMBER: _builtins.int
     MAX_RANGE_SIZE_FIELD_NUMBER: _builtins.int
+    LEASE_TTL_FIELD_NUMBER: _builtins.int
+    LEAF_TIMEOUT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     queue: _builtins.str
     params_json: _builtins.str
+    """The job's params: any JSON value ("{}" when the job gave none)."""
     max_range_size: _builtins.int
+    @_builtins.property
+    def lease_ttl(self) -> _duration_pb2.Duration:
+        """A lease of this job expires when not heartbeated for this long."""
+
+    @_builtins.property
+    def leaf_timeout(self) -> _duration_pb2.Duration:
+        """An attempt of a leaf of this job ends this long after its grant, whatever
+        the heartbeats say. Unset: no limit.
+        """
+
     def __init__(
         self,
         *,
@@ -355,10 +403,12 @@ class JobInfo(_message.Message):
         queue: _builtins.str = ...,
         params_json: _builtins.str = ...,
         max_range_size: _builtins.int = ...,
+        lease_ttl: _duration_pb2.Duration | None = ...,
+        leaf_timeout: _duration_pb2.Duration | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "max_range_size", b"max_range_size", "params_json", b"params_json", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_range_size", b"max_range_size", "params_json", b"params_json", "queue", b"queue"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -395,31 +445,32 @@ class LeaseHeartbeat(_message.Message):
     FENCE_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
-    HAS_CHECKPOINT_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     fence: _builtins.int
     cursor: _builtins.int
-    """Checkpoint: first id not yet done (0 or start: none)."""
+    """A new checkpoint: the first id not yet done, within [start, end] of the
+    leaf. A cursor outside the leaf is clamped into it; one below the current
+    checkpoint is ignored with its details (progress never moves backwards).
+    """
     details: _builtins.bytes
-    """Opaque checkpoint details, kept with the cursor."""
-    has_checkpoint: _builtins.bool
-    """Whether cursor/details carry a new checkpoint."""
+    """Opaque checkpoint details, kept with the cursor (only with cursor)."""
     message: _builtins.str
     """Free-form progress message, shown in the tree."""
     def __init__(
         self,
         *,
         fence: _builtins.int = ...,
-        cursor: _builtins.int = ...,
+        cursor: _builtins.int | None = ...,
         details: _builtins.bytes = ...,
-        has_checkpoint: _builtins.bool = ...,
         message: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "details", b"details", "fence", b"fence", "has_checkpoint", b"has_checkpoint", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "details", b"details", "fence", b"fence", "message", b"message"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cursor: _TypeAlias = _typing.Literal["cursor"]  # noqa: Y015
+    _WhichOneofArgType__cursor: _TypeAlias = _typing.Literal["_cursor", b"_cursor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cursor) -> _WhichOneofReturnType__cursor | None: ...
 
 Global___LeaseHeartbeat: _TypeAlias = LeaseHeartbeat  # noqa: Y015
 
@@ -504,7 +555,13 @@ class CompleteRequest(_message.Message):
     FENCES_FIELD_NUMBER: _builtins.int
     SKIPPED_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    """Informative (logged); never checked against the lease's holder."""
+    request_id: _builtins.int
+    """Echoed in the answer, so a worker can match answers to requests (answers
+    on a stream come in the order their writes finish, which is request order).
+    """
     @_builtins.property
     def fences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Leases finished successfully (probes: should_process said yes)."""
@@ -519,10 +576,11 @@ class CompleteRequest(_message.Message):
         fences: _abc.Iterable[_builtins.int] | None = ...,
         skipped: _abc.Iterable[_builtins.int] | None = ...,
         worker_id: _builtins.str = ...,
+        request_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fences", b"fences", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fences", b"fences", "request_id", b"request_id", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -555,14 +613,22 @@ Global___Rejection: _TypeAlias = Rejection  # noqa: Y015
 
 @_typing.final
 class CompleteResponse(_message.Message):
-    """Every fence of the request appears exactly once, in accepted or rejected.
-    Accepted results are durable when this answer is sent.
+    """Every distinct fence of the request appears exactly once, in accepted or
+    rejected, in request order (fences before skipped); a fence repeated in one
+    request is answered once. Accepted results are durable when this answer is
+    sent. A result sent again for a lease whose same result (a completion or
+    skip; a failure or release) was already accepted (e.g. resent after a
+    reconnect or a coordinator restart, among the last 4,194,304 fences
+    granted) is accepted again and changes nothing; a different result for it
+    is STALE_FENCE.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
     @_builtins.property
     def accepted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -572,10 +638,11 @@ class CompleteResponse(_message.Message):
         *,
         accepted: _abc.Iterable[_builtins.int] | None = ...,
         rejected: _abc.Iterable[Global___Rejection] | None = ...,
+        request_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "rejected", b"rejected", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -586,41 +653,42 @@ class Failure(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     FENCE_FIELD_NUMBER: _builtins.int
-    RETRYABLE_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
     CURSOR_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
-    HAS_CHECKPOINT_FIELD_NUMBER: _builtins.int
     RELEASED_FIELD_NUMBER: _builtins.int
+    PERMANENT_FIELD_NUMBER: _builtins.int
     fence: _builtins.int
-    retryable: _builtins.bool
-    """False: do not retry (permanent error); the leaf goes to error at once."""
     message: _builtins.str
     cursor: _builtins.int
-    """Optional checkpoint reached before the failure."""
+    """Optional checkpoint reached before the failure (as in LeaseHeartbeat)."""
     details: _builtins.bytes
-    has_checkpoint: _builtins.bool
     released: _builtins.bool
     """The worker gives the lease back unfinished (after a RELEASE directive, or
     leases it prefetched but will not run because it is shutting down). The
     node goes back to pending at once and the attempt is not counted.
     """
+    permanent: _builtins.bool
+    """Do not retry: the leaf goes to error at once. Default (false): the
+    attempt is retried with backoff while attempts remain.
+    """
     def __init__(
         self,
         *,
         fence: _builtins.int = ...,
-        retryable: _builtins.bool = ...,
         message: _builtins.str = ...,
-        cursor: _builtins.int = ...,
+        cursor: _builtins.int | None = ...,
         details: _builtins.bytes = ...,
-        has_checkpoint: _builtins.bool = ...,
         released: _builtins.bool = ...,
+        permanent: _builtins.bool = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["cursor", b"cursor", "details", b"details", "fence", b"fence", "has_checkpoint", b"has_checkpoint", "message", b"message", "released", b"released", "retryable", b"retryable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "details", b"details", "fence", b"fence", "message", b"message", "permanent", b"permanent", "released", b"released"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__cursor: _TypeAlias = _typing.Literal["cursor"]  # noqa: Y015
+    _WhichOneofArgType__cursor: _TypeAlias = _typing.Literal["_cursor", b"_cursor"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__cursor) -> _WhichOneofReturnType__cursor | None: ...
 
 Global___Failure: _TypeAlias = Failure  # noqa: Y015
 
@@ -630,7 +698,11 @@ class FailRequest(_message.Message):
 
     FAILURES_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    """Informative (logged); never checked against the lease's holder."""
+    request_id: _builtins.int
+    """Echoed in the answer."""
     @_builtins.property
     def failures(self) -> _containers.RepeatedCompositeFieldContainer[Global___Failure]: ...
     def __init__(
@@ -638,10 +710,11 @@ class FailRequest(_message.Message):
         *,
         failures: _abc.Iterable[Global___Failure] | None = ...,
         worker_id: _builtins.str = ...,
+        request_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failures", b"failures", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failures", b"failures", "request_id", b"request_id", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -649,10 +722,14 @@ Global___FailRequest: _TypeAlias = FailRequest  # noqa: Y015
 
 @_typing.final
 class FailResponse(_message.Message):
+    """As CompleteResponse."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     ACCEPTED_FIELD_NUMBER: _builtins.int
     REJECTED_FIELD_NUMBER: _builtins.int
+    REQUEST_ID_FIELD_NUMBER: _builtins.int
+    request_id: _builtins.int
     @_builtins.property
     def accepted(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
     @_builtins.property
@@ -662,10 +739,11 @@ class FailResponse(_message.Message):
         *,
         accepted: _abc.Iterable[_builtins.int] | None = ...,
         rejected: _abc.Iterable[Global___Rejection] | None = ...,
+        request_id: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "rejected", b"rejected"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "rejected", b"rejected", "request_id", b"request_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -7,7 +7,15 @@ A lease is identified by its fence: a number unique across the coordinator's
 whole life (it survives restarts). Heartbeats, completions and failures name
 the lease by its fence. When a lease expires and its node is leased again,
 the new lease gets a new fence, and anything sent with the old one is
-rejected and changes nothing.
+rejected and changes nothing. A fence is a fencing token, not an
+authorisation: whoever presents it acts for the lease's holder.
+
+Durations are google.protobuf.Duration throughout the API. The per-job ones
+a worker needs (lease TTL, leaf timeout) come once per job in JobInfo, not
+with every lease.
+
+docs/protocol.md is the companion of this file: the rules for a worker in
+any language, a minimal worker, and a table of every status and reason.
 """
 
 from collections import abc as _abc
