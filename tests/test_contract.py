@@ -1,0 +1,210 @@
+"""The wire contract of docs/protocol.md, point by point, against a real in-process coordinator."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import grpc
+import pytest
+from google.protobuf.duration_pb2 import Duration
+from grpc import aio
+
+import parcelo
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
+from tests.support import async_test, eventually, inprocess_coordinator, loopback_channel
+
+WAIT = 10.0
+STALE = worker_pb2.REJECT_REASON_STALE_FENCE
+GONE = worker_pb2.REJECT_REASON_JOB_GONE
+
+
+def spec(end: int, size: int, **fields: object) -> types_pb2.JobSpec:
+    return types_pb2.JobSpec(range=types_pb2.Range(start=0, end=end), max_range_size=size, **fields)  # type: ignore[arg-type]
+
+
+class Stream:
+    """One Work stream driven message by message."""
+
+    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
+        self._requests: asyncio.Queue[worker_pb2.WorkRequest] = asyncio.Queue()
+        self.call = stub.Work(self._send())
+
+    async def _send(self) -> AsyncIterator[worker_pb2.WorkRequest]:
+        while True:
+            yield await self._requests.get()
+
+    async def send(self, **msg: object) -> None:
+        await self._requests.put(worker_pb2.WorkRequest(**msg))  # type: ignore[arg-type]
+
+    async def next(self, kind: str) -> worker_pb2.WorkResponse:
+        while True:
+            msg = await asyncio.wait_for(self.call.read(), WAIT)
+            assert msg is not aio.EOF, f"the stream ended while waiting for {kind}"
+            if msg.WhichOneof("msg") == kind:
+                return msg
+
+
+async def tree_leaves(
+    jobs: jobs_pb2_grpc.JobServiceStub, job_id: str
+) -> dict[tuple[int, int], types_pb2.TreeNode]:
+    tree = await jobs.GetJobTree(jobs_pb2.GetJobTreeRequest(job_id=job_id, max_depth=64))
+    out = {}
+    stack = [tree.root]
+    while stack:
+        node = stack.pop()
+        stack.extend(node.children)
+        if node.is_leaf:
+            out[(node.range.start, node.range.end)] = node
+    return out
+
+
+@async_test
+async def test_a_result_sent_again_is_accepted_again_even_after_a_restart(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    async with inprocess_coordinator(data) as coord, loopback_channel(coord.port) as channel:
+        port = coord.port
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        workers = worker_pb2_grpc.WorkerServiceStub(channel)
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(400, 100, job_id="again")))
+        grant = await workers.Lease(worker_pb2.LeaseRequest(count=3, wait=Duration(seconds=2)))
+        a, b, c = (lease.fence for lease in grant.leases)
+        assert list((await workers.Complete(worker_pb2.CompleteRequest(fences=[a]))).accepted) == [a]
+        failure = worker_pb2.Failure(fence=b, message="flaky")
+        assert list((await workers.Fail(worker_pb2.FailRequest(failures=[failure]))).accepted) == [b]
+        before = (await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="again"))).stats
+    # A new coordinator on the same data dir: what was accepted is still known.
+    async with inprocess_coordinator(data, port=port) as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        workers = worker_pb2_grpc.WorkerServiceStub(channel)
+        again = await workers.Complete(worker_pb2.CompleteRequest(fences=[a], request_id=11))
+        assert list(again.accepted) == [a] and not again.rejected and again.request_id == 11
+        resent = await workers.Fail(worker_pb2.FailRequest(failures=[failure], request_id=12))
+        assert list(resent.accepted) == [b] and resent.request_id == 12
+        # A different result for a lease whose failure counted did not count.
+        other = await workers.Complete(worker_pb2.CompleteRequest(fences=[b]))
+        assert [(r.fence, r.reason) for r in other.rejected] == [(b, STALE)]
+        assert "a failure of this lease was accepted before" in other.rejected[0].message
+        # Nothing was counted twice; the lease still live from before the restart completes as usual.
+        assert (await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="again"))).stats.failed_attempts == 1
+        assert list((await workers.Complete(worker_pb2.CompleteRequest(fences=[c]))).accepted) == [c]
+        after = (await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="again"))).stats
+        assert after.range_processed == before.range_processed + 100
+        # A fence never granted is stale.
+        never = await workers.Complete(worker_pb2.CompleteRequest(fences=[10**12]))
+        assert [(r.fence, r.reason) for r in never.rejected] == [(10**12, STALE)]
+
+
+@async_test
+async def test_the_stream_rules(tmp_path: Path) -> None:
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        timeout = Duration(seconds=90)
+        await jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(
+                spec=spec(400, 100, job_id="rules", leaf_timeout=timeout, params_json="[1]")
+            )
+        )
+        stream = Stream(stub)
+        await stream.send(hello=worker_pb2.Hello(worker_id="w", sdk="test/1"))
+        welcome = (await stream.next("welcome")).welcome
+        assert welcome.coordinator_version == parcelo.__version__
+        assert welcome.heartbeat_interval.ToMilliseconds() == 50  # as the harness configures it
+        await stream.send(lease=worker_pb2.LeaseRequest(count=2))
+        grant = (await stream.next("grant")).grant
+        while len(grant.leases) < 2:
+            grant.MergeFrom((await stream.next("grant")).grant)
+        # Per-job data once, with the job's durations; no durations on the lease.
+        [info] = grant.jobs
+        assert (info.job_id, info.params_json) == ("rules", "[1]")
+        assert info.lease_ttl.ToSeconds() == 30 and info.leaf_timeout == timeout
+        first, second = grant.leases
+        # Answers echo the request id; a fence twice in one request is answered once.
+        await stream.send(
+            complete=worker_pb2.CompleteRequest(fences=[first.fence, first.fence], request_id=5)
+        )
+        answer = (await stream.next("complete")).complete
+        assert (list(answer.accepted), answer.request_id) == ([first.fence], 5)
+        await stream.send(
+            fail=worker_pb2.FailRequest(failures=[worker_pb2.Failure(fence=second.fence)], request_id=6)
+        )
+        assert (await stream.next("fail")).fail.request_id == 6
+        # A second hello ends the stream.
+        await stream.send(hello=worker_pb2.Hello(worker_id="w"))
+        with pytest.raises(aio.AioRpcError) as err:
+            await stream.next("never")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert err.value.details() == "hello: a Work stream sends hello once, first"
+        # So does a request for no leases.
+        stream = Stream(stub)
+        await stream.send(hello=worker_pb2.Hello(worker_id="w"))
+        await stream.next("welcome")
+        await stream.send(lease=worker_pb2.LeaseRequest(count=0))
+        with pytest.raises(aio.AioRpcError) as err:
+            await stream.next("never")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "lease.count" in (
+            err.value.details() or ""
+        )
+
+
+@async_test
+async def test_checkpoints_are_optional_clamped_and_never_go_back(tmp_path: Path) -> None:
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        workers = worker_pb2_grpc.WorkerServiceStub(channel)
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(200, 100, job_id="cp")))
+        [lease] = (await workers.Lease(worker_pb2.LeaseRequest(count=1, wait=Duration(seconds=2)))).leases
+        key = (lease.start, lease.end)
+
+        async def beat(**fields: object) -> int:
+            beat = worker_pb2.LeaseHeartbeat(fence=lease.fence, **fields)  # type: ignore[arg-type]
+            answer = await workers.Heartbeat(worker_pb2.HeartbeatRequest(leases=[beat]))
+            assert [d.action for d in answer.directives] == [worker_pb2.DIRECTIVE_ACTION_CONTINUE]
+            return (await tree_leaves(jobs, "cp"))[key].cursor
+
+        assert await beat(message="no cursor: no checkpoint") == 0
+        assert await beat(cursor=lease.start) == lease.start  # 0 is a cursor too when the leaf starts there
+        assert await beat(cursor=lease.start + 60, details=b"x") == lease.start + 60
+        assert await beat(cursor=lease.start + 20) == lease.start + 60  # never backwards
+        assert await beat(cursor=10**9) == lease.end  # clamped into the leaf
+
+
+@async_test
+async def test_ended_jobs_answer_every_time_the_same(tmp_path: Path) -> None:
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        workers = worker_pb2_grpc.WorkerServiceStub(channel)
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(100, 100, job_id="cancelled", queue="c")))
+        deadline = spec(100, 100, job_id="late", queue="d")
+        deadline.deadline.FromNanoseconds(int((time.time() + 0.3) * 1e9))
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=deadline))
+        lease_c = (
+            await workers.Lease(worker_pb2.LeaseRequest(count=1, queues=["c"], wait=Duration(seconds=2)))
+        ).leases[0]
+        lease_d = (
+            await workers.Lease(worker_pb2.LeaseRequest(count=1, queues=["d"], wait=Duration(seconds=2)))
+        ).leases[0]
+        await jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id="cancelled"))
+
+        async def late_failed() -> bool:
+            job = await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="late"))
+            return bool(job.status == types_pb2.JOB_STATUS_FAILED)
+
+        await eventually(late_failed, "the deadline to fail the job")
+        for _ in range(2):  # the same answers the second time
+            beats = [worker_pb2.LeaseHeartbeat(fence=f) for f in (lease_c.fence, lease_d.fence)]
+            directives = (await workers.Heartbeat(worker_pb2.HeartbeatRequest(leases=beats))).directives
+            assert [d.action for d in directives] == [worker_pb2.DIRECTIVE_ACTION_CANCEL] * 2
+            assert "cancelled" in directives[0].reason and "deadline" in directives[1].reason
+            done = await workers.Complete(worker_pb2.CompleteRequest(fences=[lease_c.fence, lease_d.fence]))
+            assert [r.reason for r in done.rejected] == [GONE, GONE] and not done.accepted
+        # Resuming is idempotent for a live job and refused for a finished one.
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(100, 100, job_id="live")))
+        resumed = await jobs.ResumeJob(jobs_pb2.ResumeJobRequest(job_id="live"))
+        assert resumed.status == types_pb2.JOB_STATUS_PENDING
+        with pytest.raises(aio.AioRpcError) as err:
+            await jobs.ResumeJob(jobs_pb2.ResumeJobRequest(job_id="cancelled"))
+        assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
