@@ -25,8 +25,11 @@ DEV_STAMP := $(VENV)/.installed-dev-$(shell (cat pyproject.toml setup.py; $(MODU
 # The second install compiles the hot-path modules against the packages the first one installed.
 COMPILE := PARCELO_COMPILE=1 $(PY) -m pip install -q --no-build-isolation --no-deps -e . --config-settings editable_mode=strict
 PYTEST_ARGS ?=
+# buf (npm @bufbuild/buf, pinned by tools/buf/package-lock.json) lints proto/ and checks it against the
+# committed image of the released contract.
+BUF := tools/buf/node_modules/.bin/buf
 
-.PHONY: all install dev demo test lint proto bench clean FORCE
+.PHONY: all install dev demo test lint proto proto-baseline bench clean FORCE
 
 all: test
 
@@ -64,16 +67,27 @@ dev: $(DEV_STAMP)
 demo: $(STAMP)
 	$(PY) deploy/demo.py
 
-lint: $(STAMP)
+$(BUF): tools/buf/package.json tools/buf/package-lock.json
+	cd tools/buf && npm ci --no-audit --no-fund --loglevel=error
+	@touch $@
+
+lint: $(STAMP) $(BUF)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy build/__editable__.parcelo-*/parcelo tests deploy bench setup.py
+	$(BUF) lint
+	$(BUF) breaking --against proto/baseline.binpb
 
 test: lint
 	PARCELO_EXPECT_COMPILED=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP)
 	$(PY) proto/generate.py
+
+# A deliberate, released change of the contract: the current proto/ becomes the baseline that
+# `buf breaking` compares against (see docs/protocol.md, "Changing the contract").
+proto-baseline: $(BUF)
+	$(BUF) build -o proto/baseline.binpb
 
 bench: $(STAMP)
 	# The bench extra's packages only: reinstalling parcelo itself would drop the compiled modules.
@@ -82,4 +96,4 @@ bench: $(STAMP)
 	$(PY) bench/run.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info coordinator/*.so *__mypyc.*.so .parcelo .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) build *.egg-info coordinator/*.so *__mypyc.*.so .parcelo .bench .pytest_cache .mypy_cache .ruff_cache tools/buf/node_modules
