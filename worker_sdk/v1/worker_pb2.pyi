@@ -481,6 +481,7 @@ class HeartbeatRequest(_message.Message):
     LEASES_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
+    """Informative only: never checked against the lease's holder."""
     @_builtins.property
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseHeartbeat]: ...
     def __init__(
@@ -557,7 +558,7 @@ class CompleteRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
-    """Informative (logged); never checked against the lease's holder."""
+    """Informative only: never checked against the lease's holder."""
     request_id: _builtins.int
     """Echoed in the answer, so a worker can match answers to requests (answers
     on a stream come in the order their writes finish, which is request order).
@@ -700,7 +701,7 @@ class FailRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
-    """Informative (logged); never checked against the lease's holder."""
+    """Informative only: never checked against the lease's holder."""
     request_id: _builtins.int
     """Echoed in the answer."""
     @_builtins.property
