@@ -19,9 +19,9 @@ from itertools import chain, repeat
 from parcelo import defaults
 from parcelo.coordinator.changes import Changes
 from parcelo.coordinator.codec import StoredJob, job_from_stored, job_to_proto
-from parcelo.coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
+from parcelo.coordinator.errors import AlreadyExists, FailedPrecondition
 from parcelo.coordinator.events import EventLog, EventType, Stats
-from parcelo.coordinator.jobs import FINISHED, LEASABLE, JobState, JobStatus, normalized, validate_spec
+from parcelo.coordinator.jobs import FINISHED, LEASABLE, JobState, JobStatus, find, normalized, validate_spec
 from parcelo.coordinator.leases import (
     Action,
     Beat,
@@ -134,12 +134,7 @@ class Core:
 
     def get(self, job_id: str) -> JobState:
         """The job with this id; :class:`NotFound` otherwise."""
-        if not job_id:
-            raise InvalidArgument("job_id", "is required")
-        job = self.jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"job '{job_id}' not found")
-        return job
+        return find(self.jobs, job_id)
 
     def pause(self, job_id: str, now: float, *, release: bool = False) -> JobState:
         job = self.get(job_id)

@@ -16,13 +16,17 @@ from __future__ import annotations
 import json
 import random
 import re
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import TypeVar
 
 from parcelo import defaults
-from parcelo.coordinator.errors import FailedPrecondition, InvalidArgument
+from parcelo.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from parcelo.coordinator.tree import RangeTree
 from parcelo.v1 import types_pb2
+
+T = TypeVar("T")
 
 MAX_U64 = (1 << 64) - 1
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
@@ -31,6 +35,16 @@ MAX_PARAMS_BYTES = 1 << 20
 MAX_DURATION_MS = (1 << 31) - 1
 """Longest lease TTL or leaf timeout (about 24.8 days): what a worker's timer holds in common
 runtimes (JavaScript's ``setTimeout`` fires at once beyond it)."""
+
+
+def find(jobs: Mapping[str, T], job_id: str) -> T:
+    """The job with this id in ``jobs``; :class:`InvalidArgument` or :class:`NotFound` otherwise."""
+    if not job_id:
+        raise InvalidArgument("job_id", "is required")
+    job = jobs.get(job_id)
+    if job is None:
+        raise NotFound(f"job '{job_id}' not found")
+    return job
 
 
 class JobStatus(IntEnum):

@@ -11,7 +11,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 
 from parcelo import defaults
-from parcelo.coordinator.errors import InvalidArgument, NotFound
+from parcelo.coordinator.errors import InvalidArgument
+from parcelo.coordinator.jobs import find
 from parcelo.v1 import types_pb2
 
 
@@ -35,12 +36,7 @@ class JobViews:
 
     def get(self, job_id: str) -> types_pb2.Job:
         """The durable record of a job; :class:`NotFound` when there is none."""
-        if not job_id:
-            raise InvalidArgument("job_id", "is required")
-        job = self._jobs.get(job_id)
-        if job is None:
-            raise NotFound(f"job '{job_id}' not found")
-        return job
+        return find(self._jobs, job_id)
 
     def list(
         self, *, statuses: Sequence[int], queue: str, page_size: int, page_token: str

@@ -25,7 +25,7 @@ from parcelo import Range, Worker
 from parcelo.coordinator.server import Config, Coordinator
 from parcelo.coordinator.store import Store
 from parcelo.testing import CoordinatorProcess, Proc, start_worker
-from parcelo.v1 import worker_pb2, worker_pb2_grpc
+from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 from tests.handlers import keep_multiples
 
 P = ParamSpec("P")
@@ -68,6 +68,15 @@ def pruned_reference(start: int, end: int, size: int) -> tuple[list[tuple[int, i
 
     visit(start, end)
     return leaves, skipped, nodes
+
+
+def tree_nodes(root: types_pb2.TreeNode) -> Iterator[types_pb2.TreeNode]:
+    """Every node of a ``GetJobTree`` answer, pre-order."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        yield node
+        stack.extend(reversed(node.children))
 
 
 # -- worker processes and their run log ----------------------------------------------------------

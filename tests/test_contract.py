@@ -14,7 +14,7 @@ from grpc import aio
 
 import parcelo
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
-from tests.support import async_test, eventually, inprocess_coordinator, loopback_channel
+from tests.support import async_test, eventually, inprocess_coordinator, loopback_channel, tree_nodes
 
 WAIT = 10.0
 STALE = worker_pb2.REJECT_REASON_STALE_FENCE
@@ -51,14 +51,7 @@ async def tree_leaves(
     jobs: jobs_pb2_grpc.JobServiceStub, job_id: str
 ) -> dict[tuple[int, int], types_pb2.TreeNode]:
     tree = await jobs.GetJobTree(jobs_pb2.GetJobTreeRequest(job_id=job_id, max_depth=64))
-    out = {}
-    stack = [tree.root]
-    while stack:
-        node = stack.pop()
-        stack.extend(node.children)
-        if node.is_leaf:
-            out[(node.range.start, node.range.end)] = node
-    return out
+    return {(n.range.start, n.range.end): n for n in tree_nodes(tree.root) if n.is_leaf}
 
 
 @async_test

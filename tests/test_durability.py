@@ -20,7 +20,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parcelo.coordinator.server import Config, Coordinator
 from parcelo.coordinator.store import Batch, Op, Store
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
-from tests.support import async_test, eventually, inprocess_coordinator, loopback_channel
+from tests.support import async_test, eventually, inprocess_coordinator, loopback_channel, tree_nodes
 
 WAIT = 10.0
 """Seconds any single wait may take before the test fails."""
@@ -164,13 +164,7 @@ async def test_the_holder_of_a_lease_is_shown_in_the_tree(tmp_path: Path) -> Non
         streamed = msg.grant.leases[0]
         unary = (await workers.Lease(worker_pb2.LeaseRequest(worker_id="unary-worker", count=1))).leases[0]
         tree = await jobs.GetJobTree(jobs_pb2.GetJobTreeRequest(job_id="who", max_depth=8))
-        holders = {}
-        stack = [tree.root]
-        while stack:
-            node = stack.pop()
-            stack.extend(node.children)
-            if node.worker_id:
-                holders[(node.range.start, node.range.end)] = node.worker_id
+        holders = {(n.range.start, n.range.end): n.worker_id for n in tree_nodes(tree.root) if n.worker_id}
         assert holders == {
             (streamed.start, streamed.end): "stream-worker",
             (unary.start, unary.end): "unary-worker",
