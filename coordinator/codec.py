@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -61,10 +60,25 @@ def job_to_proto(job: JobState, stats: Stats) -> types_pb2.Job:
     return msg
 
 
-def job_from_stored(stored: StoredJob, adopt: Callable[[Node], Lease]) -> JobState:
-    """Rebuild a job and its tree from its stored records; ``adopt`` makes the lease of a leased leaf."""
+def job_from_stored(stored: StoredJob, now: float) -> tuple[JobState, list[Lease]]:
+    """Rebuild a job, its tree and its live leases from its stored records.
+
+    Leases of leaves come back live with a fresh TTL from ``now`` (their holders may still
+    complete them); probes go back to pending (see ``RangeTree.restore``).
+    """
     msg = stored.job
     spec = msg.spec
+    leases: list[Lease] = []
+    # Per job, not per lease: a restart may bring back hundreds of thousands of leases.
+    expires_at = now + spec.lease_ttl.ToMilliseconds() / 1000
+    timeout_at = now + spec.leaf_timeout.ToMilliseconds() / 1000 if spec.HasField("leaf_timeout") else 0.0
+
+    def adopt(node: Node) -> Lease:
+        held = stored.leases[node]
+        lease = Lease(held.fence, msg.id, node, held.holder, LeaseKind.LEAF, now, expires_at, timeout_at)
+        leases.append(lease)
+        return lease
+
     tree = RangeTree.restore(
         spec.range.start,
         spec.range.end,
@@ -83,7 +97,7 @@ def job_from_stored(stored: StoredJob, adopt: Callable[[Node], Lease]) -> JobSta
     job.started_at = _seconds(msg.started_at) if msg.HasField("started_at") else 0.0
     job.finished_at = _seconds(msg.finished_at) if msg.HasField("finished_at") else 0.0
     job.reason = msg.reason
-    return job
+    return job, leases
 
 
 def tree_to_proto(node: Node, max_depth: int, out: types_pb2.TreeNode) -> None:

@@ -526,39 +526,10 @@ class Core:
         if accepted:
             self.leases.restore_accepted(accepted)
         for item in stored:
-            restored: list[Lease] = []
-            spec = item.job.spec
-            # Per job, not per lease: a restart may bring back hundreds of thousands of leases.
-            expires_at = now + spec.lease_ttl.ToMilliseconds() / 1000
-            timeout_at = (
-                now + spec.leaf_timeout.ToMilliseconds() / 1000 if spec.HasField("leaf_timeout") else 0.0
-            )
-
-            def adopt(
-                node: Node,
-                item: StoredJob = item,
-                restored: list[Lease] = restored,
-                expires_at: float = expires_at,
-                timeout_at: float = timeout_at,
-            ) -> Lease:
-                stored_lease = item.leases[node]
-                lease = Lease(
-                    stored_lease.fence,
-                    item.job.id,
-                    node,
-                    stored_lease.holder,
-                    LeaseKind.LEAF,
-                    now,
-                    expires_at,
-                    timeout_at,
-                )
-                restored.append(lease)
-                return lease
-
-            job = job_from_stored(item, adopt)
+            job, leases = job_from_stored(item, now)
             self._add(job)
             self.events.restore(job.id, item.last_seq, item.events, item.segments)
-            self.leases.restore(restored)
+            self.leases.restore(leases)
             if job.status in FINISHED:
                 self._dequeue(job)
         self._dirty_jobs.clear()
