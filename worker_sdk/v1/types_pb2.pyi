@@ -325,11 +325,15 @@ class JobSpec(_message.Message):
     created; a different spec is ALREADY_EXISTS. Kept while the job exists.
     """
     queue: _builtins.str
-    """Queue the job's leases are served from. Empty means "default"."""
+    """Queue the job's leases are served from. Empty means "default";
+    otherwise 1..128 of [A-Za-z0-9._:-].
+    """
     max_range_size: _builtins.int
     """Leaves are at most this wide. Must be > 0."""
     params_json: _builtins.str
-    """JSON text handed to the handler. Empty means {}."""
+    """JSON text handed to the handler: any JSON value (object, array, string,
+    number...), at most 1 MiB. Empty means {}.
+    """
     pruning: _builtins.bool
     """Ask workers (should_process) before splitting or running a node."""
     priority: _builtins.int
@@ -337,7 +341,9 @@ class JobSpec(_message.Message):
     start_paused: _builtins.bool
     """Create the job paused; ResumeJob starts it."""
     @_builtins.property
-    def range(self) -> Global___Range: ...
+    def range(self) -> Global___Range:
+        """Required; start < end. Ids go up to 2^64-2 (end is exclusive)."""
+
     @_builtins.property
     def lease_ttl(self) -> _duration_pb2.Duration:
         """A lease not heartbeated within this time expires. Unset means 30 s; at
@@ -358,7 +364,7 @@ class JobSpec(_message.Message):
 
     @_builtins.property
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
-        """Free-form labels, shown by GetJob and ListJobs."""
+        """Free-form labels (keys not empty), shown by GetJob and ListJobs."""
 
     def __init__(
         self,
