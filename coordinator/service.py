@@ -186,7 +186,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
                 last = event.seq
                 if not types or event.type in types:
                     yield event.to_proto()
-            if JobStatus(job.status) in FINISHED and not request.follow:
+            # The record as of the backlog's last event (records and events are published
+            # together), not as of the call: the job may have ended in between.
+            current = self._views.find(job.id)
+            if current is None or (JobStatus(current.status) in FINISHED and not request.follow):
                 return
             while True:
                 pushed = await live.get()

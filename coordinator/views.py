@@ -38,6 +38,10 @@ class JobViews:
         """The durable record of a job; :class:`NotFound` when there is none."""
         return find(self._jobs, job_id)
 
+    def find(self, job_id: str) -> types_pb2.Job | None:
+        """The durable record of a job, or None."""
+        return self._jobs.get(job_id)
+
     def list(
         self, *, statuses: Sequence[int], queue: str, page_size: int, page_token: str
     ) -> tuple[list[types_pb2.Job], str]:
