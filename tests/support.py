@@ -111,16 +111,25 @@ def start_recording_workers(
     return started
 
 
-def runs(log: Path, event: str = "run") -> list[tuple[int, int, int]]:
-    """``(start, end, attempt)`` of each ``event`` line ``tests/handlers.py`` wrote to ``log``, in order."""
+def runs_with_pids(log: Path, event: str = "run") -> list[tuple[int, int, int, int]]:
+    """``(start, end, attempt, pid)`` of each ``event`` line the recording handlers wrote to ``log``.
+
+    The handlers of every language (tests/handlers.py, examples/node-worker, examples/go-worker)
+    write the same line: ``event start end attempt pid``.
+    """
     if not log.exists():
         return []
     out = []
     for line in log.read_text().splitlines():
-        kind, start, end, attempt, _pid = line.split()
+        kind, start, end, attempt, pid = line.split()
         if kind == event:
-            out.append((int(start), int(end), int(attempt)))
+            out.append((int(start), int(end), int(attempt), int(pid)))
     return out
+
+
+def runs(log: Path, event: str = "run") -> list[tuple[int, int, int]]:
+    """``(start, end, attempt)`` of each ``event`` line ``tests/handlers.py`` wrote to ``log``, in order."""
+    return [(start, end, attempt) for start, end, attempt, _ in runs_with_pids(log, event)]
 
 
 # -- the Work stream by hand ---------------------------------------------------------------------
