@@ -1,0 +1,103 @@
+// The wire: parcelo.v1 loaded at run time from the repository's proto/ folder (no generated code),
+// and the few conversions between its plain-object messages and what handlers see.
+//
+// proto-loader options (docs/protocol.md): keepCase (field names as in the .proto), longs: String
+// (every uint64 arrives as a decimal string; ranges become BigInt here), enums: String
+// ('DIRECTIVE_ACTION_CANCEL'), defaults (absent scalars read as their zero value, absent messages
+// as null), oneofs (a `msg` field names the member of WorkRequest/WorkResponse that is set).
+// google/protobuf/duration.proto resolves from the copy of the well-known types proto-loader ships.
+
+import { readFileSync } from 'node:fs';
+import { fileURLToPath } from 'node:url';
+import * as grpc from '@grpc/grpc-js';
+import * as protoLoader from '@grpc/proto-loader';
+import { MAX_RECEIVE_MESSAGE } from './defaults.js';
+
+/** The folder holding parcelo/v1/*.proto: the repository's proto/, two levels up. */
+export const PROTO_ROOT = fileURLToPath(new URL('../../proto/', import.meta.url));
+
+export const LOADER_OPTIONS = Object.freeze({
+  keepCase: true,
+  longs: String,
+  enums: String,
+  defaults: true,
+  oneofs: true,
+  includeDirs: [PROTO_ROOT],
+});
+
+/** This package's version, from package.json: the one place it is spelled. */
+export const VERSION = JSON.parse(readFileSync(new URL('./package.json', import.meta.url), 'utf8')).version;
+
+/** What a worker tells the coordinator it runs (Hello.sdk). */
+export const SDK = `parcelo-node/${VERSION}`;
+
+/** @type {grpc.ServiceClientConstructor | undefined} */
+let workerService;
+
+/**
+ * The WorkerService client constructor, loaded once.
+ * @returns {grpc.ServiceClientConstructor}
+ */
+export function workerServiceClient() {
+  if (workerService === undefined) {
+    const definition = protoLoader.loadSync(['parcelo/v1/worker.proto'], LOADER_OPTIONS);
+    const pkg = /** @type {any} */ (grpc.loadPackageDefinition(definition));
+    workerService = pkg.parcelo.v1.WorkerService;
+  }
+  return /** @type {grpc.ServiceClientConstructor} */ (workerService);
+}
+
+/**
+ * A WorkerService client for `target` (host:port, plaintext).
+ * @param {string} target
+ * @returns {any}
+ */
+export function connect(target) {
+  const Client = workerServiceClient();
+  return new Client(target, grpc.credentials.createInsecure(), {
+    'grpc.max_receive_message_length': MAX_RECEIVE_MESSAGE,
+  });
+}
+
+/**
+ * Milliseconds of a google.protobuf.Duration as decoded (`{seconds: '30', nanos: 0}`), or null when unset.
+ * @param {{seconds: string | number, nanos: number} | null | undefined} duration
+ * @returns {number | null}
+ */
+export function durationMs(duration) {
+  if (duration == null) return null;
+  return Number(duration.seconds) * 1000 + Math.floor((duration.nanos || 0) / 1e6);
+}
+
+/**
+ * A uint64 as proto-loader hands it over (a decimal string with longs: String) as a BigInt.
+ * @param {string | number | bigint} value
+ * @returns {bigint}
+ */
+export function u64(value) {
+  return BigInt(value);
+}
+
+/**
+ * A uint64 to send: a BigInt, a safe integer or a decimal string, as the decimal string protobufjs takes.
+ * @param {string | number | bigint} value
+ * @returns {string}
+ */
+export function wireU64(value) {
+  const big = BigInt(value);
+  if (big < 0n || big >= 1n << 64n) throw new RangeError(`${value} is not an unsigned 64-bit integer`);
+  return big.toString();
+}
+
+/**
+ * The short name of an enum value: 'REJECT_REASON_STALE_FENCE' -> 'STALE_FENCE'.
+ * @param {string | number} value
+ * @param {string} prefix e.g. 'REJECT_REASON_'
+ * @returns {string}
+ */
+export function enumName(value, prefix) {
+  const name = String(value);
+  return name.startsWith(prefix) ? name.slice(prefix.length) : name;
+}
+
+export { grpc };
