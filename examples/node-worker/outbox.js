@@ -1,0 +1,135 @@
+// Results on their way to the coordinator: those waiting for the next batch, and every one sent
+// but not yet answered, so a new stream can send them all again (docs/protocol.md, "Sent again").
+// Plain data and no I/O, so the rules are unit-tested without a coordinator (test/outbox.test.js).
+
+import { COMPLETION_BATCH } from './defaults.js';
+
+/**
+ * A Failure as it goes on the wire (uint64 fields as decimal strings; `cursor` only with a checkpoint).
+ * @typedef {{fence: string, message: string, permanent?: boolean, released?: boolean,
+ *   cursor?: string, details?: Buffer}} WireFailure
+ */
+
+/**
+ * One result kept until answered.
+ * @typedef {{kind: 'complete' | 'skip'} | {kind: 'fail', failure: WireFailure}} Result
+ */
+
+/**
+ * What an answer (CompleteResponse or FailResponse) settled.
+ * @typedef {{accepted: string[], rejected: {fence: string, reason: string, message: string}[],
+ *   missing: string[]}} Settled
+ */
+
+export class Outbox {
+  /** @type {Map<string, Result>} every result not answered yet, by fence, in the order they were added */
+  #unacked = new Map();
+  /** @type {string[]} */ #complete = [];
+  /** @type {string[]} */ #skipped = [];
+  /** @type {WireFailure[]} */ #failures = [];
+  /** @type {Map<string, string[]>} fences of each request sent and not answered, by request_id */
+  #inflight = new Map();
+  #nextRequestId = 1n;
+
+  /** @param {string} fence */
+  complete(fence) {
+    this.#add(fence, { kind: 'complete' });
+    this.#complete.push(fence);
+  }
+
+  /** @param {string} fence */
+  skip(fence) {
+    this.#add(fence, { kind: 'skip' });
+    this.#skipped.push(fence);
+  }
+
+  /** @param {WireFailure} failure */
+  fail(failure) {
+    this.#add(failure.fence, { kind: 'fail', failure });
+    this.#failures.push(failure);
+  }
+
+  /** @param {string} fence @param {Result} result */
+  #add(fence, result) {
+    if (this.#unacked.has(fence)) throw new Error(`a result for lease ${fence} is already on its way`);
+    this.#unacked.set(fence, result);
+  }
+
+  /** Results waiting for the next batch. */
+  get pending() {
+    return this.#complete.length + this.#skipped.length + this.#failures.length;
+  }
+
+  /** Results sent or waiting and not answered yet. */
+  get unanswered() {
+    return this.#unacked.size;
+  }
+
+  /**
+   * The WorkRequests carrying every pending result (at most COMPLETION_BATCH per message), each
+   * with a new request_id; they count as in flight until answered.
+   * @returns {object[]}
+   */
+  take() {
+    const out = [];
+    while (this.#complete.length || this.#skipped.length) {
+      const fences = this.#complete.splice(0, COMPLETION_BATCH);
+      const skipped = this.#skipped.splice(0, COMPLETION_BATCH - fences.length);
+      const request_id = this.#requestId([...fences, ...skipped]);
+      out.push({ complete: { fences, skipped, request_id } });
+    }
+    while (this.#failures.length) {
+      const failures = this.#failures.splice(0, COMPLETION_BATCH);
+      const request_id = this.#requestId(failures.map((f) => f.fence));
+      out.push({ fail: { failures, request_id } });
+    }
+    return out;
+  }
+
+  /** @param {string[]} fences @returns {string} */
+  #requestId(fences) {
+    const id = (this.#nextRequestId++).toString();
+    this.#inflight.set(id, fences);
+    return id;
+  }
+
+  /**
+   * Forget what an answer settled: its accepted and rejected fences are done with, whatever the
+   * reason (a rejected result did not count and must not be sent again).
+   * @param {{accepted: string[], rejected: {fence: string, reason: string, message: string}[],
+   *   request_id: string}} answer
+   * @returns {Settled} `missing`: fences of that request the answer did not name (kept, sent again
+   *   on the next stream); the contract says there are none.
+   */
+  settle(answer) {
+    const named = new Set();
+    for (const fence of answer.accepted) {
+      named.add(fence);
+      this.#unacked.delete(fence);
+    }
+    for (const rejection of answer.rejected) {
+      named.add(rejection.fence);
+      this.#unacked.delete(rejection.fence);
+    }
+    const sent = this.#inflight.get(answer.request_id) ?? [];
+    this.#inflight.delete(answer.request_id);
+    const missing = sent.filter((fence) => !named.has(fence) && this.#unacked.has(fence));
+    return { accepted: answer.accepted, rejected: answer.rejected, missing };
+  }
+
+  /**
+   * A new stream: every unanswered result goes into the next batch again, in the order it was
+   * first added; requests of the old stream will never be answered.
+   */
+  requeue() {
+    this.#complete = [];
+    this.#skipped = [];
+    this.#failures = [];
+    this.#inflight.clear();
+    for (const [fence, result] of this.#unacked) {
+      if (result.kind === 'complete') this.#complete.push(fence);
+      else if (result.kind === 'skip') this.#skipped.push(fence);
+      else this.#failures.push(result.failure);
+    }
+  }
+}

@@ -1,0 +1,551 @@
+// The Node worker: pull leases over one Work stream, run an async handler per leaf, heartbeat what
+// it holds, report results in batches and send them again after a reconnect. It follows
+// docs/protocol.md; worker_sdk/worker.py is the Python twin it mirrors.
+//
+//   import { runWorker, PermanentError } from './worker.js';
+//   const worker = runWorker({ target: 'localhost:50051', handler: async (range, ctx) => { ... } });
+//   process.once('SIGTERM', () => worker.stop());
+//   await worker.done;
+
+import os from 'node:os';
+import { Connection } from './connection.js';
+import { Context, range } from './context.js';
+import * as defaults from './defaults.js';
+import { LeaseAbortedError, ParceloError, PermanentError } from './errors.js';
+import { Outbox } from './outbox.js';
+import { durationMs, enumName, SDK, u64 } from './proto.js';
+
+export { Context, range } from './context.js';
+export { LeaseAbortedError, ParceloError, PermanentError } from './errors.js';
+export { backoffDelays } from './connection.js';
+export { SDK, VERSION } from './proto.js';
+
+/**
+ * @typedef {import('./context.js').Range} Range
+ * @typedef {(range: Range, ctx: Context) => Promise<unknown> | unknown} Handler
+ *   Resolving completes the leaf; throwing fails it (PermanentError: do not retry).
+ * @typedef {(range: Range, isLeaf: boolean) => Promise<boolean> | boolean} ShouldProcess
+ *   Pruning jobs: false skips the node and its whole subtree.
+ * @typedef {{info(msg: string): void, warn(msg: string): void, error(msg: string): void}} Logger
+ *
+ * @typedef {object} WorkerOptions
+ * @property {string} target host:port of the coordinator
+ * @property {Handler} handler
+ * @property {string[]} [queues] queues to take leases from, in order of preference (default ['default'])
+ * @property {number} [concurrency] handlers running at once (default 4)
+ * @property {number} [prefetch] leases kept in hand beyond the running ones (default 64)
+ * @property {string} [workerId] the name the coordinator shows as the holder (default host:pid)
+ * @property {number} [drainTimeoutMs] on stop, how long running handlers get to finish (default 30 s)
+ * @property {ShouldProcess} [shouldProcess] answers probes of pruning jobs (default: process everything)
+ * @property {Logger} [logger] where log lines go (default: stderr)
+ */
+
+/** Leaves of one job share this, from its JobInfo. @typedef {{params: any, leaseTtlMs: number}} Job */
+
+/**
+ * A lease in hand: waiting for a handler slot, or running.
+ * @typedef {object} Held
+ * @property {any} lease the Lease as decoded
+ * @property {string} fence
+ * @property {AbortController} controller aborts ctx.signal
+ * @property {Context | null} ctx set when the handler starts
+ * @property {boolean} started
+ * @property {boolean} dropped CANCEL, LOST or JOB_GONE: report nothing
+ * @property {boolean} release RELEASE or shutdown: give the lease back with the newest checkpoint
+ * @property {boolean} given the lease was given back while its handler still ran (shutdown)
+ */
+
+/** What a worker did; handy in tests and logs. */
+export class WorkerStats {
+  completed = 0;
+  skipped = 0;
+  failed = 0;
+  released = 0;
+  rejected = 0;
+  dropped = 0;
+  connects = 0;
+}
+
+/** @type {Logger} */
+const STDERR_LOGGER = {
+  info: (msg) => process.stderr.write(`${new Date().toISOString()} INFO parcelo.node: ${msg}\n`),
+  warn: (msg) => process.stderr.write(`${new Date().toISOString()} WARNING parcelo.node: ${msg}\n`),
+  error: (msg) => process.stderr.write(`${new Date().toISOString()} ERROR parcelo.node: ${msg}\n`),
+};
+
+/**
+ * How much credit to ask for: room for `capacity` leases in hand counting those held and those
+ * asked for and not granted yet, asked in batches of at least `batch` (or whatever room there is
+ * when nothing is held nor coming, so a small worker is never left with nothing).
+ * @param {{capacity: number, held: number, outstanding: number, batch: number}} state
+ * @returns {number} 0: ask nothing now
+ */
+export function creditToAsk({ capacity, held, outstanding, batch }) {
+  const room = capacity - held - outstanding;
+  if (room <= 0) return 0;
+  return room >= batch || (held === 0 && outstanding === 0) ? room : 0;
+}
+
+/**
+ * Start a worker; it runs until `stop()`.
+ * @param {WorkerOptions} options
+ * @returns {Worker}
+ */
+export function runWorker(options) {
+  const worker = new Worker(options);
+  worker.start();
+  return worker;
+}
+
+export class Worker {
+  /** @type {Map<string, Held>} */ #held = new Map();
+  /** @type {Held[]} */ #waiting = [];
+  #running = 0;
+  /** @type {Map<string, Job>} */ #jobs = new Map();
+  #outbox = new Outbox();
+  /** @type {Map<string, string>} job of each lease whose result is unanswered (for JOB_GONE) */
+  #jobOfFence = new Map();
+  /** credit asked for on this stream and not granted yet */
+  #outstanding = 0;
+  /** @type {number | null} Welcome.heartbeat_interval */
+  #suggestedIntervalMs = null;
+  /** @type {ReturnType<typeof setTimeout> | null} */ #flushTimer = null;
+  #stopping = false;
+  /** @type {ReturnType<typeof setTimeout> | null} */ #beats = null;
+  #lastBeat = 0;
+  /** @type {(() => void)[]} */ #waiters = [];
+  /** @type {Promise<void> | null} */ #done = null;
+  /** @type {() => void} */ #stopRequested = () => {};
+
+  /** @param {WorkerOptions} options */
+  constructor(options) {
+    const { target, handler } = options;
+    if (typeof target !== 'string' || !target) throw new TypeError('target must be "host:port"');
+    if (typeof handler !== 'function') throw new TypeError('handler must be a function (range, ctx)');
+    const concurrency = options.concurrency ?? defaults.CONCURRENCY;
+    const prefetch = options.prefetch ?? defaults.PREFETCH;
+    if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError('concurrency must be at least 1');
+    if (!Number.isInteger(prefetch) || prefetch < 0) throw new RangeError('prefetch must not be negative');
+    this.target = target;
+    this.handler = handler;
+    this.queues = options.queues?.length ? [...options.queues] : [defaults.DEFAULT_QUEUE];
+    this.concurrency = concurrency;
+    this.prefetch = prefetch;
+    this.workerId = options.workerId || `${os.hostname()}:${process.pid}`;
+    this.drainTimeoutMs = options.drainTimeoutMs ?? defaults.DRAIN_TIMEOUT_MS;
+    this.shouldProcess = options.shouldProcess ?? null;
+    this.log = options.logger ?? STDERR_LOGGER;
+    this.stats = new WorkerStats();
+    this.connection = new Connection({
+      target,
+      hello: { worker_id: this.workerId, queues: this.queues, sdk: SDK },
+      log: this.log,
+      events: {
+        onWelcome: (welcome) => this.#onWelcome(welcome),
+        onMessage: (msg) => this.#onMessage(msg),
+        onDown: () => this.#onDown(),
+      },
+    });
+  }
+
+  /** Resolves once the worker stopped (after `stop()` and its drain). */
+  get done() {
+    if (this.#done === null) throw new ParceloError('the worker was not started');
+    return this.#done;
+  }
+
+  /** Connect and work until `stop()`. Called by runWorker(). */
+  start() {
+    if (this.#done !== null) throw new ParceloError('the worker was already started');
+    const stop = new Promise((resolve) => {
+      this.#stopRequested = () => resolve(undefined);
+    });
+    this.connection.start();
+    this.#tick();
+    this.#done = stop.then(() => this.#drain());
+  }
+
+  /**
+   * Begin a graceful stop: ask for no more credit, give back leases not started, let running
+   * handlers finish within the drain timeout, wait for the answers to every result, close.
+   * @returns {Promise<void>} `done`
+   */
+  stop() {
+    this.#stopping = true;
+    this.#stopRequested();
+    return this.done;
+  }
+
+  // -- the stream ----------------------------------------------------------------------------
+
+  /** @param {any} welcome */
+  #onWelcome(welcome) {
+    this.stats.connects += 1;
+    this.#suggestedIntervalMs = durationMs(welcome.heartbeat_interval) || null;
+    this.log.info(`connected to ${this.target} as ${this.workerId} (${SDK})`);
+    this.#outbox.requeue();
+    this.#flush();
+    this.#sendHeartbeat();
+    this.#askForLeases();
+  }
+
+  #onDown() {
+    this.#outstanding = 0; // credit belongs to the stream and ended with it
+  }
+
+  /** Heartbeat when the interval passed; looked at often, as it follows the TTLs of the leases held. */
+  #tick() {
+    const interval = this.#heartbeatIntervalMs();
+    if (this.#held.size === 0 || !this.connection.up) this.#lastBeat = Date.now(); // nothing to beat
+    else if (Date.now() - this.#lastBeat >= interval) this.#sendHeartbeat();
+    const due = interval - (Date.now() - this.#lastBeat);
+    this.#beats = setTimeout(() => this.#tick(), Math.max(1, Math.min(defaults.HEARTBEAT_TICK_MS, due)));
+  }
+
+  /** Welcome.heartbeat_interval, else a third of the shortest lease TTL among the jobs held. */
+  #heartbeatIntervalMs() {
+    if (this.#suggestedIntervalMs) return this.#suggestedIntervalMs;
+    let ttl = Infinity;
+    for (const held of this.#held.values()) {
+      ttl = Math.min(ttl, this.#jobs.get(held.lease.job_id)?.leaseTtlMs ?? defaults.LEASE_TTL_MS);
+    }
+    if (ttl === Infinity) ttl = defaults.LEASE_TTL_MS;
+    return Math.max(defaults.MIN_HEARTBEAT_MS, ttl / defaults.HEARTBEAT_FRACTION);
+  }
+
+  #sendHeartbeat() {
+    if (this.#held.size === 0 || !this.connection.up) return;
+    const leases = [];
+    for (const held of this.#held.values()) {
+      /** @type {{fence: string, cursor?: string, details?: Buffer, message?: string}} */
+      const beat = { fence: held.fence };
+      const checkpoint = held.ctx?.lastCheckpoint;
+      if (checkpoint) {
+        beat.cursor = checkpoint[0].toString(); // proto3 optional: set only with a checkpoint
+        beat.details = checkpoint[1];
+      }
+      const message = held.ctx?.takeMessage();
+      if (message) beat.message = message;
+      leases.push(beat);
+    }
+    this.#lastBeat = Date.now();
+    this.connection.send({ heartbeat: { leases, worker_id: this.workerId } });
+  }
+
+  // -- messages from the coordinator -----------------------------------------------------------
+
+  /** @param {any} msg */
+  #onMessage(msg) {
+    if (msg.msg === 'grant') this.#onGrant(msg.grant);
+    else if (msg.msg === 'heartbeat') this.#onDirectives(msg.heartbeat.directives);
+    else if (msg.msg === 'complete' || msg.msg === 'fail') this.#onAnswer(msg[msg.msg]);
+  }
+
+  /** @param {any} grant */
+  #onGrant(grant) {
+    for (const info of grant.jobs) {
+      let params = {};
+      try {
+        params = JSON.parse(info.params_json || '{}');
+      } catch {
+        this.log.warn(`job ${info.job_id}: params_json is not JSON; handlers get {}`);
+      }
+      this.#jobs.set(info.job_id, { params, leaseTtlMs: durationMs(info.lease_ttl) ?? defaults.LEASE_TTL_MS });
+    }
+    this.#outstanding = Math.max(0, this.#outstanding - grant.leases.length);
+    for (const lease of grant.leases) {
+      /** @type {Held} */
+      const held = {
+        lease,
+        fence: lease.fence,
+        controller: new AbortController(),
+        ctx: null,
+        started: false,
+        dropped: false,
+        release: false,
+        given: false,
+      };
+      this.#held.set(held.fence, held);
+      if (this.#stopping) this.#giveBack(held);
+      else if (lease.kind === 'LEASE_KIND_PROBE') {
+        this.#probe(held).catch((err) => this.log.error(`probe ${held.fence} failed: ${err.stack}`));
+      }
+      else this.#waiting.push(held);
+    }
+    this.#pump();
+  }
+
+  /** @param {any[]} directives */
+  #onDirectives(directives) {
+    for (const directive of directives) {
+      const held = this.#held.get(directive.fence);
+      if (held === undefined || held.dropped || held.release) continue;
+      const action = enumName(directive.action, 'DIRECTIVE_ACTION_');
+      if (action === 'RELEASE') {
+        held.release = true;
+      } else if (action === 'CANCEL' || action === 'LOST') {
+        held.dropped = true;
+        this.stats.dropped += 1;
+      } else {
+        continue; // CONTINUE; SHRINK is reserved and not sent yet; an action from a newer coordinator
+      }
+      this.#abort(held, /** @type {'RELEASE' | 'CANCEL' | 'LOST'} */ (action), directive.reason);
+    }
+    this.#askForLeases();
+  }
+
+  /**
+   * Stop a lease: one not started is forgotten (or given back at once, for a release); a running
+   * handler is told through ctx.signal and its lease is settled when it returns.
+   * @param {Held} held @param {'RELEASE' | 'CANCEL' | 'LOST' | 'JOB_GONE' | 'SHUTDOWN'} why @param {string} [detail]
+   */
+  #abort(held, why, detail = '') {
+    if (!held.started) {
+      const i = this.#waiting.indexOf(held);
+      if (i >= 0) this.#waiting.splice(i, 1);
+      if (held.release && !held.dropped) this.#giveBack(held);
+      else this.#held.delete(held.fence);
+      this.#notify();
+    }
+    held.controller.abort(new LeaseAbortedError(why, detail));
+  }
+
+  /** @param {any} answer a CompleteResponse or FailResponse */
+  #onAnswer(answer) {
+    const settled = this.#outbox.settle(answer);
+    for (const fence of settled.accepted) this.#jobOfFence.delete(fence);
+    for (const rejection of settled.rejected) {
+      this.stats.rejected += 1;
+      const reason = enumName(rejection.reason, 'REJECT_REASON_');
+      this.log.info(`result for lease ${rejection.fence} rejected: ${reason} ${rejection.message}`);
+      if (reason === 'JOB_GONE') this.#dropJob(rejection.fence);
+      this.#jobOfFence.delete(rejection.fence);
+    }
+    if (settled.missing.length) {
+      this.log.warn(`answer ${answer.request_id} left out leases ${settled.missing.join(', ')}`);
+    }
+    this.#notify();
+  }
+
+  /**
+   * JOB_GONE: the job of that lease ended; stop its other handlers and report nothing for them.
+   * @param {string} fence
+   */
+  #dropJob(fence) {
+    const jobId = this.#jobOfFence.get(fence);
+    if (jobId === undefined) return;
+    for (const held of [...this.#held.values()]) {
+      if (held.lease.job_id === jobId && !held.dropped) {
+        held.dropped = true;
+        this.stats.dropped += 1;
+        this.#abort(held, 'JOB_GONE');
+      }
+    }
+  }
+
+  // -- running ---------------------------------------------------------------------------------
+
+  #pump() {
+    while (this.#waiting.length && this.#running < this.concurrency && !this.#stopping) {
+      const held = /** @type {Held} */ (this.#waiting.shift());
+      this.#run(held).catch((err) => this.log.error(`running lease ${held.fence} failed: ${err.stack}`));
+    }
+    this.#askForLeases();
+  }
+
+  /** @param {Held} held */
+  async #run(held) {
+    const { lease } = held;
+    const start = u64(lease.start);
+    const end = u64(lease.end);
+    const cursor = u64(lease.cursor) > start ? u64(lease.cursor) : start;
+    const ctx = new Context({
+      jobId: lease.job_id,
+      params: this.#jobs.get(lease.job_id)?.params ?? {},
+      attempt: lease.attempt,
+      fence: u64(lease.fence),
+      leaf: range(start, end),
+      cursor,
+      details: lease.details?.length ? Buffer.from(lease.details) : null,
+      signal: held.controller.signal,
+    });
+    held.ctx = ctx;
+    held.started = true;
+    this.#running += 1;
+    /** @type {unknown} */
+    let error = null;
+    try {
+      await this.handler(range(cursor, end), ctx);
+    } catch (err) {
+      error = err ?? new Error('handler threw a nullish value');
+    } finally {
+      this.#running -= 1;
+    }
+    this.#finish(held, error);
+    this.#notify();
+    this.#pump();
+  }
+
+  /** @param {Held} held */
+  async #probe(held) {
+    held.started = true;
+    const { lease } = held;
+    let keep = true;
+    /** @type {unknown} */
+    let error = null;
+    try {
+      if (this.shouldProcess) keep = Boolean(await this.shouldProcess(range(u64(lease.start), u64(lease.end)), lease.is_leaf));
+    } catch (err) {
+      error = err ?? new Error('shouldProcess threw a nullish value');
+    }
+    this.#finish(held, error, !keep);
+    // A probe frees its place without going through #pump: ask now, or a worker whose grants held
+    // only probes would wait for ever.
+    this.#askForLeases();
+  }
+
+  /**
+   * Turn a finished lease into its result.
+   * @param {Held} held @param {unknown} error null: success @param {boolean} [skip]
+   */
+  #finish(held, error, skip = false) {
+    if (held.given || !this.#held.delete(held.fence) || held.dropped) return;
+    const checkpoint = held.ctx?.lastCheckpoint ?? null;
+    if (held.release) {
+      this.#giveBack(held, checkpoint);
+      return;
+    }
+    this.#jobOfFence.set(held.fence, held.lease.job_id);
+    if (error === null) {
+      if (skip) {
+        this.#outbox.skip(held.fence);
+        this.stats.skipped += 1;
+      } else {
+        this.#outbox.complete(held.fence);
+        this.stats.completed += 1;
+      }
+    } else {
+      const err = /** @type {any} */ (error);
+      const text = err instanceof Error ? `${err.name}: ${err.message}` : `Error: ${String(err)}`;
+      /** @type {import('./outbox.js').WireFailure} */
+      const failure = {
+        fence: held.fence,
+        message: text.slice(0, defaults.MAX_MESSAGE),
+        permanent: err instanceof PermanentError || err?.permanent === true,
+      };
+      if (checkpoint) {
+        failure.cursor = checkpoint[0].toString();
+        failure.details = checkpoint[1];
+      }
+      this.#outbox.fail(failure);
+      this.stats.failed += 1;
+      const { start, end, job_id } = held.lease;
+      this.log.info(`leaf [${start}, ${end}) of ${job_id} failed: ${failure.message}`);
+    }
+    this.#scheduleFlush();
+  }
+
+  /**
+   * Give a lease back unfinished (Failure.released), with the newest checkpoint if there is one.
+   * @param {Held} held @param {[bigint, Buffer] | null} [checkpoint]
+   */
+  #giveBack(held, checkpoint = null) {
+    this.#held.delete(held.fence);
+    /** @type {import('./outbox.js').WireFailure} */
+    const failure = { fence: held.fence, released: true, message: 'released' };
+    if (checkpoint) {
+      failure.cursor = checkpoint[0].toString();
+      failure.details = checkpoint[1];
+    }
+    this.#outbox.fail(failure);
+    this.stats.released += 1;
+    this.#scheduleFlush();
+  }
+
+  // -- sending results and asking for more -----------------------------------------------------
+
+  #scheduleFlush() {
+    if (this.#outbox.pending >= defaults.COMPLETION_BATCH) this.#flush();
+    else this.#flushTimer ??= setTimeout(() => this.#flush(), defaults.COMPLETION_FLUSH_MS);
+  }
+
+  #flush() {
+    if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
+    this.#flushTimer = null;
+    if (!this.connection.up) return; // kept unanswered; the next stream sends them again
+    for (const msg of this.#outbox.take()) this.connection.send(msg);
+  }
+
+  #askForLeases() {
+    if (this.#stopping || !this.connection.up) return;
+    const want = creditToAsk({
+      capacity: this.concurrency + this.prefetch,
+      held: this.#held.size,
+      outstanding: this.#outstanding,
+      batch: Math.max(1, Math.floor(this.prefetch / 4)),
+    });
+    if (want > 0) {
+      this.#outstanding += want;
+      this.connection.send({ lease: { count: want } });
+    }
+  }
+
+  // -- stopping --------------------------------------------------------------------------------
+
+  async #drain() {
+    this.log.info(`stopping: giving back ${this.#waiting.length} waiting leases, draining ${this.#running} running`);
+    while (this.#waiting.length) this.#giveBack(/** @type {Held} */ (this.#waiting.shift()));
+    this.#flush();
+    if (!(await this.#waitUntil(() => this.#running === 0, this.drainTimeoutMs))) {
+      this.log.warn(`drain timeout: aborting ${this.#running} running handlers and giving their leases back`);
+      const running = [...this.#held.values()].filter((held) => held.started && !held.dropped);
+      for (const held of running) {
+        held.release = true;
+        held.controller.abort(new LeaseAbortedError('SHUTDOWN'));
+      }
+      if (!(await this.#waitUntil(() => this.#running === 0, defaults.ABORT_GRACE_MS))) {
+        for (const held of running) {
+          if (this.#held.has(held.fence)) {
+            this.#giveBack(held, held.ctx?.lastCheckpoint ?? null);
+            held.given = true;
+          }
+        }
+      }
+    }
+    this.#flush();
+    if (!(await this.#waitUntil(() => this.#outbox.unanswered === 0, defaults.ANSWER_WAIT_MS))) {
+      this.log.warn(`stopped with ${this.#outbox.unanswered} results unanswered`);
+    }
+    if (this.#beats !== null) clearTimeout(this.#beats);
+    await this.connection.close();
+    this.log.info(
+      `stopped: ${this.stats.completed} completed, ${this.stats.failed} failed, ${this.stats.released} released`,
+    );
+  }
+
+  #notify() {
+    const waiters = this.#waiters;
+    this.#waiters = [];
+    for (const wake of waiters) wake();
+  }
+
+  /**
+   * @param {() => boolean} predicate @param {number} ms
+   * @returns {Promise<boolean>} whether it held before `ms` passed
+   */
+  async #waitUntil(predicate, ms) {
+    const deadline = Date.now() + ms;
+    while (!predicate()) {
+      const remaining = deadline - Date.now();
+      if (remaining <= 0) return false;
+      await new Promise((resolve) => {
+        const timer = setTimeout(resolve, Math.min(remaining, 500));
+        this.#waiters.push(() => {
+          clearTimeout(timer);
+          resolve(undefined);
+        });
+      });
+    }
+    return true;
+  }
+}
