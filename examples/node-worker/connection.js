@@ -4,7 +4,10 @@
 
 import { setTimeout as sleep } from 'node:timers/promises';
 import * as defaults from './defaults.js';
-import { connect } from './proto.js';
+import { connect, grpc } from './proto.js';
+
+/** gRPC status names by code, for log lines ('UNAVAILABLE: ...'). */
+const STATUS_NAMES = Object.fromEntries(Object.entries(grpc.status).map(([name, code]) => [code, name]));
 
 /**
  * Reconnect delays: exponential from `initialMs` to `maxMs`, each moved by up to ±`jitter`.
@@ -142,7 +145,7 @@ export class Connection {
       // 'error' comes with every status but OK (and is thrown if nobody listens); 'status' always comes.
       call.on('error', () => {});
       call.on('status', (/** @type {any} */ status) =>
-        end(status.code === 0 ? 'closed by the coordinator' : `code ${status.code}: ${status.details}`),
+        end(status.code === 0 ? 'closed by the coordinator' : `${STATUS_NAMES[status.code] ?? status.code}: ${status.details}`),
       );
       call.write({ hello: this.hello });
     });

@@ -485,6 +485,9 @@ export class Worker {
       batch: Math.max(1, Math.floor(this.prefetch / 4)),
     });
     if (want > 0) {
+      // Results first: the coordinator hears that leases ended before it is asked to replace them,
+      // so credit + leases not reported stay within capacity from its side too.
+      this.#flush();
       this.#outstanding += want;
       this.connection.send({ lease: { count: want } });
     }
@@ -519,7 +522,7 @@ export class Worker {
     if (this.#beats !== null) clearTimeout(this.#beats);
     await this.connection.close();
     this.log.info(
-      `stopped: ${this.stats.completed} completed, ${this.stats.failed} failed, ${this.stats.released} released`,
+      `stopped: ${Object.entries(this.stats).map(([what, n]) => `${n} ${what}`).join(', ')}`,
     );
   }
 

@@ -1,0 +1,125 @@
+// The pure pieces: the outbox, the credit rule, reconnect delays, the context, the wire encoding.
+
+import assert from 'node:assert/strict';
+import { test } from 'node:test';
+import { Context, range } from '../context.js';
+import { COMPLETION_BATCH } from '../defaults.js';
+import { Outbox } from '../outbox.js';
+import { durationMs, enumName, workerServiceClient, wireU64 } from '../proto.js';
+import { backoffDelays, creditToAsk } from '../worker.js';
+
+test('outbox batches results with fresh request ids and forgets what answers settle', () => {
+  const box = new Outbox();
+  box.complete('1');
+  box.skip('2');
+  box.fail({ fence: '3', message: 'boom' });
+  assert.equal(box.pending, 3);
+  const [complete, fail] = box.take();
+  assert.deepEqual(complete, { complete: { fences: ['1'], skipped: ['2'], request_id: '1' } });
+  assert.deepEqual(fail, { fail: { failures: [{ fence: '3', message: 'boom' }], request_id: '2' } });
+  assert.equal(box.pending, 0);
+  assert.equal(box.unanswered, 3);
+  const settled = box.settle({ accepted: ['1'], rejected: [{ fence: '2', reason: 'REJECT_REASON_STALE_FENCE', message: '' }], request_id: '1' });
+  assert.deepEqual(settled.missing, []);
+  assert.equal(box.unanswered, 1); // a rejected result is dropped, not sent again
+  box.settle({ accepted: ['3'], rejected: [], request_id: '2' });
+  assert.equal(box.unanswered, 0);
+});
+
+test('outbox sends every unanswered result again after requeue, in the order first added', () => {
+  const box = new Outbox();
+  for (const fence of ['5', '4', '6']) box.complete(fence);
+  box.fail({ fence: '7', message: 'released', released: true, cursor: '0' });
+  box.take();
+  box.settle({ accepted: ['4'], rejected: [], request_id: '1' }); // an answer that left out 5 and 6
+  box.requeue();
+  const again = box.take();
+  assert.deepEqual(again[0].complete.fences, ['5', '6']);
+  assert.deepEqual(again[1].fail.failures, [{ fence: '7', message: 'released', released: true, cursor: '0' }]);
+  assert.deepEqual([again[0].complete.request_id, again[1].fail.request_id], ['3', '4']); // never reused
+});
+
+test('outbox names fences an answer left out, and refuses two results for one lease', () => {
+  const box = new Outbox();
+  box.complete('1');
+  box.complete('2');
+  box.take();
+  assert.deepEqual(box.settle({ accepted: ['1'], rejected: [], request_id: '1' }).missing, ['2']);
+  assert.throws(() => box.complete('2'), /already on its way/);
+});
+
+test('outbox splits large batches', () => {
+  const box = new Outbox();
+  for (let i = 0; i < COMPLETION_BATCH + 3; i++) box.complete(String(i));
+  const msgs = box.take();
+  assert.deepEqual(msgs.map((m) => m.complete.fences.length), [COMPLETION_BATCH, 3]);
+});
+
+test('credit keeps at most capacity leases held or coming, asked in batches', () => {
+  assert.equal(creditToAsk({ capacity: 68, held: 0, outstanding: 0, batch: 16 }), 68);
+  assert.equal(creditToAsk({ capacity: 68, held: 60, outstanding: 0, batch: 16 }), 0); // wait for a batch
+  assert.equal(creditToAsk({ capacity: 68, held: 50, outstanding: 2, batch: 16 }), 16);
+  assert.equal(creditToAsk({ capacity: 68, held: 68, outstanding: 0, batch: 16 }), 0);
+  assert.equal(creditToAsk({ capacity: 68, held: 0, outstanding: 68, batch: 16 }), 0);
+  assert.equal(creditToAsk({ capacity: 1, held: 0, outstanding: 0, batch: 1 }), 1);
+  assert.equal(creditToAsk({ capacity: 5, held: 0, outstanding: 0, batch: 16 }), 5); // nothing in hand: ask
+});
+
+test('reconnect delays grow to the cap with bounded jitter', () => {
+  const low = backoffDelays(100, 1000, 0.2, () => 0);
+  assert.deepEqual(Array.from({ length: 6 }, () => Math.round(low.next().value)), [80, 160, 320, 640, 800, 800]);
+  const high = backoffDelays(100, 1000, 0.2, () => 1);
+  assert.equal(Math.round(high.next().value), 120);
+});
+
+test('a checkpoint must lie within the leaf; details become bytes', () => {
+  const ctx = new Context({
+    jobId: 'j',
+    params: {},
+    attempt: 1,
+    fence: 1n,
+    leaf: range(100n, 200n),
+    cursor: 100n,
+    details: null,
+    signal: new AbortController().signal,
+  });
+  assert.equal(ctx.lastCheckpoint, null);
+  assert.throws(() => ctx.checkpoint(99), RangeError);
+  assert.throws(() => ctx.checkpoint(201n), RangeError);
+  ctx.checkpoint(200n, 'done');
+  assert.deepEqual(ctx.lastCheckpoint, [200n, Buffer.from('done')]);
+  ctx.checkpoint('150');
+  assert.deepEqual(ctx.lastCheckpoint, [150n, Buffer.alloc(0)]);
+  ctx.progress('half');
+  assert.equal(ctx.takeMessage(), 'half');
+  assert.equal(ctx.takeMessage(), '');
+});
+
+test('a heartbeat cursor is on the wire when set, even at 0, and absent otherwise', () => {
+  const work = workerServiceClient().service.Work;
+  const bytes = work.requestSerialize({ heartbeat: { leases: [{ fence: '5', cursor: '0' }, { fence: '6' }] } });
+  // WorkRequest.heartbeat(3) { leases(1) {fence(1)=5, cursor(2)=0}, leases(1) {fence(1)=6} }
+  assert.equal(bytes.toString('hex'), '1a0a0a0408051000' + '0a020806');
+  const back = work.requestDeserialize(bytes).heartbeat.leases;
+  assert.equal(back[0].cursor, '0');
+  assert.equal(back[1].cursor, undefined);
+});
+
+test('uint64 values go out as decimal strings and come back exact', () => {
+  const top = (1n << 64n) - 1n;
+  assert.equal(wireU64(top), '18446744073709551615');
+  assert.throws(() => wireU64(top + 1n), RangeError);
+  assert.throws(() => wireU64(-1), RangeError);
+  const work = workerServiceClient().service.Work;
+  const decoded = work.responseDeserialize(
+    work.responseSerialize({ grant: { leases: [{ fence: '1', start: wireU64(top - 1n), end: wireU64(top) }], jobs: [] } }),
+  );
+  assert.equal(BigInt(decoded.grant.leases[0].end), top);
+});
+
+test('durations and enum names', () => {
+  assert.equal(durationMs(null), null);
+  assert.equal(durationMs({ seconds: '1', nanos: 500_000_000 }), 1500);
+  assert.equal(enumName('REJECT_REASON_STALE_FENCE', 'REJECT_REASON_'), 'STALE_FENCE');
+  assert.equal(enumName(7, 'REJECT_REASON_'), '7');
+});

@@ -1,0 +1,235 @@
+// The worker against a scripted coordinator (test/fake-coordinator.js): what it sends, message by
+// message, for directives, reconnects, credit and the drain.
+
+import assert from 'node:assert/strict';
+import { setTimeout as sleep } from 'node:timers/promises';
+import { after, before, test } from 'node:test';
+import { PermanentError, runWorker } from '../worker.js';
+import { FakeCoordinator, grant, quiet } from './fake-coordinator.js';
+
+/** @type {FakeCoordinator} */
+let coord;
+before(async () => {
+  coord = await new FakeCoordinator().start();
+});
+after(() => coord.stop());
+
+/** A handler that holds its lease until aborted, after checkpointing 5 ids in. */
+async function holdUntilAborted(range, ctx) {
+  ctx.checkpoint(range.start + 5n, 'five');
+  await new Promise((_, reject) => ctx.signal.addEventListener('abort', () => reject(ctx.signal.reason)));
+}
+
+test('hello names the worker; the first credit is concurrency + prefetch', async () => {
+  const worker = runWorker({ target: coord.target, handler: async () => {}, concurrency: 3, prefetch: 2, workerId: 'w1', queues: ['a', 'b'], logger: quiet });
+  const stream = await coord.stream();
+  const hello = await stream.accept();
+  assert.deepEqual([hello.worker_id, hello.queues, hello.sdk.startsWith('parcelo-node/')], ['w1', ['a', 'b'], true]);
+  assert.equal((await stream.next('lease')).count, 5);
+  await worker.stop();
+});
+
+test('LOST and CANCEL report nothing; RELEASE gives the lease back with its checkpoint', async () => {
+  const seen = [];
+  const worker = runWorker({
+    target: coord.target,
+    handler: async (range, ctx) => {
+      seen.push([range.start, ctx.params, ctx.attempt, ctx.fence]);
+      await holdUntilAborted(range, ctx);
+    },
+    concurrency: 3,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(grant([1, 2, 3]));
+  let beat;
+  do beat = await stream.next('heartbeat');
+  while (!beat.leases.every((l) => l.cursor !== undefined));
+  assert.deepEqual(beat.leases.map((l) => [l.fence, l.cursor, l.details.toString()]), [
+    ['1', '105', 'five'],
+    ['2', '205', 'five'],
+    ['3', '305', 'five'],
+  ]);
+  assert.deepEqual(seen[0], [100n, { x: 1 }, 1, 1n]);
+  stream.send({
+    heartbeat: {
+      directives: [
+        { fence: '1', action: 'DIRECTIVE_ACTION_LOST' },
+        { fence: '2', action: 'DIRECTIVE_ACTION_RELEASE' },
+        { fence: '3', action: 'DIRECTIVE_ACTION_CANCEL', reason: 'cancelled' },
+      ],
+    },
+  });
+  const fail = await stream.next('fail');
+  assert.deepEqual(
+    fail.failures.map((f) => [f.fence, f.released, f.cursor, f.details.toString()]),
+    [['2', true, '205', 'five']],
+  );
+  stream.send({ fail: { accepted: ['2'], rejected: [], request_id: fail.request_id } });
+  await worker.stop();
+  const results = stream.received.filter((m) => m.msg === 'complete' || m.msg === 'fail');
+  assert.equal(results.length, 1);
+  assert.deepEqual([worker.stats.dropped, worker.stats.released], [2, 1]);
+});
+
+test('failures carry the message, the checkpoint and whether they are permanent', async () => {
+  const worker = runWorker({
+    target: coord.target,
+    handler: async (range, ctx) => {
+      if (range.start === 100n) {
+        ctx.checkpoint(150n);
+        throw new Error('flaky');
+      }
+      throw new PermanentError('bad');
+    },
+    concurrency: 2,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(grant([1, 2]));
+  const failures = [];
+  while (failures.length < 2) failures.push(...(await stream.next('fail')).failures);
+  failures.sort((a, b) => Number(a.fence) - Number(b.fence));
+  assert.deepEqual(
+    failures.map((f) => [f.fence, f.message, f.permanent, f.cursor]),
+    [
+      ['1', 'Error: flaky', false, '150'],
+      ['2', 'PermanentError: bad', true, undefined],
+    ],
+  );
+  stream.send({ fail: { accepted: ['1', '2'], rejected: [], request_id: '0' } });
+  await worker.stop();
+});
+
+test('a result not answered is sent again on the next stream, with a new request id', async () => {
+  const worker = runWorker({ target: coord.target, handler: async () => {}, concurrency: 1, prefetch: 0, logger: quiet });
+  const first = await coord.stream();
+  await first.accept();
+  await first.next('lease');
+  first.send(grant([7]));
+  const sent = await first.next('complete');
+  assert.deepEqual(sent.fences, ['7']);
+  first.call.end(); // the coordinator goes away without answering
+  const second = await coord.stream();
+  await second.accept();
+  const again = await second.next('complete');
+  assert.deepEqual(again.fences, ['7']);
+  assert.notEqual(again.request_id, sent.request_id);
+  second.send({ complete: { accepted: ['7'], rejected: [], request_id: again.request_id } });
+  await worker.stop();
+  assert.deepEqual([worker.stats.completed, worker.stats.connects], [1, 2]);
+});
+
+test('credit asked and leases held never exceed concurrency + prefetch', async () => {
+  const worker = runWorker({
+    target: coord.target,
+    handler: () => sleep(5),
+    concurrency: 2,
+    prefetch: 4,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  let credit = 0;
+  let held = 0;
+  let fence = 0;
+  let answered = 0;
+  while (fence < 40) {
+    const msg = await stream.next();
+    if (msg.msg === 'lease') credit += msg.lease.count;
+    if (msg.msg === 'complete') {
+      held -= msg.complete.fences.length;
+      answered += msg.complete.fences.length;
+      stream.send({ complete: { accepted: msg.complete.fences, rejected: [], request_id: msg.complete.request_id } });
+    }
+    assert.ok(credit + held <= 6, `credit ${credit} + held ${held} > 6`);
+    const n = Math.min(credit, 3); // grant in small pieces, as work trickles in
+    if (n > 0) {
+      stream.send(grant(Array.from({ length: n }, () => ++fence)));
+      credit -= n;
+      held += n;
+    }
+  }
+  while (answered < fence) {
+    const complete = await stream.next('complete');
+    answered += complete.fences.length;
+    stream.send({ complete: { accepted: complete.fences, rejected: [], request_id: complete.request_id } });
+  }
+  await worker.stop();
+  assert.equal(worker.stats.completed, 40);
+});
+
+test('stop gives back leases not started, lets the running one finish, waits for answers, closes', async () => {
+  let started = 0;
+  const worker = runWorker({
+    target: coord.target,
+    handler: async () => {
+      started += 1;
+      await sleep(200);
+    },
+    concurrency: 1,
+    prefetch: 2,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(grant([1, 2, 3]));
+  while (started === 0) await sleep(5);
+  let stopped = false;
+  const done = worker.stop().then(() => (stopped = true));
+  const released = await stream.next('fail');
+  assert.deepEqual(released.failures.map((f) => [f.fence, f.released]), [['2', true], ['3', true]]);
+  stream.send({ fail: { accepted: ['2', '3'], rejected: [], request_id: released.request_id } });
+  const complete = await stream.next('complete');
+  assert.deepEqual(complete.fences, ['1']);
+  await sleep(50);
+  assert.equal(stopped, false); // still waiting for the answer
+  stream.send({ complete: { accepted: ['1'], rejected: [], request_id: complete.request_id } });
+  await done;
+  assert.equal(started, 1);
+  assert.equal(stream.received.filter((m) => m.msg === 'lease').length, 1); // no credit asked while stopping
+  while (!stream.ended) await sleep(5); // the worker half-closed its stream
+});
+
+test('a drain timeout aborts running handlers and gives their leases back', async () => {
+  const worker = runWorker({ target: coord.target, handler: holdUntilAborted, concurrency: 1, prefetch: 0, drainTimeoutMs: 50, logger: quiet });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(grant([4]));
+  await stream.next('heartbeat');
+  const done = worker.stop();
+  const released = await stream.next('fail');
+  assert.deepEqual(released.failures.map((f) => [f.fence, f.released, f.cursor]), [['4', true, '405']]);
+  stream.send({ fail: { accepted: ['4'], rejected: [], request_id: released.request_id } });
+  await done;
+});
+
+test('JOB_GONE stops the other handlers of that job', async () => {
+  const worker = runWorker({
+    target: coord.target,
+    handler: async (range, ctx) => {
+      if (range.start !== 100n) await holdUntilAborted(range, ctx);
+    },
+    concurrency: 2,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(grant([1, 2]));
+  const complete = await stream.next('complete');
+  stream.send({ complete: { accepted: [], rejected: [{ fence: '1', reason: 'REJECT_REASON_JOB_GONE', message: 'gone' }], request_id: complete.request_id } });
+  while (worker.stats.dropped === 0) await sleep(5);
+  await worker.stop();
+  assert.equal(stream.received.filter((m) => m.msg === 'fail').length, 0);
+  assert.equal(worker.stats.rejected, 1);
+});
