@@ -1,0 +1,251 @@
+"""The Node.js worker (examples/node-worker) against a real coordinator process: its unit tests,
+a job run by Node workers alone, kill -9 mid-leaf, a stale completion refused, the SIGTERM drain,
+checkpoints and failures.
+
+Node.js 20+ and npm are part of the toolchain: without them these tests fail, they do not skip.
+Once per session, ``npm ci`` installs the locked packages when ``node_modules`` is missing or was
+installed from another ``package-lock.json``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import shutil
+import subprocess
+from collections import Counter
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from parcelo import JobOptions, RetryPolicy
+from parcelo.testing import CoordinatorProcess, Proc, wait_for
+from parcelo.v1 import jobs_pb2, types_pb2
+from tests.support import reference_leaves, runs
+
+pytestmark = pytest.mark.integration
+
+NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node-worker"
+STAMP = NODE_DIR / "node_modules" / ".parcelo-lock-sha256"
+"""Written after a successful ``npm ci``: the sha256 of the package-lock.json it installed."""
+MIN_NODE = 20
+DONE = {types_pb2.JOB_STATUS_COMPLETED}
+FAILED = {types_pb2.JOB_STATUS_FAILED}
+
+
+def _tool(name: str) -> str:
+    path = shutil.which(name)
+    if path is None:
+        pytest.fail(
+            f"{name} not found on PATH: the Node worker tests need Node.js {MIN_NODE}+ with npm "
+            "(e.g. apt-get install nodejs npm)",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def node() -> str:
+    """The ``node`` binary, with examples/node-worker's locked packages installed."""
+    node = _tool("node")
+    npm = _tool("npm")
+    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
+    major = int(version.lstrip("v").split(".")[0])
+    if major < MIN_NODE:
+        pytest.fail(f"Node.js {MIN_NODE}+ is needed for the Node worker, found {version}", pytrace=False)
+    lock = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
+    if not STAMP.exists() or STAMP.read_text().strip() != lock:
+        result = subprocess.run(
+            [npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True, timeout=300
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"npm ci in {NODE_DIR} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}",
+                pytrace=False,
+            )
+        STAMP.write_text(lock + "\n")
+    return node
+
+
+def node_worker(
+    node: str,
+    coord: CoordinatorProcess,
+    procs: list[Proc],
+    log_dir: Path,
+    run_log: Path,
+    handler: str,
+    *args: str,
+) -> Proc:
+    """Start ``bin/parcelo-node-worker.js --handler <handler>`` logging runs to ``run_log``."""
+    proc = Proc(
+        [
+            node,
+            str(NODE_DIR / "bin" / "parcelo-node-worker.js"),
+            "--target",
+            coord.target,
+            "--handler",
+            handler,
+            *args,
+        ],
+        log_dir / f"node-worker{len(procs)}.log",
+        env={"PARCELO_TEST_LOG": str(run_log)},
+    )
+    procs.append(proc)
+    return proc
+
+
+def connected(proc: Proc) -> None:
+    """Wait until the worker's stream is up (a SIGTERM before its handler is installed would kill it)."""
+    wait_for(lambda: "connected to" in proc.output() or not proc.alive(), 15, "the node worker to connect")
+    assert proc.alive(), proc.output()
+
+
+def test_node_unit_tests_pass(node: str) -> None:
+    result = subprocess.run(
+        [node, "--test", "test/units.test.js", "test/worker.test.js"],
+        cwd=NODE_DIR,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+def test_node_workers_alone_run_every_leaf_once_with_exact_stats(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    workers = [
+        node_worker(node, coordinator, procs, log_dir, run_log, "record", "--concurrency", "4")
+        for _ in range(2)
+    ]
+    for proc in workers:
+        connected(proc)
+    job = coordinator.create_job(JobOptions(0, 100_000, max_range_size=1000, params={"sleep": 0.01}))
+    done = coordinator.wait_status(job.id, DONE | FAILED, timeout=30)
+    assert done.status == types_pb2.JOB_STATUS_COMPLETED
+    ran = sorted((s, e) for s, e, _ in runs(run_log))
+    assert ran == reference_leaves(0, 100_000, 1000)  # 128 leaves by the split rule, each run once
+    s = done.stats
+    assert (s.total_nodes, s.done_nodes, s.pending_nodes, s.running_nodes, s.error_nodes) == (
+        255,
+        255,
+        0,
+        0,
+        0,
+    )
+    assert (s.range_processed, s.range_total, s.range_skipped, s.active_leases) == (100_000, 100_000, 0, 0)
+    assert s.failed_attempts == 0
+    pids = {line.split()[4] for line in run_log.read_text().splitlines()}
+    assert pids == {str(proc.pid) for proc in workers}  # both processes took part
+    for proc in workers:
+        assert proc.terminate() == 0, proc.output()
+
+
+def test_node_worker_killed_mid_leaf_is_rerun_after_ttl(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    job = coordinator.create_job(
+        JobOptions(0, 8000, max_range_size=1000, lease_ttl=timedelta(seconds=1), params={"stall_start": 0})
+    )
+    first = node_worker(node, coordinator, procs, log_dir, run_log, "stall_first")
+    wait_for(lambda: runs(run_log, "stalled"), 15, "the first leaf to stall")
+    first.kill9()
+    second = node_worker(node, coordinator, procs, log_dir, run_log, "stall_first")
+    done = coordinator.wait_status(job.id, DONE, timeout=20)
+    attempts = Counter((s, e) for s, e, _ in runs(run_log))
+    assert attempts[(0, 1000)] == 2
+    assert (0, 1000, 2) in runs(run_log)  # the expiry counted as an attempt
+    assert sorted(attempts) == reference_leaves(0, 8000, 1000)
+    assert done.stats.done_nodes == done.stats.total_nodes
+    assert done.stats.failed_attempts >= 1
+    assert second.terminate() == 0, second.output()
+
+
+def test_node_client_gets_a_stale_completion_rejected(
+    node: str, coordinator: CoordinatorProcess, tmp_path: Path
+) -> None:
+    job = coordinator.create_job(
+        JobOptions(0, 1000, max_range_size=1000, lease_ttl=timedelta(milliseconds=800), queue="stale")
+    )
+    result = subprocess.run(
+        [node, str(NODE_DIR / "bin" / "stale-check.js"), "--target", coordinator.target, "--queue", "stale"],
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert re.fullmatch(r"rejected \d+ STALE_FENCE\n", result.stdout), result.stdout + result.stderr
+    got = coordinator.get_job(job.id)
+    # The work did not count: the leaf is pending again and its expiry was an attempt.
+    assert got.stats.done_nodes == 0 and got.stats.failed_attempts == 1, got.stats
+
+
+def test_node_worker_sigterm_drains_and_loses_no_leaf(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    job = coordinator.create_job(JobOptions(0, 16_000, max_range_size=1000, params={"sleep": 0.5}))
+    first = node_worker(
+        node, coordinator, procs, log_dir, run_log, "record", "--concurrency", "2", "--prefetch", "4"
+    )
+    wait_for(lambda: len(runs(run_log)) >= 2, 15, "two leaves to start")
+    assert first.terminate(timeout=10) == 0, first.output()
+    out = first.output()
+    # Both handlers were mid-sleep: they finished; the leases held for later were given back.
+    drained = re.search(r"giving back (\d+) waiting leases, draining (\d+) running", out)
+    assert drained is not None and drained[2] == "2", out
+    stopped = re.search(r"stopped: (\d+) completed, .* (\d+) released", out)
+    assert stopped is not None and int(stopped[1]) >= 2 and stopped[2] == drained[1], out
+    second = node_worker(node, coordinator, procs, log_dir, run_log, "record", "--concurrency", "8")
+    done = coordinator.wait_status(job.id, DONE, timeout=20)
+    ran = runs(run_log)
+    assert sorted((s, e) for s, e, _ in ran) == reference_leaves(0, 16_000, 1000)  # each exactly once
+    assert {a for _, _, a in ran} == {1}  # a release is not an attempt
+    assert done.stats.failed_attempts == 0
+    assert second.terminate() == 0, second.output()
+
+
+def test_node_worker_drain_timeout_gives_a_running_leaf_back_at_once(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    # The default 30 s TTL: the lease must come back through the release, not an expiry.
+    job = coordinator.create_job(JobOptions(0, 1000, max_range_size=1000, params={"sleep": 60}))
+    proc = node_worker(node, coordinator, procs, log_dir, run_log, "record", "--drain-timeout", "0.3")
+    wait_for(lambda: runs(run_log), 15, "the leaf to start")
+    assert proc.terminate(timeout=10) == 0, proc.output()
+    assert "drain timeout" in proc.output()
+    wait_for(lambda: coordinator.get_job(job.id).stats.pending_nodes == 1, 5, "the leaf to be pending again")
+    got = coordinator.get_job(job.id)
+    assert got.stats.active_leases == 0 and got.stats.failed_attempts == 0, got.stats
+    coordinator.jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
+
+
+def test_node_worker_checkpoint_failure_and_permanent_error(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    retry = RetryPolicy(max_attempts=3, initial_backoff=timedelta(milliseconds=100))
+    job = coordinator.create_job(
+        JobOptions(0, 2000, max_range_size=1000, retry=retry, params={"permanent_start": 1000})
+    )
+    proc = node_worker(node, coordinator, procs, log_dir, run_log, "checkpoint_then_fail")
+    failed = coordinator.wait_status(job.id, FAILED, timeout=20)
+    # [0, 1000): attempt 1 checkpointed at 500 and threw; attempt 2 resumed at the cursor.
+    # [1000, 2000): a PermanentError, never retried.
+    assert sorted(runs(run_log)) == [(0, 1000, 1), (500, 1000, 2), (1000, 2000, 1)]
+    resumed = [line for line in run_log.read_text().splitlines() if line.startswith("resumed")]
+    assert resumed == ["resumed 500 1000 2 half-done"]
+    s = failed.stats
+    assert (s.done_nodes, s.failed_attempts, s.range_processed) == (1, 2, 1000), s
+    assert "PermanentError: bad record" in failed.reason
+    events = list(coordinator.jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id), timeout=10))
+    failures = [
+        (e.range.start, e.attempt, e.message) for e in events if e.type == types_pb2.EVENT_TYPE_NODE_FAILED
+    ]
+    assert (0, 1, "Error: transient after a checkpoint") in failures, failures
+    assert (1000, 1, "PermanentError: bad record") in failures, failures
+    assert proc.terminate() == 0, proc.output()
