@@ -300,14 +300,14 @@ export class Worker {
    * @param {Held} held @param {'RELEASE' | 'CANCEL' | 'LOST' | 'JOB_GONE' | 'SHUTDOWN'} why @param {string} [detail]
    */
   #abort(held, why, detail = '') {
-    if (!held.started) {
-      const i = this.#waiting.indexOf(held);
-      if (i >= 0) this.#waiting.splice(i, 1);
-      if (held.release && !held.dropped) this.#giveBack(held);
-      else this.#held.delete(held.fence);
-      this.#notify();
-    }
+    const waiting = this.#waiting.indexOf(held);
+    if (waiting >= 0) this.#waiting.splice(waiting, 1);
+    // A dropped lease is no longer ours: neither heartbeated nor counted against credit from now on
+    // (a handler that goes on after the abort still holds its slot until it returns).
+    if (held.dropped) this.#held.delete(held.fence);
+    else if (!held.started) this.#giveBack(held);
     held.controller.abort(new LeaseAbortedError(why, detail));
+    this.#notify();
   }
 
   /** @param {any} answer a CompleteResponse or FailResponse */
@@ -409,7 +409,7 @@ export class Worker {
    * @param {Held} held @param {unknown} error null: success @param {boolean} [skip]
    */
   #finish(held, error, skip = false) {
-    if (held.given || !this.#held.delete(held.fence) || held.dropped) return;
+    if (held.given || held.dropped || !this.#held.delete(held.fence)) return;
     const checkpoint = held.ctx?.lastCheckpoint ?? null;
     if (held.release) {
       this.#giveBack(held, checkpoint);

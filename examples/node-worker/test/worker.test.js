@@ -233,3 +233,65 @@ test('JOB_GONE stops the other handlers of that job', async () => {
   assert.equal(stream.received.filter((m) => m.msg === 'fail').length, 0);
   assert.equal(worker.stats.rejected, 1);
 });
+
+test('probes are answered by shouldProcess: complete to process, skipped to prune; then more credit', async () => {
+  const asked = [];
+  const worker = runWorker({
+    target: coord.target,
+    handler: async () => assert.fail('a probe is not a leaf'),
+    shouldProcess: async (range, isLeaf) => {
+      asked.push([range.start, range.end, isLeaf]);
+      return range.start === 0n;
+    },
+    concurrency: 1,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  const probe = (/** @type {number} */ fence, /** @type {number} */ start) => ({
+    fence: String(fence), job_id: 'j', kind: 'LEASE_KIND_PROBE', start: String(start), end: String(start + 50), attempt: 1, cursor: String(start), is_leaf: true,
+  });
+  stream.send({ grant: { leases: [probe(1, 0)], jobs: [{ job_id: 'j', params_json: '{}' }] } });
+  const first = await stream.next('complete');
+  assert.deepEqual([first.fences, first.skipped], [['1'], []]);
+  assert.equal((await stream.next('lease')).count, 1); // answering a probe frees its place
+  stream.send({ grant: { leases: [probe(2, 50)], jobs: [] } });
+  const second = await stream.next('complete');
+  assert.deepEqual([second.fences, second.skipped], [[], ['2']]);
+  stream.send({ complete: { accepted: ['1'], rejected: [], request_id: first.request_id } });
+  stream.send({ complete: { accepted: ['2'], rejected: [], request_id: second.request_id } });
+  await worker.stop();
+  assert.deepEqual(asked, [[0n, 50n, true], [50n, 100n, true]]);
+});
+
+test('a lease lost before its handler started is neither run nor heartbeated again', async () => {
+  const started = [];
+  const worker = runWorker({
+    target: coord.target,
+    handler: (range, ctx) => {
+      started.push(range.start);
+      return holdUntilAborted(range, ctx);
+    },
+    concurrency: 1,
+    prefetch: 1,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(grant([1, 2]));
+  await stream.next('heartbeat');
+  stream.send({ heartbeat: { directives: [{ fence: '1', action: 'DIRECTIVE_ACTION_CONTINUE' }, { fence: '2', action: 'DIRECTIVE_ACTION_LOST' }] } });
+  let beat;
+  do beat = await stream.next('heartbeat');
+  while (beat.leases.length !== 1);
+  assert.deepEqual(beat.leases.map((/** @type {any} */ l) => l.fence), ['1']);
+  stream.send({ heartbeat: { directives: [{ fence: '1', action: 'DIRECTIVE_ACTION_RELEASE' }] } });
+  const released = await stream.next('fail');
+  assert.deepEqual(released.failures.map((/** @type {any} */ f) => f.fence), ['1']);
+  stream.send({ fail: { accepted: ['1'], rejected: [], request_id: released.request_id } });
+  await worker.stop();
+  assert.deepEqual(started, [100n]); // lease 2 waited for the slot and was lost before it got one
+});
