@@ -1,6 +1,6 @@
 """The Node.js worker (examples/node-worker) against a real coordinator process: its unit tests,
-a job run by Node workers alone, kill -9 mid-leaf, a stale completion refused, the SIGTERM drain,
-checkpoints and failures.
+a job run by Node workers alone, pruning, kill -9 mid-leaf, a stale completion refused, the SIGTERM
+drain, checkpoints and failures.
 
 Node.js 20+ and npm are part of the toolchain: without them these tests fail, they do not skip.
 Once per session, ``npm ci`` installs the locked packages when ``node_modules`` is missing or was
@@ -22,7 +22,7 @@ import pytest
 from parcelo import JobOptions, RetryPolicy
 from parcelo.testing import CoordinatorProcess, Proc, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2
-from tests.support import reference_leaves, runs
+from tests.support import pruned_reference, reference_leaves, runs
 
 pytestmark = pytest.mark.integration
 
@@ -141,6 +141,34 @@ def test_node_workers_alone_run_every_leaf_once_with_exact_stats(
     assert pids == {str(proc.pid) for proc in workers}  # both processes took part
     for proc in workers:
         assert proc.terminate() == 0, proc.output()
+
+
+def test_node_worker_prunes_by_its_should_process(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    job = coordinator.create_job(JobOptions(0, 1_000_000, max_range_size=1000, pruning=True))
+    # One place and no prefetch: each grant is a single probe, so only answering it asks for more.
+    proc = node_worker(
+        node,
+        coordinator,
+        procs,
+        log_dir,
+        run_log,
+        "record",
+        "--should-process",
+        "keep_multiples",
+        "--concurrency",
+        "1",
+        "--prefetch",
+        "0",
+    )
+    done = coordinator.wait_status(job.id, DONE, timeout=30)
+    leaves, skipped, nodes = pruned_reference(0, 1_000_000, 1000)
+    assert sorted((s, e) for s, e, _ in runs(run_log)) == leaves
+    s = done.stats
+    assert (s.range_skipped, s.range_processed, s.total_nodes) == (skipped, 1_000_000 - skipped, nodes)
+    assert proc.terminate() == 0, proc.output()
 
 
 def test_node_worker_killed_mid_leaf_is_rerun_after_ttl(

@@ -123,5 +123,18 @@ export async function checkpoint_then_fail(range, ctx) {
   log('resumed', range, ctx, ctx.details ? ctx.details.toString() : '-');
 }
 
-/** The handlers the CLI knows, by name. */
+/**
+ * A pruning rule (shouldProcess, for jobs created with pruning): keep ranges that contain a
+ * multiple of 10,000, as tests/handlers.py's keep_multiples.
+ * @param {Range} range @param {boolean} _isLeaf
+ * @returns {boolean}
+ */
+export function keep_multiples(range, _isLeaf) {
+  return (range.end - 1n) / 10_000n >= (range.start + 9_999n) / 10_000n;
+}
+
+/** The handlers the CLI knows, by name (--handler). */
 export const HANDLERS = Object.freeze({ count, record, stall_first, checkpoint_then_fail });
+
+/** The pruning rules the CLI knows, by name (--should-process). */
+export const SHOULD_PROCESS = Object.freeze({ keep_multiples });

@@ -12,7 +12,7 @@ import { COMPLETION_BATCH } from './defaults.js';
 
 /**
  * One result kept until answered.
- * @typedef {{kind: 'complete' | 'skip'} | {kind: 'fail', failure: WireFailure}} Result
+ * @typedef {{kind: 'complete'} | {kind: 'skip'} | {kind: 'fail', failure: WireFailure}} Result
  */
 
 /**

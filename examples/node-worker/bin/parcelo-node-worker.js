@@ -6,7 +6,7 @@ import path from 'node:path';
 import { pathToFileURL } from 'node:url';
 import { parseArgs } from 'node:util';
 import * as defaults from '../defaults.js';
-import { HANDLERS } from '../handlers.js';
+import { HANDLERS, SHOULD_PROCESS } from '../handlers.js';
 import { runWorker } from '../worker.js';
 
 const USAGE = `usage: parcelo-node-worker --target HOST:PORT --handler NAME [options]
@@ -14,6 +14,8 @@ const USAGE = `usage: parcelo-node-worker --target HOST:PORT --handler NAME [opt
   --target HOST:PORT     coordinator (default: $PARCELO_TARGET or localhost:50051)
   --handler NAME         a handler of handlers.js (${Object.keys(HANDLERS).join(', ')}),
                          or FILE.js:EXPORT for one of your own
+  --should-process NAME  answer probes of pruning jobs with a rule of handlers.js
+                         (${Object.keys(SHOULD_PROCESS).join(', ')}) or FILE.js:EXPORT (default: keep all)
   --queue Q              queue to take leases from; repeat for several (default: default)
   --concurrency N        handlers running at once (default: ${defaults.CONCURRENCY})
   --prefetch N           leases kept in hand beyond the running ones (default: ${defaults.PREFETCH})
@@ -35,11 +37,15 @@ function integer(text, flag, min) {
   return n;
 }
 
-/** @param {string} spec @returns {Promise<import('../worker.js').Handler>} */
-async function loadHandler(spec) {
-  if (Object.hasOwn(HANDLERS, spec)) return HANDLERS[/** @type {keyof HANDLERS} */ (spec)];
+/**
+ * A function by name from `known`, or FILE.js:EXPORT.
+ * @param {string} spec @param {Readonly<Record<string, Function>>} known @param {string} what
+ * @returns {Promise<any>}
+ */
+async function load(spec, known, what) {
+  if (Object.hasOwn(known, spec)) return known[spec];
   const at = spec.lastIndexOf(':');
-  if (at <= 0) usage(`unknown handler ${spec}: not one of ${Object.keys(HANDLERS).join(', ')}, nor FILE.js:EXPORT`);
+  if (at <= 0) usage(`unknown ${what} ${spec}: not one of ${Object.keys(known).join(', ')}, nor FILE.js:EXPORT`);
   const module = await import(pathToFileURL(path.resolve(spec.slice(0, at))).href);
   const handler = module[spec.slice(at + 1)];
   if (typeof handler !== 'function') usage(`${spec}: no function exported under that name`);
@@ -52,6 +58,7 @@ try {
     options: {
       target: { type: 'string' },
       handler: { type: 'string' },
+      'should-process': { type: 'string' },
       queue: { type: 'string', multiple: true },
       concurrency: { type: 'string' },
       prefetch: { type: 'string' },
@@ -73,7 +80,8 @@ if (drainSeconds !== undefined && !(drainSeconds >= 0)) usage(`--drain-timeout m
 
 const worker = runWorker({
   target: args.target ?? process.env.PARCELO_TARGET ?? 'localhost:50051',
-  handler: await loadHandler(args.handler),
+  handler: await load(args.handler, HANDLERS, 'handler'),
+  shouldProcess: args['should-process'] ? await load(args['should-process'], SHOULD_PROCESS, 'rule') : undefined,
   queues: args.queue,
   concurrency: integer(args.concurrency, '--concurrency', 1),
   prefetch: integer(args.prefetch, '--prefetch', 0),
