@@ -1,6 +1,6 @@
 """The Node.js worker (examples/node-worker) against a real coordinator process: its unit tests,
-a job run by Node workers alone, pruning, kill -9 mid-leaf, a stale completion refused, the SIGTERM
-drain, checkpoints and failures.
+a job run by Node workers alone, pruning, kill -9 of a worker mid-leaf and of the coordinator, a stale
+completion refused, the SIGTERM drain, checkpoints and failures.
 
 Node.js 20+ and npm are part of the toolchain: without them these tests fail, they do not skip.
 Once per session, ``npm ci`` installs the locked packages when ``node_modules`` is missing or was
@@ -190,6 +190,28 @@ def test_node_worker_killed_mid_leaf_is_rerun_after_ttl(
     assert done.stats.done_nodes == done.stats.total_nodes
     assert done.stats.failed_attempts >= 1
     assert second.terminate() == 0, second.output()
+
+
+def test_node_workers_ride_through_a_coordinator_kill9(
+    node: str, make_coordinator: type[CoordinatorProcess], procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    coord = make_coordinator(tmp_path / "data", log_dir).start()
+    job = coord.create_job(
+        JobOptions(0, 128_000, max_range_size=1000, lease_ttl=timedelta(seconds=5), params={"sleep": 0.05})
+    )
+    run_log = tmp_path / "runs.log"
+    workers = [node_worker(node, coord, procs, log_dir, run_log, "record") for _ in range(2)]
+    wait_for(lambda: len(runs(run_log)) > 20, 15, "some leaves to run")
+    coord.kill9()
+    coord.start()
+    done = coord.wait_status(job.id, DONE, timeout=30)
+    # Leases outlive the restart and the workers come back within their TTL, sending again every
+    # result that was not answered: nothing expires, and no leaf runs twice.
+    assert sorted((s, e) for s, e, _ in runs(run_log)) == reference_leaves(0, 128_000, 1000)
+    assert done.stats.failed_attempts == 0 and done.stats.done_nodes == done.stats.total_nodes
+    for proc in workers:
+        assert proc.output().count("connected to") >= 2, proc.output()
+        assert proc.terminate() == 0, proc.output()
 
 
 def test_node_client_gets_a_stale_completion_rejected(
