@@ -244,11 +244,12 @@ def test_node_worker_sigterm_drains_and_loses_no_leaf(
     wait_for(lambda: len(runs(run_log)) >= 2, 15, "two leaves to start")
     assert first.terminate(timeout=10) == 0, first.output()
     out = first.output()
-    # Both handlers were mid-sleep: they finished; the leases held for later were given back.
+    # Both handlers were mid-sleep: they finished; the leases held for later were given back (and
+    # any granted after the signal, for credit asked before it).
     drained = re.search(r"giving back (\d+) waiting leases, draining (\d+) running", out)
     assert drained is not None and drained[2] == "2", out
     stopped = re.search(r"stopped: (\d+) completed, .* (\d+) released", out)
-    assert stopped is not None and int(stopped[1]) >= 2 and stopped[2] == drained[1], out
+    assert stopped is not None and int(stopped[1]) >= 2 and int(stopped[2]) >= int(drained[1]), out
     second = node_worker(node, coordinator, procs, log_dir, run_log, "record", "--concurrency", "8")
     done = coordinator.wait_status(job.id, DONE, timeout=20)
     ran = runs(run_log)
