@@ -145,7 +145,11 @@ export class Connection {
       // 'error' comes with every status but OK (and is thrown if nobody listens); 'status' always comes.
       call.on('error', () => {});
       call.on('status', (/** @type {any} */ status) =>
-        end(status.code === 0 ? 'closed by the coordinator' : `${STATUS_NAMES[status.code] ?? status.code}: ${status.details}`),
+        end(
+          status.code === 0
+            ? 'closed by the coordinator'
+            : `${STATUS_NAMES[status.code] ?? status.code}: ${status.details}`,
+        ),
       );
       call.write({ hello: this.hello });
     });

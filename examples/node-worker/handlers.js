@@ -43,7 +43,7 @@ export async function count(range, ctx) {
   const chunk = BigInt(param(ctx.params, 'chunk') ?? 1000);
   if (chunk < 1n) throw new PermanentError(`params.chunk must be at least 1 (got ${chunk})`);
   let total = ctx.details ? BigInt(ctx.details.toString()) : 0n;
-  for (let at = range.start; at < range.end; ) {
+  for (let at = range.start; at < range.end;) {
     ctx.signal.throwIfAborted();
     const stop = at + chunk < range.end ? at + chunk : range.end;
     for (let n = at; n < stop; n++) total += mode === 'sum' ? n : isPrime(n) ? 1n : 0n;

@@ -124,7 +124,8 @@ export class Worker {
     if (typeof handler !== 'function') throw new TypeError('handler must be a function (range, ctx)');
     const concurrency = options.concurrency ?? defaults.CONCURRENCY;
     const prefetch = options.prefetch ?? defaults.PREFETCH;
-    if (!Number.isInteger(concurrency) || concurrency < 1) throw new RangeError('concurrency must be at least 1');
+    if (!Number.isInteger(concurrency) || concurrency < 1)
+      throw new RangeError('concurrency must be at least 1');
     if (!Number.isInteger(prefetch) || prefetch < 0) throw new RangeError('prefetch must not be negative');
     this.target = target;
     this.handler = handler;
@@ -196,7 +197,8 @@ export class Worker {
   /** Heartbeat when the interval passed; looked at often, as it follows the TTLs of the leases held. */
   #tick() {
     const interval = this.#heartbeatIntervalMs();
-    if (this.#held.size === 0 || !this.connection.up) this.#lastBeat = Date.now(); // nothing to beat
+    if (this.#held.size === 0 || !this.connection.up)
+      this.#lastBeat = Date.now(); // nothing to beat
     else if (Date.now() - this.#lastBeat >= interval) this.#sendHeartbeat();
     const due = interval - (Date.now() - this.#lastBeat);
     this.#beats = setTimeout(() => this.#tick(), Math.max(1, Math.min(defaults.HEARTBEAT_TICK_MS, due)));
@@ -250,7 +252,10 @@ export class Worker {
       } catch {
         this.log.warn(`job ${info.job_id}: params_json is not JSON; handlers get {}`);
       }
-      this.#jobs.set(info.job_id, { params, leaseTtlMs: durationMs(info.lease_ttl) ?? defaults.LEASE_TTL_MS });
+      this.#jobs.set(info.job_id, {
+        params,
+        leaseTtlMs: durationMs(info.lease_ttl) ?? defaults.LEASE_TTL_MS,
+      });
     }
     this.#outstanding = Math.max(0, this.#outstanding - grant.leases.length);
     for (const lease of grant.leases) {
@@ -266,11 +271,13 @@ export class Worker {
         given: false,
       };
       this.#held.set(held.fence, held);
-      if (this.#stopping) this.#giveBack(held);
-      else if (lease.kind === 'LEASE_KIND_PROBE') {
+      if (this.#stopping) {
+        this.#giveBack(held);
+      } else if (lease.kind === 'LEASE_KIND_PROBE') {
         this.#probe(held).catch((err) => this.log.error(`probe ${held.fence} failed: ${err.stack}`));
+      } else {
+        this.#waiting.push(held);
       }
-      else this.#waiting.push(held);
     }
     this.#pump();
   }
@@ -394,7 +401,8 @@ export class Worker {
     /** @type {unknown} */
     let error = null;
     try {
-      if (this.shouldProcess) keep = Boolean(await this.shouldProcess(range(u64(lease.start), u64(lease.end)), lease.is_leaf));
+      if (this.shouldProcess)
+        keep = Boolean(await this.shouldProcess(range(u64(lease.start), u64(lease.end)), lease.is_leaf));
     } catch (err) {
       error = err ?? new Error('shouldProcess threw a nullish value');
     }
@@ -496,7 +504,9 @@ export class Worker {
   // -- stopping --------------------------------------------------------------------------------
 
   async #drain() {
-    this.log.info(`stopping: giving back ${this.#waiting.length} waiting leases, draining ${this.#running} running`);
+    this.log.info(
+      `stopping: giving back ${this.#waiting.length} waiting leases, draining ${this.#running} running`,
+    );
     while (this.#waiting.length) this.#giveBack(/** @type {Held} */ (this.#waiting.shift()));
     this.#flush();
     if (!(await this.#waitUntil(() => this.#running === 0, this.drainTimeoutMs))) {
@@ -522,7 +532,9 @@ export class Worker {
     if (this.#beats !== null) clearTimeout(this.#beats);
     await this.connection.close();
     this.log.info(
-      `stopped: ${Object.entries(this.stats).map(([what, n]) => `${n} ${what}`).join(', ')}`,
+      `stopped: ${Object.entries(this.stats)
+        .map(([what, n]) => `${n} ${what}`)
+        .join(', ')}`,
     );
   }
 

@@ -45,7 +45,8 @@ function integer(text, flag, min) {
 async function load(spec, known, what) {
   if (Object.hasOwn(known, spec)) return known[spec];
   const at = spec.lastIndexOf(':');
-  if (at <= 0) usage(`unknown ${what} ${spec}: not one of ${Object.keys(known).join(', ')}, nor FILE.js:EXPORT`);
+  if (at <= 0)
+    usage(`unknown ${what} ${spec}: not one of ${Object.keys(known).join(', ')}, nor FILE.js:EXPORT`);
   const module = await import(pathToFileURL(path.resolve(spec.slice(0, at))).href);
   const handler = module[spec.slice(at + 1)];
   if (typeof handler !== 'function') usage(`${spec}: no function exported under that name`);
@@ -76,12 +77,15 @@ if (args.help) {
 }
 if (!args.handler) usage('--handler is required');
 const drainSeconds = args['drain-timeout'] === undefined ? undefined : Number(args['drain-timeout']);
-if (drainSeconds !== undefined && !(drainSeconds >= 0)) usage(`--drain-timeout must be a number of seconds (got ${args['drain-timeout']})`);
+if (drainSeconds !== undefined && !(drainSeconds >= 0))
+  usage(`--drain-timeout must be a number of seconds (got ${args['drain-timeout']})`);
 
 const worker = runWorker({
   target: args.target ?? process.env.PARCELO_TARGET ?? 'localhost:50051',
   handler: await load(args.handler, HANDLERS, 'handler'),
-  shouldProcess: args['should-process'] ? await load(args['should-process'], SHOULD_PROCESS, 'rule') : undefined,
+  shouldProcess: args['should-process']
+    ? await load(args['should-process'], SHOULD_PROCESS, 'rule')
+    : undefined,
   queues: args.queue,
   concurrency: integer(args.concurrency, '--concurrency', 1),
   prefetch: integer(args.prefetch, '--prefetch', 0),

@@ -51,11 +51,14 @@ call.on('data', (/** @type {any} */ msg) => {
     fence = /** @type {string} */ (lease.fence);
     const info = msg.grant.jobs.find((/** @type {any} */ job) => job.job_id === lease.job_id);
     const ttlMs = durationMs(info?.lease_ttl) ?? 30_000;
-    process.stderr.write(`stale-check: holding lease ${fence} of ${lease.job_id} for ${ttlMs + MARGIN_MS} ms (TTL ${ttlMs} ms) without heartbeats\n`);
+    process.stderr.write(
+      `stale-check: holding lease ${fence} of ${lease.job_id} for ${ttlMs + MARGIN_MS} ms (TTL ${ttlMs} ms) without heartbeats\n`,
+    );
     setTimeout(() => call.write({ complete: { fences: [fence], request_id: '1' } }), ttlMs + MARGIN_MS);
   } else if (msg.msg === 'complete') {
     const { accepted, rejected } = msg.complete;
-    if (rejected.length) console.log(`rejected ${rejected[0].fence} ${enumName(rejected[0].reason, 'REJECT_REASON_')}`);
+    if (rejected.length)
+      console.log(`rejected ${rejected[0].fence} ${enumName(rejected[0].reason, 'REJECT_REASON_')}`);
     else console.log(`accepted ${accepted[0]}`);
     call.end();
     client.close();

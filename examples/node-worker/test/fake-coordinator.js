@@ -42,10 +42,17 @@ export class FakeStream {
   #read(ms) {
     if (this.#queue.length) return Promise.resolve(this.#queue.shift());
     return new Promise((resolve, reject) => {
-      const timer = setTimeout(() => {
-        this.#readers.splice(this.#readers.indexOf(done), 1);
-        reject(new Error(`no request within the time allowed; received ${JSON.stringify(this.received.map((m) => m.msg))}`));
-      }, Math.max(0, ms));
+      const timer = setTimeout(
+        () => {
+          this.#readers.splice(this.#readers.indexOf(done), 1);
+          reject(
+            new Error(
+              `no request within the time allowed; received ${JSON.stringify(this.received.map((m) => m.msg))}`,
+            ),
+          );
+        },
+        Math.max(0, ms),
+      );
       const done = (/** @type {any} */ msg) => {
         clearTimeout(timer);
         resolve(msg);

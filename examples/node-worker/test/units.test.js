@@ -19,7 +19,11 @@ test('outbox batches results with fresh request ids and forgets what answers set
   assert.deepEqual(fail, { fail: { failures: [{ fence: '3', message: 'boom' }], request_id: '2' } });
   assert.equal(box.pending, 0);
   assert.equal(box.unanswered, 3);
-  const settled = box.settle({ accepted: ['1'], rejected: [{ fence: '2', reason: 'REJECT_REASON_STALE_FENCE', message: '' }], request_id: '1' });
+  const settled = box.settle({
+    accepted: ['1'],
+    rejected: [{ fence: '2', reason: 'REJECT_REASON_STALE_FENCE', message: '' }],
+    request_id: '1',
+  });
   assert.deepEqual(settled.missing, []);
   assert.equal(box.unanswered, 1); // a rejected result is dropped, not sent again
   box.settle({ accepted: ['3'], rejected: [], request_id: '2' });
@@ -35,7 +39,9 @@ test('outbox sends every unanswered result again after requeue, in the order fir
   box.requeue();
   const again = box.take();
   assert.deepEqual(again[0].complete.fences, ['5', '6']);
-  assert.deepEqual(again[1].fail.failures, [{ fence: '7', message: 'released', released: true, cursor: '0' }]);
+  assert.deepEqual(again[1].fail.failures, [
+    { fence: '7', message: 'released', released: true, cursor: '0' },
+  ]);
   assert.deepEqual([again[0].complete.request_id, again[1].fail.request_id], ['3', '4']); // never reused
 });
 
@@ -52,7 +58,10 @@ test('outbox splits large batches', () => {
   const box = new Outbox();
   for (let i = 0; i < COMPLETION_BATCH + 3; i++) box.complete(String(i));
   const msgs = box.take();
-  assert.deepEqual(msgs.map((m) => m.complete.fences.length), [COMPLETION_BATCH, 3]);
+  assert.deepEqual(
+    msgs.map((m) => m.complete.fences.length),
+    [COMPLETION_BATCH, 3],
+  );
 });
 
 test('credit keeps at most capacity leases held or coming, asked in batches', () => {
@@ -67,7 +76,10 @@ test('credit keeps at most capacity leases held or coming, asked in batches', ()
 
 test('reconnect delays grow to the cap with bounded jitter', () => {
   const low = backoffDelays(100, 1000, 0.2, () => 0);
-  assert.deepEqual(Array.from({ length: 6 }, () => Math.round(low.next().value)), [80, 160, 320, 640, 800, 800]);
+  assert.deepEqual(
+    Array.from({ length: 6 }, () => Math.round(low.next().value)),
+    [80, 160, 320, 640, 800, 800],
+  );
   const high = backoffDelays(100, 1000, 0.2, () => 1);
   assert.equal(Math.round(high.next().value), 120);
 });
@@ -97,7 +109,9 @@ test('a checkpoint must lie within the leaf; details become bytes', () => {
 
 test('a heartbeat cursor is on the wire when set, even at 0, and absent otherwise', () => {
   const work = workerServiceClient().service.Work;
-  const bytes = work.requestSerialize({ heartbeat: { leases: [{ fence: '5', cursor: '0' }, { fence: '6' }] } });
+  const bytes = work.requestSerialize({
+    heartbeat: { leases: [{ fence: '5', cursor: '0' }, { fence: '6' }] },
+  });
   // WorkRequest.heartbeat(3) { leases(1) {fence(1)=5, cursor(2)=0}, leases(1) {fence(1)=6} }
   assert.equal(bytes.toString('hex'), '1a0a0a0408051000' + '0a020806');
   const back = work.requestDeserialize(bytes).heartbeat.leases;
@@ -112,7 +126,9 @@ test('uint64 values go out as decimal strings and come back exact', () => {
   assert.throws(() => wireU64(-1), RangeError);
   const work = workerServiceClient().service.Work;
   const decoded = work.responseDeserialize(
-    work.responseSerialize({ grant: { leases: [{ fence: '1', start: wireU64(top - 1n), end: wireU64(top) }], jobs: [] } }),
+    work.responseSerialize({
+      grant: { leases: [{ fence: '1', start: wireU64(top - 1n), end: wireU64(top) }], jobs: [] },
+    }),
   );
   assert.equal(BigInt(decoded.grant.leases[0].end), top);
 });

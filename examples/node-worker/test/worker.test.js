@@ -21,10 +21,21 @@ async function holdUntilAborted(range, ctx) {
 }
 
 test('hello names the worker; the first credit is concurrency + prefetch', async () => {
-  const worker = runWorker({ target: coord.target, handler: async () => {}, concurrency: 3, prefetch: 2, workerId: 'w1', queues: ['a', 'b'], logger: quiet });
+  const worker = runWorker({
+    target: coord.target,
+    handler: async () => {},
+    concurrency: 3,
+    prefetch: 2,
+    workerId: 'w1',
+    queues: ['a', 'b'],
+    logger: quiet,
+  });
   const stream = await coord.stream();
   const hello = await stream.accept();
-  assert.deepEqual([hello.worker_id, hello.queues, hello.sdk.startsWith('parcelo-node/')], ['w1', ['a', 'b'], true]);
+  assert.deepEqual(
+    [hello.worker_id, hello.queues, hello.sdk.startsWith('parcelo-node/')],
+    ['w1', ['a', 'b'], true],
+  );
   assert.equal((await stream.next('lease')).count, 5);
   await worker.stop();
 });
@@ -48,11 +59,14 @@ test('LOST and CANCEL report nothing; RELEASE gives the lease back with its chec
   let beat;
   do beat = await stream.next('heartbeat');
   while (!beat.leases.every((l) => l.cursor !== undefined));
-  assert.deepEqual(beat.leases.map((l) => [l.fence, l.cursor, l.details.toString()]), [
-    ['1', '105', 'five'],
-    ['2', '205', 'five'],
-    ['3', '305', 'five'],
-  ]);
+  assert.deepEqual(
+    beat.leases.map((l) => [l.fence, l.cursor, l.details.toString()]),
+    [
+      ['1', '105', 'five'],
+      ['2', '205', 'five'],
+      ['3', '305', 'five'],
+    ],
+  );
   assert.deepEqual(seen[0], [100n, { x: 1 }, 1, 1n]);
   stream.send({
     heartbeat: {
@@ -108,7 +122,13 @@ test('failures carry the message, the checkpoint and whether they are permanent'
 });
 
 test('a result not answered is sent again on the next stream, with a new request id', async () => {
-  const worker = runWorker({ target: coord.target, handler: async () => {}, concurrency: 1, prefetch: 0, logger: quiet });
+  const worker = runWorker({
+    target: coord.target,
+    handler: async () => {},
+    concurrency: 1,
+    prefetch: 0,
+    logger: quiet,
+  });
   const first = await coord.stream();
   await first.accept();
   await first.next('lease');
@@ -146,7 +166,9 @@ test('credit asked and leases held never exceed concurrency + prefetch', async (
     if (msg.msg === 'complete') {
       held -= msg.complete.fences.length;
       answered += msg.complete.fences.length;
-      stream.send({ complete: { accepted: msg.complete.fences, rejected: [], request_id: msg.complete.request_id } });
+      stream.send({
+        complete: { accepted: msg.complete.fences, rejected: [], request_id: msg.complete.request_id },
+      });
     }
     assert.ok(credit + held <= 6, `credit ${credit} + held ${held} > 6`);
     const n = Math.min(credit, 3); // grant in small pieces, as work trickles in
@@ -185,7 +207,13 @@ test('stop gives back leases not started, lets the running one finish, waits for
   let stopped = false;
   const done = worker.stop().then(() => (stopped = true));
   const released = await stream.next('fail');
-  assert.deepEqual(released.failures.map((f) => [f.fence, f.released]), [['2', true], ['3', true]]);
+  assert.deepEqual(
+    released.failures.map((f) => [f.fence, f.released]),
+    [
+      ['2', true],
+      ['3', true],
+    ],
+  );
   stream.send({ fail: { accepted: ['2', '3'], rejected: [], request_id: released.request_id } });
   const complete = await stream.next('complete');
   assert.deepEqual(complete.fences, ['1']);
@@ -199,7 +227,14 @@ test('stop gives back leases not started, lets the running one finish, waits for
 });
 
 test('a drain timeout aborts running handlers and gives their leases back', async () => {
-  const worker = runWorker({ target: coord.target, handler: holdUntilAborted, concurrency: 1, prefetch: 0, drainTimeoutMs: 50, logger: quiet });
+  const worker = runWorker({
+    target: coord.target,
+    handler: holdUntilAborted,
+    concurrency: 1,
+    prefetch: 0,
+    drainTimeoutMs: 50,
+    logger: quiet,
+  });
   const stream = await coord.stream();
   await stream.accept();
   await stream.next('lease');
@@ -207,7 +242,10 @@ test('a drain timeout aborts running handlers and gives their leases back', asyn
   await stream.next('heartbeat');
   const done = worker.stop();
   const released = await stream.next('fail');
-  assert.deepEqual(released.failures.map((f) => [f.fence, f.released, f.cursor]), [['4', true, '405']]);
+  assert.deepEqual(
+    released.failures.map((f) => [f.fence, f.released, f.cursor]),
+    [['4', true, '405']],
+  );
   stream.send({ fail: { accepted: ['4'], rejected: [], request_id: released.request_id } });
   await done;
 });
@@ -227,7 +265,13 @@ test('JOB_GONE stops the other handlers of that job', async () => {
   await stream.next('lease');
   stream.send(grant([1, 2]));
   const complete = await stream.next('complete');
-  stream.send({ complete: { accepted: [], rejected: [{ fence: '1', reason: 'REJECT_REASON_JOB_GONE', message: 'gone' }], request_id: complete.request_id } });
+  stream.send({
+    complete: {
+      accepted: [],
+      rejected: [{ fence: '1', reason: 'REJECT_REASON_JOB_GONE', message: 'gone' }],
+      request_id: complete.request_id,
+    },
+  });
   while (worker.stats.dropped === 0) await sleep(5);
   await worker.stop();
   assert.equal(stream.received.filter((m) => m.msg === 'fail').length, 0);
@@ -251,7 +295,14 @@ test('probes are answered by shouldProcess: complete to process, skipped to prun
   await stream.accept();
   await stream.next('lease');
   const probe = (/** @type {number} */ fence, /** @type {number} */ start) => ({
-    fence: String(fence), job_id: 'j', kind: 'LEASE_KIND_PROBE', start: String(start), end: String(start + 50), attempt: 1, cursor: String(start), is_leaf: true,
+    fence: String(fence),
+    job_id: 'j',
+    kind: 'LEASE_KIND_PROBE',
+    start: String(start),
+    end: String(start + 50),
+    attempt: 1,
+    cursor: String(start),
+    is_leaf: true,
   });
   stream.send({ grant: { leases: [probe(1, 0)], jobs: [{ job_id: 'j', params_json: '{}' }] } });
   const first = await stream.next('complete');
@@ -263,7 +314,10 @@ test('probes are answered by shouldProcess: complete to process, skipped to prun
   stream.send({ complete: { accepted: ['1'], rejected: [], request_id: first.request_id } });
   stream.send({ complete: { accepted: ['2'], rejected: [], request_id: second.request_id } });
   await worker.stop();
-  assert.deepEqual(asked, [[0n, 50n, true], [50n, 100n, true]]);
+  assert.deepEqual(asked, [
+    [0n, 50n, true],
+    [50n, 100n, true],
+  ]);
 });
 
 test('a lease lost before its handler started is neither run nor heartbeated again', async () => {
@@ -283,14 +337,27 @@ test('a lease lost before its handler started is neither run nor heartbeated aga
   await stream.next('lease');
   stream.send(grant([1, 2]));
   await stream.next('heartbeat');
-  stream.send({ heartbeat: { directives: [{ fence: '1', action: 'DIRECTIVE_ACTION_CONTINUE' }, { fence: '2', action: 'DIRECTIVE_ACTION_LOST' }] } });
+  stream.send({
+    heartbeat: {
+      directives: [
+        { fence: '1', action: 'DIRECTIVE_ACTION_CONTINUE' },
+        { fence: '2', action: 'DIRECTIVE_ACTION_LOST' },
+      ],
+    },
+  });
   let beat;
   do beat = await stream.next('heartbeat');
   while (beat.leases.length !== 1);
-  assert.deepEqual(beat.leases.map((/** @type {any} */ l) => l.fence), ['1']);
+  assert.deepEqual(
+    beat.leases.map((/** @type {any} */ l) => l.fence),
+    ['1'],
+  );
   stream.send({ heartbeat: { directives: [{ fence: '1', action: 'DIRECTIVE_ACTION_RELEASE' }] } });
   const released = await stream.next('fail');
-  assert.deepEqual(released.failures.map((/** @type {any} */ f) => f.fence), ['1']);
+  assert.deepEqual(
+    released.failures.map((/** @type {any} */ f) => f.fence),
+    ['1'],
+  );
   stream.send({ fail: { accepted: ['1'], rejected: [], request_id: released.request_id } });
   await worker.stop();
   assert.deepEqual(started, [100n]); // lease 2 waited for the slot and was lost before it got one
