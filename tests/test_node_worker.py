@@ -22,7 +22,7 @@ import pytest
 from parcelo import JobOptions, RetryPolicy
 from parcelo.testing import CoordinatorProcess, Proc, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2
-from tests.support import pruned_reference, reference_leaves, runs
+from tests.support import pruned_reference, reference_leaves, runs, start_recording_workers
 
 pytestmark = pytest.mark.integration
 
@@ -140,6 +140,23 @@ def test_node_workers_alone_run_every_leaf_once_with_exact_stats(
     pids = {line.split()[4] for line in run_log.read_text().splitlines()}
     assert pids == {str(proc.pid) for proc in workers}  # both processes took part
     for proc in workers:
+        assert proc.terminate() == 0, proc.output()
+
+
+def test_node_and_python_workers_share_a_job(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    nodes = node_worker(node, coordinator, procs, log_dir, run_log, "record", "--prefetch", "4")
+    (python,) = start_recording_workers(coordinator, procs, log_dir, run_log, "record", "--prefetch", "4")
+    connected(nodes)
+    wait_for(lambda: "connected to" in python.output(), 15, "the Python worker to connect")
+    job = coordinator.create_job(JobOptions(0, 64_000, max_range_size=1000, params={"sleep": 0.02}))
+    coordinator.wait_status(job.id, DONE, timeout=30)
+    assert sorted((s, e) for s, e, _ in runs(run_log)) == reference_leaves(0, 64_000, 1000)
+    pids = {line.split()[4] for line in run_log.read_text().splitlines()}
+    assert pids == {str(nodes.pid), str(python.pid)}
+    for proc in (nodes, python):
         assert proc.terminate() == 0, proc.output()
 
 
