@@ -204,15 +204,19 @@ export class Worker {
     this.#beats = setTimeout(() => this.#tick(), Math.max(1, Math.min(defaults.HEARTBEAT_TICK_MS, due)));
   }
 
-  /** Welcome.heartbeat_interval, else a third of the shortest lease TTL among the jobs held. */
+  /**
+   * Welcome.heartbeat_interval ("at least this often"), but never less often than a third of the
+   * shortest lease TTL among the jobs held: leases must be heartbeated within every TTL, even one
+   * shorter than the interval the coordinator suggests to every worker.
+   */
   #heartbeatIntervalMs() {
-    if (this.#suggestedIntervalMs) return this.#suggestedIntervalMs;
     let ttl = Infinity;
     for (const held of this.#held.values()) {
       ttl = Math.min(ttl, this.#jobs.get(held.lease.job_id)?.leaseTtlMs ?? defaults.LEASE_TTL_MS);
     }
     if (ttl === Infinity) ttl = defaults.LEASE_TTL_MS;
-    return Math.max(defaults.MIN_HEARTBEAT_MS, ttl / defaults.HEARTBEAT_FRACTION);
+    const byTtl = Math.max(defaults.MIN_HEARTBEAT_MS, ttl / defaults.HEARTBEAT_FRACTION);
+    return Math.min(this.#suggestedIntervalMs ?? Infinity, byTtl);
   }
 
   #sendHeartbeat() {

@@ -362,3 +362,24 @@ test('a lease lost before its handler started is neither run nor heartbeated aga
   await worker.stop();
   assert.deepEqual(started, [100n]); // lease 2 waited for the slot and was lost before it got one
 });
+
+test('heartbeats follow the shortest lease TTL held when the suggested interval is longer', async () => {
+  const worker = runWorker({
+    target: coord.target,
+    handler: holdUntilAborted,
+    concurrency: 1,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept({ heartbeat_interval: { seconds: 60, nanos: 0 } });
+  await stream.next('lease');
+  stream.send(grant([1], { lease_ttl: { seconds: 0, nanos: 300_000_000 } }));
+  await stream.next('heartbeat', 500);
+  const since = Date.now();
+  await stream.next('heartbeat', 500);
+  const gap = Date.now() - since;
+  assert.ok(gap >= 50 && gap < 250, `heartbeats ${gap} ms apart for a 300 ms TTL`);
+  stream.send({ heartbeat: { directives: [{ fence: '1', action: 'DIRECTIVE_ACTION_LOST' }] } });
+  await worker.stop();
+});
