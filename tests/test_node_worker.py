@@ -22,7 +22,7 @@ import pytest
 from parcelo import JobOptions, RetryPolicy
 from parcelo.testing import CoordinatorProcess, Proc, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2
-from tests.support import pruned_reference, reference_leaves, runs, start_recording_workers
+from tests.support import pruned_reference, reference_leaves, runs, runs_with_pids, start_recording_workers
 
 pytestmark = pytest.mark.integration
 
@@ -137,8 +137,7 @@ def test_node_workers_alone_run_every_leaf_once_with_exact_stats(
     )
     assert (s.range_processed, s.range_total, s.range_skipped, s.active_leases) == (100_000, 100_000, 0, 0)
     assert s.failed_attempts == 0
-    pids = {line.split()[4] for line in run_log.read_text().splitlines()}
-    assert pids == {str(proc.pid) for proc in workers}  # both processes took part
+    assert {pid for *_, pid in runs_with_pids(run_log)} == {proc.pid for proc in workers}  # both took part
     for proc in workers:
         assert proc.terminate() == 0, proc.output()
 
@@ -154,8 +153,7 @@ def test_node_and_python_workers_share_a_job(
     job = coordinator.create_job(JobOptions(0, 64_000, max_range_size=1000, params={"sleep": 0.02}))
     coordinator.wait_status(job.id, DONE, timeout=30)
     assert sorted((s, e) for s, e, _ in runs(run_log)) == reference_leaves(0, 64_000, 1000)
-    pids = {line.split()[4] for line in run_log.read_text().splitlines()}
-    assert pids == {str(nodes.pid), str(python.pid)}
+    assert {pid for *_, pid in runs_with_pids(run_log)} == {nodes.pid, python.pid}
     for proc in (nodes, python):
         assert proc.terminate() == 0, proc.output()
 
