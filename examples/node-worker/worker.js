@@ -485,7 +485,11 @@ export class Worker {
     if (this.#flushTimer !== null) clearTimeout(this.#flushTimer);
     this.#flushTimer = null;
     if (!this.connection.up) return; // kept unanswered; the next stream sends them again
-    for (const msg of this.#outbox.take()) this.connection.send(msg);
+    for (const msg of this.#outbox.take()) {
+      const request = /** @type {any} */ (msg);
+      (request.complete ?? request.fail).worker_id = this.workerId; // informative: logged by the coordinator
+      this.connection.send(request);
+    }
   }
 
   #askForLeases() {

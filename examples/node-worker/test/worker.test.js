@@ -134,7 +134,7 @@ test('a result not answered is sent again on the next stream, with a new request
   await first.next('lease');
   first.send(grant([7]));
   const sent = await first.next('complete');
-  assert.deepEqual(sent.fences, ['7']);
+  assert.deepEqual([sent.fences, sent.worker_id], [['7'], worker.workerId]);
   first.call.end(); // the coordinator goes away without answering
   const second = await coord.stream();
   await second.accept();
