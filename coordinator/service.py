@@ -43,6 +43,9 @@ STATUS_OF: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
 WATCH_BUFFER = 50_000
 """Events buffered for one watcher; a watcher further behind is dropped and must reconnect with after_seq."""
 
+MAX_WORKER_ID = 256
+"""Characters of a worker id kept (it is stored with every lease its worker holds)."""
+
 MAX_LEASE_WAIT_MS = 60_000
 """Longest a unary Lease call waits for work (LeaseRequest.wait)."""
 
@@ -307,7 +310,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 if hello_seen:
                     raise errors.InvalidArgument("hello", "a Work stream sends hello once, first")
                 hello = request.hello
-                session.worker_id = hello.worker_id or session.worker_id
+                session.worker_id = hello.worker_id[:MAX_WORKER_ID] or session.worker_id
                 session.queues = tuple(hello.queues) or ("default",)
                 hello_seen = True
                 log.info(
@@ -340,7 +343,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         if request.count == 0:
             raise errors.InvalidArgument("count", "must be greater than 0")
         session = Session(
-            worker_id=request.worker_id or context.peer(), queues=tuple(request.queues) or ("default",)
+            worker_id=request.worker_id[:MAX_WORKER_ID] or context.peer(),
+            queues=tuple(request.queues) or ("default",),
         )
         self._dispatcher.add(session)
         self._dispatcher.credit(session, request.count)

@@ -292,8 +292,11 @@ class Worker:
         loop = asyncio.get_running_loop()
         last = loop.time()
         while True:
-            # Re-evaluated often: the interval follows the TTL of the leases held right now.
-            interval = interval_ms / 1000 if interval_ms else self._default_interval()
+            # Re-evaluated often: the interval follows the TTL of the leases held right now, and
+            # the coordinator's suggestion never stretches it past a third of that TTL.
+            interval = self._default_interval()
+            if interval_ms:
+                interval = min(interval, interval_ms / 1000)
             await asyncio.sleep(min(interval, 0.1))
             if loop.time() - last >= interval:
                 last = loop.time()
