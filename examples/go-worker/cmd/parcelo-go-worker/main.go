@@ -1,0 +1,108 @@
+// Command parcelo-go-worker runs one of the handlers of handlers.go on leases from a Parcelo
+// coordinator until SIGTERM or SIGINT, then drains and exits 0.
+//
+//	parcelo-go-worker -target localhost:50051 -handler count -concurrency 4
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"log"
+	"os"
+	"os/signal"
+	"sort"
+	"strings"
+	"syscall"
+
+	"parcelo.dev/worker/parcelo"
+)
+
+// queues collects repeated -queue flags.
+type queues []string
+
+func (q *queues) String() string     { return strings.Join(*q, ",") }
+func (q *queues) Set(v string) error { *q = append(*q, v); return nil }
+
+func main() {
+	os.Exit(run())
+}
+
+func run() int {
+	target := os.Getenv("PARCELO_TARGET")
+	if target == "" {
+		target = "localhost:50051"
+	}
+	var qs queues
+	flag.StringVar(&target, "target", target, "coordinator `HOST:PORT` (env PARCELO_TARGET)")
+	handlerName := flag.String("handler", "", "handler to run: "+strings.Join(handlerNames(), ", "))
+	flag.Var(&qs, "queue", "queue to take leases from (repeatable) (default default)")
+	concurrency := flag.Int("concurrency", parcelo.DefaultConcurrency, "run `N` handlers at once")
+	prefetch := flag.Int("prefetch", parcelo.DefaultPrefetch, "leases kept in hand beyond the running ones")
+	workerID := flag.String("worker-id", "", "name shown to the coordinator (default host:pid)")
+	drain := flag.Duration("drain-timeout", parcelo.DefaultDrainTimeout, "on SIGTERM, how long running handlers get to finish")
+	version := flag.Bool("version", false, "print the SDK name and version and exit")
+	flag.Parse()
+	if *version {
+		fmt.Println(parcelo.SDK)
+		return 0
+	}
+	logger := log.New(os.Stderr, "parcelo-go ", log.LstdFlags|log.Lmicroseconds)
+	handler, ok := handlers[*handlerName]
+	if !ok {
+		fmt.Fprintf(os.Stderr, "error: -handler must be one of %s (got %q)\n", strings.Join(handlerNames(), ", "), *handlerName)
+		return 2
+	}
+	if *concurrency < 1 || *prefetch < 0 || *drain < 0 || flag.NArg() > 0 {
+		fmt.Fprintln(os.Stderr, "error: -concurrency must be at least 1, -prefetch and -drain-timeout not negative, and no arguments")
+		return 2
+	}
+	opts := parcelo.Options{
+		Target:       target,
+		Handler:      handler,
+		Queues:       qs,
+		Concurrency:  *concurrency,
+		Prefetch:     *prefetch,
+		WorkerID:     *workerID,
+		DrainTimeout: *drain,
+		Logger:       logger,
+	}
+	// The Options' zero values mean "the default"; on the command line 0 means none.
+	if *prefetch == 0 {
+		opts.Prefetch = -1
+	}
+	if *drain == 0 {
+		opts.DrainTimeout = -1
+	}
+	w, err := parcelo.NewWorker(opts)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "error:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, os.Interrupt)
+	defer stop()
+	logger.Printf("%s starting as %s: handler %s, concurrency %d, target %s", parcelo.SDK, w.WorkerID(), *handlerName, *concurrency, target)
+	err = w.Run(ctx)
+	s := w.Stats()
+	logger.Printf("stopped: %d completed, %d skipped, %d failed, %d released, %d rejected, %d dropped",
+		s.Completed, s.Skipped, s.Failed, s.Released, s.Rejected, s.Dropped)
+	if errors.Is(err, parcelo.ErrUnanswered) {
+		logger.Print(err)
+		return 1
+	}
+	if err != nil {
+		logger.Print(err)
+		return 1
+	}
+	return 0
+}
+
+func handlerNames() []string {
+	names := make([]string, 0, len(handlers))
+	for name := range handlers {
+		names = append(names, name)
+	}
+	sort.Strings(names)
+	return names
+}
