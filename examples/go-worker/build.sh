@@ -24,6 +24,10 @@ cp -R "$here/parcelo" "$here/cmd" "$gopath/src/parcelo.dev/worker/"
 cp -R "$here/gen/parcelo/v1" "$gopath/src/parcelo.dev/gen/parcelo/"
 
 export GO111MODULE=off GOPATH="$gopath:/usr/share/gocode" GOFLAGS= GOPROXY=off CGO_ENABLED=0
+# Go keeps its build cache under $HOME; a CI step may have no HOME.
+if [ -z "${GOCACHE:-}" ] && [ -z "${HOME:-}" ] && [ -z "${XDG_CACHE_HOME:-}" ]; then
+  export GOCACHE="${TMPDIR:-/tmp}/parcelo-go-build-cache"
+fi
 cd "$gopath/src/parcelo.dev/worker"
 packages=(parcelo.dev/worker/parcelo parcelo.dev/worker/cmd/parcelo-go-worker)
 

@@ -20,6 +20,11 @@ var handlers = map[string]parcelo.Handler{
 	"checkpoint_then_fail": checkpointThenFail,
 }
 
+// pruners the command can answer probes of pruning jobs with, by -should-process name.
+var pruners = map[string]parcelo.ShouldProcess{
+	"keep_multiples": keepMultiples,
+}
+
 // -- the demo ----------------------------------------------------------------------------------
 
 // countParams are the params of a counting job: {"out": "/some/dir"} (optional).
@@ -98,6 +103,11 @@ func primesIn(start, end uint64) uint64 {
 }
 
 // -- handlers of tests/test_go_worker.py -----------------------------------------------------------
+
+// keepMultiples keeps the ranges that contain a multiple of 10,000 (tests/handlers.py's rule).
+func keepMultiples(ctx context.Context, r parcelo.Range, isLeaf bool) (bool, error) {
+	return (r.End-1)/10000 >= (r.Start+9999)/10000, nil
+}
 
 // testParams are the params the test handlers read (as tests/handlers.py does).
 type testParams struct {

@@ -36,7 +36,8 @@ func run() int {
 	}
 	var qs queues
 	flag.StringVar(&target, "target", target, "coordinator `HOST:PORT` (env PARCELO_TARGET)")
-	handlerName := flag.String("handler", "", "handler to run: "+strings.Join(handlerNames(), ", "))
+	handlerName := flag.String("handler", "", "handler to run: "+strings.Join(names(handlers), ", "))
+	pruner := flag.String("should-process", "", "answer probes of pruning jobs with: "+strings.Join(names(pruners), ", ")+" (default: process every node)")
 	flag.Var(&qs, "queue", "queue to take leases from (repeatable) (default default)")
 	concurrency := flag.Int("concurrency", parcelo.DefaultConcurrency, "run `N` handlers at once")
 	prefetch := flag.Int("prefetch", parcelo.DefaultPrefetch, "leases kept in hand beyond the running ones")
@@ -51,7 +52,12 @@ func run() int {
 	logger := log.New(os.Stderr, "parcelo-go ", log.LstdFlags|log.Lmicroseconds)
 	handler, ok := handlers[*handlerName]
 	if !ok {
-		fmt.Fprintf(os.Stderr, "error: -handler must be one of %s (got %q)\n", strings.Join(handlerNames(), ", "), *handlerName)
+		fmt.Fprintf(os.Stderr, "error: -handler must be one of %s (got %q)\n", strings.Join(names(handlers), ", "), *handlerName)
+		return 2
+	}
+	shouldProcess, ok := pruners[*pruner]
+	if !ok && *pruner != "" {
+		fmt.Fprintf(os.Stderr, "error: -should-process must be one of %s (got %q)\n", strings.Join(names(pruners), ", "), *pruner)
 		return 2
 	}
 	if *concurrency < 1 || *prefetch < 0 || *drain < 0 || flag.NArg() > 0 {
@@ -59,14 +65,15 @@ func run() int {
 		return 2
 	}
 	opts := parcelo.Options{
-		Target:       target,
-		Handler:      handler,
-		Queues:       qs,
-		Concurrency:  *concurrency,
-		Prefetch:     *prefetch,
-		WorkerID:     *workerID,
-		DrainTimeout: *drain,
-		Logger:       logger,
+		Target:        target,
+		Handler:       handler,
+		ShouldProcess: shouldProcess,
+		Queues:        qs,
+		Concurrency:   *concurrency,
+		Prefetch:      *prefetch,
+		WorkerID:      *workerID,
+		DrainTimeout:  *drain,
+		Logger:        logger,
 	}
 	// The Options' zero values mean "the default"; on the command line 0 means none.
 	if *prefetch == 0 {
@@ -98,11 +105,12 @@ func run() int {
 	return 0
 }
 
-func handlerNames() []string {
-	names := make([]string, 0, len(handlers))
-	for name := range handlers {
-		names = append(names, name)
+// names are the keys of a table of handlers or pruners, sorted.
+func names[T any](table map[string]T) []string {
+	out := make([]string, 0, len(table))
+	for name := range table {
+		out = append(out, name)
 	}
-	sort.Strings(names)
-	return names
+	sort.Strings(out)
+	return out
 }
