@@ -63,6 +63,8 @@ type Stats struct {
 type Worker struct {
 	opts Options
 	rng  *rand.Rand
+	// cancelGrace: how long handlers cancelled at the drain timeout get (a field for tests).
+	cancelGrace time.Duration
 
 	statsMu sync.Mutex
 	stats   Stats
@@ -154,13 +156,14 @@ func NewWorker(opts Options) (*Worker, error) {
 		opts.Logger = log.New(os.Stderr, "parcelo-go ", log.LstdFlags|log.Lmicroseconds)
 	}
 	return &Worker{
-		opts:    opts,
-		rng:     rand.New(rand.NewSource(time.Now().UnixNano())),
-		held:    map[uint64]*held{},
-		jobs:    map[string]jobInfo{},
-		results: newResults(),
-		done:    make(chan finished),
-		quit:    make(chan struct{}),
+		opts:        opts,
+		rng:         rand.New(rand.NewSource(time.Now().UnixNano())),
+		cancelGrace: cancelGrace,
+		held:        map[uint64]*held{},
+		jobs:        map[string]jobInfo{},
+		results:     newResults(),
+		done:        make(chan finished),
+		quit:        make(chan struct{}),
 	}, nil
 }
 
@@ -255,7 +258,7 @@ func (w *Worker) loop(ctx context.Context, events <-chan interface{}) error {
 						h.stop()
 					}
 				}
-				graceTimer = time.After(cancelGrace)
+				graceTimer = time.After(w.cancelGrace)
 			}
 		case <-graceTimer:
 			graceTimer = nil

@@ -80,7 +80,7 @@ type harness struct {
 	stopped bool
 }
 
-func newHarness(t *testing.T, handler Handler, concurrency, prefetch int) *harness {
+func newHarness(t *testing.T, handler Handler, concurrency, prefetch int, tune ...func(*Options)) *harness {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -91,13 +91,18 @@ func newHarness(t *testing.T, handler Handler, concurrency, prefetch int) *harne
 	pb.RegisterWorkerServiceServer(server, fake)
 	go func() { _ = server.Serve(lis) }()
 	logs := &syncBuffer{}
-	w, err := NewWorker(Options{
+	opts := Options{
 		Target: lis.Addr().String(), Handler: handler, Concurrency: concurrency, Prefetch: prefetch,
 		WorkerID: "test", DrainTimeout: 2 * time.Second, Logger: log.New(logs, "", log.Lmicroseconds),
-	})
+	}
+	for _, f := range tune {
+		f(&opts)
+	}
+	w, err := NewWorker(opts)
 	if err != nil {
 		t.Fatal(err)
 	}
+	w.cancelGrace = 200 * time.Millisecond
 	ctx, stop := context.WithCancel(context.Background())
 	h := &harness{t: t, fake: fake, worker: w, stop: stop, runErr: make(chan error, 1), logs: logs}
 	go func() { h.runErr <- w.Run(ctx) }()
@@ -182,9 +187,12 @@ func (h *harness) send(s *fakeStream, msg *pb.WorkResponse) {
 }
 
 func (h *harness) grant(s *fakeStream, leases ...*pb.Lease) {
+	h.grantWith(s, &pb.JobInfo{JobId: "j", ParamsJson: `{"n": 1}`, LeaseTtl: durationpb.New(3 * time.Second)}, leases...)
+}
+
+func (h *harness) grantWith(s *fakeStream, info *pb.JobInfo, leases ...*pb.Lease) {
 	h.send(s, &pb.WorkResponse{Msg: &pb.WorkResponse_Grant{Grant: &pb.LeaseGrant{
-		Leases: leases,
-		Jobs:   []*pb.JobInfo{{JobId: "j", ParamsJson: `{"n": 1}`, LeaseTtl: durationpb.New(3 * time.Second)}},
+		Leases: leases, Jobs: []*pb.JobInfo{info},
 	}}})
 }
 
@@ -267,7 +275,7 @@ func TestHeartbeatsCarryTheNewestCheckpointAndDirectivesStopHandlers(t *testing.
 		<-ctx.Done()
 		stopped <- lc.Fence
 		return ctx.Err()
-	}, 2, 0)
+	}, 2, -1) // no prefetch
 	s := h.accept()
 	h.next(s, "lease")
 	h.grant(s, leaf(1, 0, 10), leaf(2, 10, 20))
@@ -370,7 +378,7 @@ func TestFailuresCarryMessageCheckpointAndPermanence(t *testing.T) {
 			panic("boom")
 		}
 		return Permanent(errTest)
-	}, 3, 0)
+	}, 3, -1) // no prefetch
 	s := h.accept()
 	h.next(s, "lease")
 	h.grant(s, leaf(1, 0, 10), leaf(2, 10, 20), leaf(3, 20, 30))
@@ -401,3 +409,107 @@ var errTest = errorString("bad record")
 type errorString string
 
 func (e errorString) Error() string { return string(e) }
+
+func TestALeafTimeoutEndsTheHandlersContextAndReportsNothing(t *testing.T) {
+	deadline := make(chan error, 1)
+	h := newHarness(t, func(ctx context.Context, r Range, lc *LeaseContext) error {
+		<-ctx.Done()
+		deadline <- ctx.Err()
+		return ctx.Err()
+	}, 1, -1) // no prefetch
+	s := h.accept()
+	h.next(s, "lease")
+	h.grantWith(s, &pb.JobInfo{JobId: "j", LeafTimeout: durationpb.New(100 * time.Millisecond)}, leaf(1, 0, 10))
+	select {
+	case err := <-deadline:
+		if err != context.DeadlineExceeded {
+			t.Fatalf("ctx ended with %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("the leaf timeout did not end the handler's context")
+	}
+	if n := h.next(s, "lease").GetLease().GetCount(); n != 1 {
+		t.Fatalf("the slot is free again: credit %d", n)
+	}
+	if err := h.finish(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if st := h.worker.Stats(); st.Dropped != 1 || st.Failed != 0 || st.Completed != 0 {
+		t.Fatalf("stats: %+v", st)
+	}
+}
+
+func TestJobGoneStopsTheJobsOtherHandlers(t *testing.T) {
+	stopped := make(chan uint64, 1)
+	h := newHarness(t, func(ctx context.Context, r Range, lc *LeaseContext) error {
+		if lc.Fence == 1 {
+			return nil
+		}
+		<-ctx.Done()
+		stopped <- lc.Fence
+		return ctx.Err()
+	}, 2, -1) // no prefetch
+	s := h.accept()
+	h.next(s, "lease")
+	h.grant(s, leaf(1, 0, 10), leaf(2, 10, 20))
+	done := h.next(s, "complete").GetComplete()
+	h.send(s, &pb.WorkResponse{Msg: &pb.WorkResponse_Complete{Complete: &pb.CompleteResponse{
+		Rejected:  []*pb.Rejection{{Fence: 1, Reason: pb.RejectReason_REJECT_REASON_JOB_GONE, Message: "cancelled"}},
+		RequestId: done.GetRequestId(),
+	}}})
+	select {
+	case fence := <-stopped:
+		if fence != 2 {
+			t.Fatalf("stopped %d", fence)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("JOB_GONE did not stop the job's other handler")
+	}
+	if err := h.finish(); err != nil {
+		t.Fatalf("Run: %v", err)
+	}
+	if st := h.worker.Stats(); st.Rejected != 1 || st.Dropped != 1 || st.Failed != 0 {
+		t.Fatalf("stats: %+v", st)
+	}
+}
+
+func TestPastTheDrainTimeoutHandlersAreCancelledAndTheirLeasesGivenBack(t *testing.T) {
+	h := newHarness(t, func(ctx context.Context, r Range, lc *LeaseContext) error {
+		lc.Checkpoint(r.Start+2, nil)
+		if r.Start == 0 {
+			<-ctx.Done() // honours the cancellation
+			return ctx.Err()
+		}
+		time.Sleep(time.Hour) // ignores it: abandoned after the grace
+		return nil
+	}, 2, -1, func(o *Options) { o.DrainTimeout = 100 * time.Millisecond })
+	s := h.accept()
+	h.next(s, "lease")
+	h.grant(s, leaf(1, 0, 10), leaf(2, 10, 20))
+	time.Sleep(50 * time.Millisecond)
+	h.stop()
+	h.stopped = true
+	back := map[uint64]uint64{}
+	for len(back) < 2 {
+		fail := h.next(s, "fail")
+		for _, f := range fail.GetFail().GetFailures() {
+			if !f.GetReleased() || f.Cursor == nil {
+				t.Fatalf("given back with its checkpoint: %v", f)
+			}
+			back[f.GetFence()] = f.GetCursor()
+		}
+		h.accept1(s, "fail", fail)
+	}
+	if back[1] != 2 || back[2] != 12 {
+		t.Fatalf("released at %v", back)
+	}
+	s.end <- nil
+	select {
+	case err := <-h.runErr:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}
