@@ -27,8 +27,11 @@ func (w *Worker) onEvent(ev interface{}) {
 			w.sess = nil
 			w.outstanding = 0 // credit ends with the stream
 		}
+		if ev.s == w.retiring {
+			w.retiring = nil
+		}
 	case received:
-		if ev.s != w.sess {
+		if ev.s != w.sess && ev.s != w.retiring {
 			return
 		}
 		switch m := ev.msg.GetMsg().(type) {
@@ -84,6 +87,11 @@ func (w *Worker) onGrant(g *pb.LeaseGrant) {
 		}
 		w.held[lease.GetFence()] = h
 		switch {
+		case w.closing.Load():
+			// Credit cannot be taken back: a grant that crosses the half-close cannot be given
+			// back on this stream, and the lease expires after its TTL.
+			w.logf("lease %d of %s granted after the stream was closed: it will expire", lease.GetFence(), lease.GetJobId())
+			delete(w.held, lease.GetFence())
 		case w.stopping:
 			w.giveBack(h, nil)
 		case h.probe:

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc"
@@ -20,6 +21,10 @@ type session struct {
 	out *outbox
 	// heartbeat is the Welcome's heartbeat_interval (0: unset).
 	heartbeat time.Duration
+	// cancel ends the stream at once.
+	cancel context.CancelFunc
+	// retired: the worker half-closed it to end its credit and wants a new stream at once.
+	retired atomic.Bool
 }
 
 // Events from the session goroutine to the loop.
@@ -100,9 +105,13 @@ func (o *outbox) pop(ctx context.Context) (msg *pb.WorkRequest, ok bool) {
 func (w *Worker) connectForever(ctx context.Context, events chan<- interface{}) {
 	delays := newBackoff(ReconnectInitial, ReconnectMax, w.rng)
 	for {
-		welcomed, err := w.session(ctx, events)
+		welcomed, s, err := w.session(ctx, events)
 		if ctx.Err() != nil || w.closing.Load() {
 			return
+		}
+		if s != nil && s.retired.Load() {
+			delays.reset()
+			continue // the stop ended that stream on purpose: the next one at once
 		}
 		if welcomed {
 			delays.reset()
@@ -120,9 +129,9 @@ func (w *Worker) connectForever(ctx context.Context, events chan<- interface{}) 
 	}
 }
 
-// session runs one stream: dial, hello, welcome, then reads until it breaks. It reports whether
-// the stream got as far as the welcome.
-func (w *Worker) session(ctx context.Context, events chan<- interface{}) (bool, error) {
+// session runs one stream: dial, hello, welcome, then reads until it breaks. It returns the
+// session once the stream got as far as the welcome.
+func (w *Worker) session(ctx context.Context, events chan<- interface{}) (bool, *session, error) {
 	dial := append([]grpc.DialOption{
 		grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(MaxReceiveMessage)),
 		// The channel's own reconnects as fast as ours (grpc-go's default backoff grows to 120 s).
@@ -140,31 +149,31 @@ func (w *Worker) session(ctx context.Context, events chan<- interface{}) (bool, 
 	}
 	conn, err := grpc.DialContext(ctx, w.opts.Target, dial...)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	defer conn.Close()
 	sctx, cancel := context.WithCancel(ctx)
 	defer cancel()
 	stream, err := pb.NewWorkerServiceClient(conn).Work(sctx)
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	hello := &pb.Hello{WorkerId: w.opts.WorkerID, Queues: w.opts.Queues, Sdk: SDK}
 	if err := stream.Send(&pb.WorkRequest{Msg: &pb.WorkRequest_Hello{Hello: hello}}); err != nil {
-		return false, recvError(stream, err)
+		return false, nil, recvError(stream, err)
 	}
 	// A coordinator that accepts the stream but never answers hello must not hold us for ever.
 	timer := time.AfterFunc(welcomeWait, cancel)
 	first, err := stream.Recv()
 	timer.Stop()
 	if err != nil {
-		return false, err
+		return false, nil, err
 	}
 	welcome := first.GetWelcome()
 	if welcome == nil {
-		return false, fmt.Errorf("coordinator answered hello with %T, not a welcome", first.GetMsg())
+		return false, nil, fmt.Errorf("coordinator answered hello with %T, not a welcome", first.GetMsg())
 	}
-	s := &session{out: newOutbox()}
+	s := &session{out: newOutbox(), cancel: cancel}
 	if d := welcome.GetHeartbeatInterval(); d != nil {
 		s.heartbeat = d.AsDuration()
 	}
@@ -189,7 +198,7 @@ func (w *Worker) session(ctx context.Context, events chan<- interface{}) (bool, 
 	defer func() { cancel(); <-writerDone }()
 
 	if !send(ctx, events, sessionUp{s}) {
-		return true, nil
+		return true, s, nil
 	}
 	for {
 		msg, err := stream.Recv()
@@ -198,10 +207,10 @@ func (w *Worker) session(ctx context.Context, events chan<- interface{}) (bool, 
 				err = nil
 			}
 			send(ctx, events, sessionDown{s, err})
-			return true, err
+			return true, s, err
 		}
 		if !send(ctx, events, received{s, msg}) {
-			return true, nil
+			return true, s, nil
 		}
 	}
 }

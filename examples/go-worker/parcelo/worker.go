@@ -80,11 +80,13 @@ type Worker struct {
 	results     *results
 	outstanding int // credit asked for on this stream and not yet granted
 	sess        *session
-	lastBeat    time.Time
-	flushC      <-chan time.Time
-	stopping    bool
-	done        chan finished
-	quit        chan struct{}
+	// retiring is the stream a stop half-closed to end its credit; read until it ends.
+	retiring *session
+	lastBeat time.Time
+	flushC   <-chan time.Time
+	stopping bool
+	done     chan finished
+	quit     chan struct{}
 }
 
 // held is a lease in hand: waiting for a handler slot, or running.
@@ -225,7 +227,7 @@ func (w *Worker) loop(ctx context.Context, events <-chan interface{}) error {
 	defer ticker.Stop()
 	phase := phaseWorking
 	stopRequested := ctx.Done()
-	var drainTimer, graceTimer, answerTimer, closeTimer <-chan time.Time
+	var drainTimer, graceTimer, answerTimer, closeTimer, retireTimer <-chan time.Time
 	var result error
 	for {
 		select {
@@ -245,8 +247,13 @@ func (w *Worker) loop(ctx context.Context, events <-chan interface{}) error {
 		case <-stopRequested:
 			stopRequested = nil
 			phase = phaseDraining
-			w.beginStop()
+			retireTimer = w.beginStop()
 			drainTimer = time.After(w.opts.DrainTimeout)
+		case <-retireTimer:
+			retireTimer = nil
+			if w.retiring != nil {
+				w.retiring.cancel() // the coordinator did not end it after the half-close
+			}
 		case <-drainTimer:
 			drainTimer = nil
 			if w.running+w.probing > 0 {
@@ -282,7 +289,7 @@ func (w *Worker) loop(ctx context.Context, events <-chan interface{}) error {
 			w.flush()
 			answerTimer = time.After(answerWait)
 		}
-		if phase == phaseAnswering && w.results.unansweredCount() == 0 {
+		if phase == phaseAnswering && w.results.unansweredCount() == 0 && w.retiring == nil {
 			phase = phaseClosing
 			answerTimer = nil
 			if w.sess == nil {
@@ -316,14 +323,29 @@ func (w *Worker) flush() {
 	}
 }
 
-func (w *Worker) beginStop() {
+// beginStop asks for nothing more and gives back the leases not started. Credit still
+// outstanding cannot be taken back, but it ends with its stream: rather than be granted leases
+// (its own give-backs among them) until that credit is spent, the worker half-closes the stream,
+// reads it to its end (grants that crossed the half-close are given back too), and drains on a
+// new stream that asks for nothing. Results the old stream did not answer are sent again there.
+func (w *Worker) beginStop() (retireTimer <-chan time.Time) {
 	w.stopping = true
 	w.logf("stopping: giving back %d waiting leases, draining %d running", len(w.waiting), w.running+w.probing)
+	if w.sess != nil && w.outstanding > 0 {
+		w.logf("ending the stream's credit of %d: draining on a new stream", w.outstanding)
+		w.retiring = w.sess
+		w.retiring.retired.Store(true)
+		w.retiring.out.close()
+		w.sess = nil
+		w.outstanding = 0
+		retireTimer = time.After(closeWait)
+	}
 	for _, h := range w.waiting {
 		w.giveBack(h, nil)
 	}
 	w.waiting = nil
 	w.flush()
+	return retireTimer
 }
 
 // abandonRunning gives back the leases whose handlers ignored their cancelled context.

@@ -3,9 +3,11 @@ package parcelo
 import (
 	"bytes"
 	"context"
+	"io"
 	"log"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,30 +25,49 @@ import (
 type fakeCoordinator struct {
 	pb.UnimplementedWorkerServiceServer
 	streams chan *fakeStream
+	// holdOpen: streams stay open after the worker half-closes, until the test ends them.
+	holdOpen atomic.Bool
 }
 
 type fakeStream struct {
 	srv pb.WorkerService_WorkServer
 	in  chan *pb.WorkRequest // closed when the worker half-closes or the stream breaks
 	end chan error           // the status to end the stream with
+	// halfClosed is closed when the worker half-closes; the stream then ends (as the real
+	// coordinator's does) unless it is held open to send more.
+	halfClosed chan struct{}
+	holdOpen   bool
 }
 
 func (f *fakeCoordinator) Work(srv pb.WorkerService_WorkServer) error {
-	s := &fakeStream{srv: srv, in: make(chan *pb.WorkRequest, 1000), end: make(chan error, 1)}
+	s := &fakeStream{
+		srv: srv, in: make(chan *pb.WorkRequest, 1000), end: make(chan error, 1),
+		halfClosed: make(chan struct{}), holdOpen: f.holdOpen.Load(),
+	}
 	go func() {
 		defer close(s.in)
 		for {
 			msg, err := srv.Recv()
 			if err != nil {
+				if err == io.EOF {
+					close(s.halfClosed)
+				}
 				return
 			}
 			s.in <- msg
 		}
 	}()
 	f.streams <- s
+	halfClosed := s.halfClosed
+	if s.holdOpen {
+		halfClosed = nil
+	}
 	select {
 	case err := <-s.end:
 		return err
+	case <-halfClosed:
+		time.Sleep(10 * time.Millisecond) // the test reads what came before the half-close
+		return nil
 	case <-srv.Context().Done():
 		return nil
 	}
@@ -504,6 +525,60 @@ func TestPastTheDrainTimeoutHandlersAreCancelledAndTheirLeasesGivenBack(t *testi
 		t.Fatalf("released at %v", back)
 	}
 	s.end <- nil
+	select {
+	case err := <-h.runErr:
+		if err != nil {
+			t.Fatalf("Run: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("Run did not return")
+	}
+}
+
+func TestStopEndsOutstandingCreditWithItsStreamAndDrainsOnANewOne(t *testing.T) {
+	release := make(chan struct{})
+	h := newHarness(t, func(ctx context.Context, r Range, lc *LeaseContext) error {
+		<-release
+		return nil
+	}, 2, 2)
+	h.fake.holdOpen.Store(true) // the first stream: the test sends a grant after the half-close
+	s := h.accept()
+	if n := h.next(s, "lease").GetLease().GetCount(); n != 4 {
+		t.Fatalf("credit %d", n)
+	}
+	h.grant(s, leaf(1, 0, 10)) // 3 more are outstanding
+	time.Sleep(50 * time.Millisecond)
+	h.stop()
+	h.stopped = true
+	if msg := h.next(s, ""); msg != nil {
+		t.Fatalf("the stop half-closes the stream holding credit: got %v", msg)
+	}
+	h.grant(s, leaf(9, 90, 100)) // crossed the half-close: given back on the next stream
+	s.end <- nil
+	h.fake.holdOpen.Store(false)
+
+	s2 := h.accept()
+	var released, completed []uint64
+	for msg := range s2.in {
+		switch kindOf(msg) {
+		case "lease":
+			t.Fatalf("a draining worker asks for no credit: %v", msg)
+		case "fail":
+			for _, f := range msg.GetFail().GetFailures() {
+				if f.GetReleased() {
+					released = append(released, f.GetFence())
+				}
+			}
+			h.accept1(s2, "fail", msg)
+			close(release) // now the running leaf finishes
+		case "complete":
+			completed = append(completed, msg.GetComplete().GetFences()...)
+			h.accept1(s2, "complete", msg)
+		}
+	}
+	if len(released) != 1 || released[0] != 9 || len(completed) != 1 || completed[0] != 1 {
+		t.Fatalf("released %v, completed %v", released, completed)
+	}
 	select {
 	case err := <-h.runErr:
 		if err != nil {

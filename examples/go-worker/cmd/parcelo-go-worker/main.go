@@ -13,8 +13,10 @@ import (
 	"os"
 	"os/signal"
 	"sort"
+	"strconv"
 	"strings"
 	"syscall"
+	"time"
 
 	"parcelo.dev/worker/parcelo"
 )
@@ -24,6 +26,24 @@ type queues []string
 
 func (q *queues) String() string     { return strings.Join(*q, ",") }
 func (q *queues) Set(v string) error { *q = append(*q, v); return nil }
+
+// seconds is a duration flag that also takes plain seconds ("30" or "30s", "1.5" or "1500ms"),
+// so the same value serves parcelo-worker's --drain-timeout SECONDS.
+type seconds time.Duration
+
+func (d *seconds) String() string { return time.Duration(*d).String() }
+func (d *seconds) Set(v string) error {
+	if f, err := strconv.ParseFloat(v, 64); err == nil {
+		*d = seconds(f * float64(time.Second))
+		return nil
+	}
+	parsed, err := time.ParseDuration(v)
+	if err != nil {
+		return errors.New("want a duration such as 30s or 1500ms, or seconds")
+	}
+	*d = seconds(parsed)
+	return nil
+}
 
 func main() {
 	os.Exit(run())
@@ -42,7 +62,8 @@ func run() int {
 	concurrency := flag.Int("concurrency", parcelo.DefaultConcurrency, "run `N` handlers at once")
 	prefetch := flag.Int("prefetch", parcelo.DefaultPrefetch, "leases kept in hand beyond the running ones")
 	workerID := flag.String("worker-id", "", "name shown to the coordinator (default host:pid)")
-	drain := flag.Duration("drain-timeout", parcelo.DefaultDrainTimeout, "on SIGTERM, how long running handlers get to finish")
+	drain := seconds(parcelo.DefaultDrainTimeout)
+	flag.Var(&drain, "drain-timeout", "on SIGTERM, how long running handlers get to finish: a duration `D` (30s, 1500ms) or seconds")
 	version := flag.Bool("version", false, "print the SDK name and version and exit")
 	flag.Parse()
 	if *version {
@@ -60,7 +81,7 @@ func run() int {
 		fmt.Fprintf(os.Stderr, "error: -should-process must be one of %s (got %q)\n", strings.Join(names(pruners), ", "), *pruner)
 		return 2
 	}
-	if *concurrency < 1 || *prefetch < 0 || *drain < 0 || flag.NArg() > 0 {
+	if *concurrency < 1 || *prefetch < 0 || drain < 0 || flag.NArg() > 0 {
 		fmt.Fprintln(os.Stderr, "error: -concurrency must be at least 1, -prefetch and -drain-timeout not negative, and no arguments")
 		return 2
 	}
@@ -72,14 +93,14 @@ func run() int {
 		Concurrency:   *concurrency,
 		Prefetch:      *prefetch,
 		WorkerID:      *workerID,
-		DrainTimeout:  *drain,
+		DrainTimeout:  time.Duration(drain),
 		Logger:        logger,
 	}
 	// The Options' zero values mean "the default"; on the command line 0 means none.
 	if *prefetch == 0 {
 		opts.Prefetch = -1
 	}
-	if *drain == 0 {
+	if drain == 0 {
 		opts.DrainTimeout = -1
 	}
 	w, err := parcelo.NewWorker(opts)
