@@ -108,8 +108,10 @@ func (lc *LeaseContext) Checkpoint(cursor uint64, details []byte) {
 	lc.mu.Unlock()
 }
 
-// Progress sets a free-form progress message, sent with the next heartbeat and shown in the tree.
+// Progress sets a free-form progress message, sent with the next heartbeat and shown in the tree
+// (made valid UTF-8, at most MaxMessage bytes).
 func (lc *LeaseContext) Progress(message string) {
+	message = text(message, MaxMessage)
 	lc.mu.Lock()
 	lc.message = message
 	lc.mu.Unlock()

@@ -7,6 +7,8 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"strings"
+	"unicode/utf8"
 
 	pb "parcelo.dev/gen/parcelo/v1"
 )
@@ -75,6 +77,20 @@ func (w *Worker) startProbe(h *held) {
 	}()
 }
 
+// text makes s fit a proto string field: valid UTF-8 (Marshal refuses anything else, which
+// would break the stream on every resend) and at most max bytes, cut at a character boundary.
+func text(s string, max int) string {
+	s = strings.ToValidUTF8(s, "\uFFFD")
+	if len(s) <= max {
+		return s
+	}
+	cut := max
+	for cut > 0 && !utf8.RuneStart(s[cut]) {
+		cut--
+	}
+	return s[:cut]
+}
+
 // safely runs f, turning a panic into an error.
 func safely(f func() error) (err error) {
 	defer func() {
@@ -107,7 +123,7 @@ func (w *Worker) onFinished(f finished) {
 	fence := h.lease.GetFence()
 	if timedOut && !h.dropped && !h.release {
 		// The coordinator timed this attempt out at the same moment: a result would be refused.
-		w.logf("leaf %s of %s timed out (leaf_timeout)", h.lc.Leaf, h.lease.GetJobId())
+		w.logf("leaf [%d, %d) of %s timed out (leaf_timeout)", h.lease.GetStart(), h.lease.GetEnd(), h.lease.GetJobId())
 		h.dropped = true
 		w.tally(func(s *Stats) { s.Dropped++ })
 	}
@@ -135,10 +151,7 @@ func (w *Worker) onFinished(f finished) {
 		w.results.add(fence, result{kind: kind, jobID: h.lease.GetJobId()})
 	default:
 		delete(w.held, fence)
-		message := f.err.Error()
-		if len(message) > MaxMessage {
-			message = message[:MaxMessage]
-		}
+		message := text(f.err.Error(), MaxMessage)
 		failure := &pb.Failure{Fence: fence, Message: message, Permanent: IsPermanent(f.err)}
 		if cp != nil {
 			cursor := cp.cursor

@@ -191,7 +191,11 @@ func (w *Worker) session(ctx context.Context, events chan<- interface{}) (bool, 
 				return
 			}
 			if err := stream.Send(msg); err != nil {
-				return // Recv sees the stream's error
+				// A broken stream: Recv sees its error. A message that cannot be sent: end the
+				// stream, or it would stay up with nothing written.
+				w.logf("sending %s: %v", kindOf(msg), err)
+				cancel()
+				return
 			}
 		}
 	}()
@@ -213,6 +217,23 @@ func (w *Worker) session(ctx context.Context, events chan<- interface{}) (bool, 
 			return true, s, nil
 		}
 	}
+}
+
+// kindOf names a request by its oneof field, for logs.
+func kindOf(msg *pb.WorkRequest) string {
+	switch msg.GetMsg().(type) {
+	case *pb.WorkRequest_Hello:
+		return "hello"
+	case *pb.WorkRequest_Lease:
+		return "lease"
+	case *pb.WorkRequest_Heartbeat:
+		return "heartbeat"
+	case *pb.WorkRequest_Complete:
+		return "complete"
+	case *pb.WorkRequest_Fail:
+		return "fail"
+	}
+	return "?"
 }
 
 // recvError: a failed Send reports io.EOF; the stream's real status comes from Recv.

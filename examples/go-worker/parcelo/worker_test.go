@@ -3,13 +3,16 @@ package parcelo
 import (
 	"bytes"
 	"context"
+	"errors"
 	"io"
 	"log"
 	"net"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -160,22 +163,6 @@ func (h *harness) accept() *fakeStream {
 		HeartbeatInterval: durationpb.New(20 * time.Millisecond),
 	}}})
 	return s
-}
-
-func kindOf(msg *pb.WorkRequest) string {
-	switch msg.GetMsg().(type) {
-	case *pb.WorkRequest_Hello:
-		return "hello"
-	case *pb.WorkRequest_Lease:
-		return "lease"
-	case *pb.WorkRequest_Heartbeat:
-		return "heartbeat"
-	case *pb.WorkRequest_Complete:
-		return "complete"
-	case *pb.WorkRequest_Fail:
-		return "fail"
-	}
-	return "?"
 }
 
 // next is the next request of kind on s (those of other kinds are skipped); "" for end of stream.
@@ -398,13 +385,16 @@ func TestFailuresCarryMessageCheckpointAndPermanence(t *testing.T) {
 		if r.Start == 10 {
 			panic("boom")
 		}
+		if r.Start == 30 {
+			return errors.New("bad \xff byte " + strings.Repeat("é", MaxMessage))
+		}
 		return Permanent(errTest)
-	}, 3, -1) // no prefetch
+	}, 4, -1) // no prefetch
 	s := h.accept()
 	h.next(s, "lease")
-	h.grant(s, leaf(1, 0, 10), leaf(2, 10, 20), leaf(3, 20, 30))
+	h.grant(s, leaf(1, 0, 10), leaf(2, 10, 20), leaf(3, 20, 30), leaf(4, 30, 40))
 	byFence := map[uint64]*pb.Failure{}
-	for len(byFence) < 3 {
+	for len(byFence) < 4 {
 		fail := h.next(s, "fail")
 		for _, f := range fail.GetFail().GetFailures() {
 			byFence[f.GetFence()] = f
@@ -419,6 +409,9 @@ func TestFailuresCarryMessageCheckpointAndPermanence(t *testing.T) {
 	}
 	if f := byFence[3]; !f.GetPermanent() || f.GetMessage() != "bad record" {
 		t.Errorf("permanent: %v", f)
+	}
+	if m := byFence[4].GetMessage(); !utf8.ValidString(m) || len(m) > MaxMessage || !strings.HasPrefix(m, "bad \uFFFD byte é") {
+		t.Errorf("a message is made valid UTF-8 and cut at a character: %q...", m[:20])
 	}
 	if err := h.finish(); err != nil {
 		t.Fatalf("Run: %v", err)
