@@ -544,12 +544,15 @@ type JobSpec struct {
 	// and the same spec (compared as for job_id) returns the job the first one
 	// created; a different spec is ALREADY_EXISTS. Kept while the job exists.
 	RequestId string `protobuf:"bytes,2,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
-	// Queue the job's leases are served from. Empty means "default".
+	// Queue the job's leases are served from. Empty means "default";
+	// otherwise 1..128 of [A-Za-z0-9._:-].
 	Queue string `protobuf:"bytes,3,opt,name=queue,proto3" json:"queue,omitempty"`
+	// Required; start < end. Ids go up to 2^64-2 (end is exclusive).
 	Range *Range `protobuf:"bytes,4,opt,name=range,proto3" json:"range,omitempty"`
 	// Leaves are at most this wide. Must be > 0.
 	MaxRangeSize uint64 `protobuf:"varint,5,opt,name=max_range_size,json=maxRangeSize,proto3" json:"max_range_size,omitempty"`
-	// JSON text handed to the handler. Empty means {}.
+	// JSON text handed to the handler: any JSON value (object, array, string,
+	// number...), at most 1 MiB. Empty means {}.
 	ParamsJson string `protobuf:"bytes,6,opt,name=params_json,json=paramsJson,proto3" json:"params_json,omitempty"`
 	// A lease not heartbeated within this time expires. Unset means 30 s; at
 	// least 0.2 s, at most 2^31-1 ms (about 24.8 days: what worker timers hold).
@@ -566,7 +569,7 @@ type JobSpec struct {
 	Priority int32 `protobuf:"varint,12,opt,name=priority,proto3" json:"priority,omitempty"`
 	// Create the job paused; ResumeJob starts it.
 	StartPaused bool `protobuf:"varint,13,opt,name=start_paused,json=startPaused,proto3" json:"start_paused,omitempty"`
-	// Free-form labels, shown by GetJob and ListJobs.
+	// Free-form labels (keys not empty), shown by GetJob and ListJobs.
 	Labels map[string]string `protobuf:"bytes,14,rep,name=labels,proto3" json:"labels,omitempty" protobuf_key:"bytes,1,opt,name=key,proto3" protobuf_val:"bytes,2,opt,name=value,proto3"`
 }
 

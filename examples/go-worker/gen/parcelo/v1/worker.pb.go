@@ -1009,8 +1009,9 @@ type HeartbeatRequest struct {
 	sizeCache     protoimpl.SizeCache
 	unknownFields protoimpl.UnknownFields
 
-	Leases   []*LeaseHeartbeat `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"`
-	WorkerId string            `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
+	Leases []*LeaseHeartbeat `protobuf:"bytes,1,rep,name=leases,proto3" json:"leases,omitempty"`
+	// Informative only: never checked against the lease's holder.
+	WorkerId string `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 }
 
 func (x *HeartbeatRequest) Reset() {
@@ -1188,7 +1189,7 @@ type CompleteRequest struct {
 	Fences []uint64 `protobuf:"varint,1,rep,packed,name=fences,proto3" json:"fences,omitempty"`
 	// Leases whose range turned out to need nothing (probes: should_process said no).
 	Skipped []uint64 `protobuf:"varint,2,rep,packed,name=skipped,proto3" json:"skipped,omitempty"`
-	// Informative (logged); never checked against the lease's holder.
+	// Informative only: never checked against the lease's holder.
 	WorkerId string `protobuf:"bytes,3,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// Echoed in the answer, so a worker can match answers to requests (answers
 	// on a stream come in the order their writes finish, which is request order).
@@ -1488,7 +1489,7 @@ type FailRequest struct {
 	unknownFields protoimpl.UnknownFields
 
 	Failures []*Failure `protobuf:"bytes,1,rep,name=failures,proto3" json:"failures,omitempty"`
-	// Informative (logged); never checked against the lease's holder.
+	// Informative only: never checked against the lease's holder.
 	WorkerId string `protobuf:"bytes,2,opt,name=worker_id,json=workerId,proto3" json:"worker_id,omitempty"`
 	// Echoed in the answer.
 	RequestId uint64 `protobuf:"varint,3,opt,name=request_id,json=requestId,proto3" json:"request_id,omitempty"`
