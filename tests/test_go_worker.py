@@ -21,7 +21,7 @@ from parcelo import JobOptions, RetryPolicy
 from parcelo.testing import CoordinatorProcess as Coordinator
 from parcelo.testing import Proc, wait_for
 from parcelo.v1 import types_pb2
-from tests.support import pruned_reference, reference_leaves, runs, start_recording_workers
+from tests.support import pruned_reference, reference_leaves, runs, runs_with_pids, start_recording_workers
 
 pytestmark = pytest.mark.integration
 
@@ -87,7 +87,8 @@ def start_go_workers(
 
 
 def log_lines(log: Path, event: str) -> list[list[str]]:
-    """The fields after the event of each ``event`` line of the run log (start, end, attempt, last)."""
+    """The fields after the event of each ``event`` line of the run log, as text (the ``resumed``
+    line of ``checkpoint_then_fail`` ends with the checkpoint's details, not a pid)."""
     if not log.exists():
         return []
     return [line.split()[1:] for line in log.read_text().splitlines() if line.split()[0] == event]
@@ -161,8 +162,8 @@ def test_go_worker_killed_mid_leaf_is_rerun_by_another_after_the_ttl(
     attempts = Counter((s, e) for s, e, _ in runs(run_log))
     assert attempts[(0, 1000)] == 2
     assert all(n == 1 for leaf, n in attempts.items() if leaf != (0, 1000)), attempts
-    rerun = [fields for fields in log_lines(run_log, "run") if fields[:3] == ["0", "1000", "2"]]
-    assert [int(fields[3]) for fields in rerun] == [second.pid]  # by the other worker, attempt 2
+    rerun = [pid for s, e, attempt, pid in runs_with_pids(run_log) if (s, e, attempt) == (0, 1000, 2)]
+    assert rerun == [second.pid]  # by the other worker, attempt 2
     assert done.stats.failed_attempts == 1  # the expiry counted as an attempt
     assert done.stats.done_nodes == done.stats.total_nodes == 15
     assert second.terminate(timeout=10) == 0, second.output()
@@ -246,7 +247,7 @@ def test_go_and_python_workers_share_a_job(
     done = coordinator.wait_status(job.id, FINISHED, timeout=15)
     assert done.status == types_pb2.JOB_STATUS_COMPLETED
     assert sorted((s, e) for s, e, _ in runs(run_log)) == reference_leaves(0, 64_000, 1000)
-    pids = Counter(int(fields[3]) for fields in log_lines(run_log, "run"))
+    pids = Counter(pid for _, _, _, pid in runs_with_pids(run_log))
     assert pids[go[0].pid] > 0 and pids[py[0].pid] > 0, pids
     for proc in go + py:
         assert proc.terminate(timeout=10) == 0, proc.output()

@@ -47,13 +47,19 @@ func (b *backoff) delay() time.Duration {
 // reset starts again from the initial delay (after a stream got as far as the welcome).
 func (b *backoff) reset() { b.next = b.initial }
 
-// heartbeatInterval is how often to heartbeat: the Welcome's interval when it gave one, else a
-// third of the shortest lease TTL among the jobs of the leases held (DefaultLeaseTTL for a job
-// whose TTL is unknown), never below minHeartbeat.
+// heartbeatInterval is how often to heartbeat every held lease (docs/protocol.md, Heartbeats):
+// min(heartbeat_interval, lease_ttl / 3) over the jobs of the leases held, where welcome is the
+// Welcome's heartbeat_interval (0: unset) and a job whose TTL is unknown counts as
+// DefaultLeaseTTL. A TTL-derived interval is never below minHeartbeat.
 func heartbeatInterval(welcome time.Duration, heldTTLs []time.Duration) time.Duration {
-	if welcome > 0 {
+	interval := thirdOfShortestTTL(heldTTLs)
+	if welcome > 0 && welcome < interval {
 		return welcome
 	}
+	return interval
+}
+
+func thirdOfShortestTTL(heldTTLs []time.Duration) time.Duration {
 	ttl := time.Duration(0)
 	for _, t := range heldTTLs {
 		if t <= 0 {

@@ -26,8 +26,10 @@ const (
 	ReconnectInitial = 100 * time.Millisecond
 	// ReconnectMax caps the reconnect delay: a restarted coordinator is found within seconds.
 	ReconnectMax = 5 * time.Second
-	// MaxMessage bounds a failure's message, as the Python SDK does.
+	// MaxMessage bounds a failure's message: the coordinator keeps 4,096 bytes.
 	MaxMessage = 4096
+	// MaxProgress bounds a progress message: the coordinator keeps 1,024 bytes.
+	MaxProgress = 1024
 	// MaxReceiveMessage is the largest message the worker accepts from the coordinator (a grant
 	// of many leases with large params).
 	MaxReceiveMessage = 16 << 20

@@ -109,9 +109,9 @@ func (lc *LeaseContext) Checkpoint(cursor uint64, details []byte) {
 }
 
 // Progress sets a free-form progress message, sent with the next heartbeat and shown in the tree
-// (made valid UTF-8, at most MaxMessage bytes).
+// (made valid UTF-8, at most MaxProgress bytes: what the coordinator keeps).
 func (lc *LeaseContext) Progress(message string) {
-	message = text(message, MaxMessage)
+	message = text(message, MaxProgress)
 	lc.mu.Lock()
 	lc.message = message
 	lc.mu.Unlock()

@@ -47,9 +47,15 @@ func TestBackoffGrowsToItsCapWithJitterAndResets(t *testing.T) {
 	}
 }
 
-func TestHeartbeatIntervalIsTheWelcomesOrAThirdOfTheShortestTTL(t *testing.T) {
-	if got := heartbeatInterval(2*time.Second, []time.Duration{300 * time.Millisecond}); got != 2*time.Second {
-		t.Errorf("welcome interval: %v", got)
+func TestHeartbeatIntervalIsTheShorterOfTheWelcomesAndAThirdOfTheShortestTTL(t *testing.T) {
+	if got := heartbeatInterval(2*time.Second, []time.Duration{9 * time.Second}); got != 2*time.Second {
+		t.Errorf("welcome interval shorter than TTL / 3: %v", got)
+	}
+	if got := heartbeatInterval(2*time.Second, []time.Duration{300 * time.Millisecond}); got != 100*time.Millisecond {
+		t.Errorf("TTL / 3 shorter than the welcome interval: %v", got)
+	}
+	if got := heartbeatInterval(20*time.Millisecond, nil); got != 20*time.Millisecond {
+		t.Errorf("welcome interval, nothing held: %v", got)
 	}
 	if got := heartbeatInterval(0, []time.Duration{3 * time.Second, 900 * time.Millisecond}); got != 300*time.Millisecond {
 		t.Errorf("shortest TTL / 3: %v", got)
