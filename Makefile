@@ -29,7 +29,7 @@ PYTEST_ARGS ?=
 # committed image of the released contract.
 BUF := tools/buf/node_modules/.bin/buf
 
-.PHONY: all install dev demo test lint proto proto-baseline bench clean FORCE
+.PHONY: all install dev demo test lint toolchains proto proto-baseline bench clean FORCE
 
 all: test
 
@@ -78,7 +78,12 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 	$(BUF) breaking --against proto/baseline.binpb
 
-test: lint
+# The toolchains of the cross-language tests: Go and protoc from Debian (apt-get when missing, as
+# root). The Node worker's locked packages are installed by the tests' session fixture (npm ci).
+toolchains:
+	bash scripts/install-go-toolchain.sh
+
+test: lint toolchains
 	PARCELO_EXPECT_COMPILED=1 $(PY) -m pytest $(PYTEST_ARGS)
 
 proto: $(STAMP)

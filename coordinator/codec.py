@@ -112,6 +112,7 @@ def tree_to_proto(node: Node, max_depth: int, out: types_pb2.TreeNode) -> None:
     out.cursor = node.cursor
     if node.lease is not None:
         out.worker_id = node.lease.holder
+    out.message = node.message
     out.collapsed = not node.is_leaf and node.left is None and node.status in TERMINAL and node.probed
     if node.left is not None and node.right is not None:
         if node.depth >= max_depth:

@@ -39,6 +39,18 @@ from parcelo.v1 import types_pb2
 log = logging.getLogger(__name__)
 
 STATS_INTERVAL = defaults.STATS_EVENT_INTERVAL.total_seconds()
+MAX_ERROR_BYTES = 4096
+"""Bytes of a failure's message kept with its leaf."""
+MAX_MESSAGE_BYTES = 1024
+"""Bytes of a heartbeat's progress message kept with its leaf."""
+
+
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` bytes of UTF-8, never inside a character."""
+    data = text.encode()
+    if len(data) <= limit:
+        return text
+    return data[:limit].decode(errors="ignore")
 
 
 def _nothing() -> None:
@@ -256,11 +268,12 @@ class Core:
                     self._touch(job)
         return out
 
-    def unsent(self, leases: Iterable[Lease], now: float) -> None:
-        """Leases :meth:`lease` made that could not be sent: as if never granted (attempts not counted)."""
-        for lease in leases:
-            job = self.jobs.get(lease.job_id)
-            if job is None or self.leases.discard(lease.fence) is None:
+    def unsent(self, fences: Iterable[int]) -> None:
+        """Leases :meth:`lease` made that were never sent: as if never granted (attempts not counted)."""
+        for fence in fences:
+            lease = self.leases.discard(fence)
+            job = self.jobs.get(lease.job_id) if lease is not None else None
+            if lease is None or job is None:
                 continue
             job.tree.release(lease.node)
             self._touch(job)
@@ -385,7 +398,7 @@ class Core:
             attempt=attempt,
             message=message,
         )
-        if job.tree.fail(node, message[:4096], retry_at=retry_at):
+        if job.tree.fail(node, clip(message, MAX_ERROR_BYTES), retry_at=retry_at):
             self._finish(job, now)
 
     def heartbeat(self, beats: Iterable[Beat], now: float) -> list[tuple[int, Action, str]]:
@@ -407,7 +420,7 @@ class Core:
                 job.tree.checkpoint(node, beat.cursor, beat.details)
                 self._touch(job)
             if beat.message and beat.message != node.message:
-                job.tree.note_message(node, beat.message[:1024])
+                job.tree.note_message(node, clip(beat.message, MAX_MESSAGE_BYTES))
                 self._dirty_jobs.add(job.id)
             if job.release_requested and job.status is JobStatus.PAUSED:
                 out.append((beat.fence, Action.RELEASE, "job paused with release"))

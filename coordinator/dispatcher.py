@@ -66,6 +66,28 @@ class Dispatcher:
         for session in self._sessions.values():
             session.out.put_nowait(None)
 
+    def withdraw(self, session: Session) -> None:
+        """``session`` takes back the credit it has not used."""
+        session.credits = 0
+
+    def close(self, session: Session) -> None:
+        """``session``'s worker half-closed (it sends nothing more, so it cannot give leases back):
+        no more grants, and grants queued but not yet sent are taken back as if never granted."""
+        self.remove(session)
+        kept: list[worker_pb2.WorkResponse | None] = []
+        unsent: list[int] = []
+        while not session.out.empty():
+            msg = session.out.get_nowait()
+            if msg is not None and msg.HasField("grant"):
+                unsent.extend(lease.fence for lease in msg.grant.leases)
+            else:
+                kept.append(msg)
+        for msg in kept:
+            session.out.put_nowait(msg)
+        if unsent:
+            self._core.unsent(unsent)
+            self.work_available()
+
     def credit(self, session: Session, count: int) -> None:
         """``session`` wants ``count`` more leases."""
         session.credits += count
@@ -106,7 +128,7 @@ class Dispatcher:
             while session.credits > len(grant.leases):
                 wanted = session.credits - len(grant.leases)
                 leases = core.lease(session.queues, wanted, now, session.worker_id, broken)
-                if not leases or not self._add(session, grant, leases, now, broken):
+                if not leases or not self._add(session, grant, leases, broken):
                     break
             if grant.leases:
                 session.credits -= len(grant.leases)
@@ -121,17 +143,16 @@ class Dispatcher:
         session: Session,
         grant: worker_pb2.LeaseGrant,
         leases: list[Lease],
-        now: float,
         broken: set[str],
     ) -> bool:
         """Add ``leases`` to ``grant``; a lease that cannot be encoded is given back and its job
         added to ``broken``. Returns whether any lease was given back (worth leasing again)."""
         jobs = self._core.jobs
-        unsent: list[Lease] = []
+        unsent: list[int] = []
         for lease in leases:
             job = jobs[lease.job_id]
             if job.id in broken:
-                unsent.append(lease)
+                unsent.append(lease.fence)
                 continue
             try:
                 lease_to_proto(lease, job, grant.leases.add())
@@ -140,11 +161,11 @@ class Dispatcher:
                 log.exception("cannot encode a lease of job %s; giving its leases back", job.id)
                 del grant.leases[-1]
                 broken.add(job.id)
-                unsent.append(lease)
+                unsent.append(lease.fence)
                 continue
             if job.id not in session.sent_jobs:
                 session.sent_jobs.add(job.id)
                 grant.jobs.append(job_info(job))
         if unsent:
-            self._core.unsent(unsent, now)
+            self._core.unsent(unsent)
         return bool(unsent)

@@ -324,9 +324,15 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             elif not hello_seen:
                 raise errors.InvalidArgument("hello", "the first message of a Work stream must be hello")
             elif kind == "lease":
-                if not request.lease.count:
+                lease = request.lease
+                if lease.withdraw:
+                    if lease.count:
+                        raise errors.InvalidArgument("lease.count", "must be 0 with withdraw")
+                    self._dispatcher.withdraw(session)
+                elif not lease.count:
                     raise errors.InvalidArgument("lease.count", "must be greater than 0")
-                self._dispatcher.credit(session, request.lease.count)
+                else:
+                    self._dispatcher.credit(session, lease.count)
             elif kind == "heartbeat":
                 session.out.put_nowait(worker_pb2.WorkResponse(heartbeat=self._heartbeat(request.heartbeat)))
             elif kind == "complete":
@@ -335,6 +341,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 )
             elif kind == "fail":
                 self._reply_when_durable(session, worker_pb2.WorkResponse(fail=self._fail(request.fail)))
+        # Half-closed: nothing more comes from this worker. Grant it nothing more, then end the
+        # stream once the answers it is owed are written and queued (they resolve in order).
+        self._dispatcher.close(session)
+        await self._committer.durable()
 
     # -- unary ----------------------------------------------------------------------------------
 

@@ -14,6 +14,9 @@ from parcelo.testing import CoordinatorProcess as Coordinator
 from parcelo.testing import Proc
 from tests.stale_build import exit_if_stale
 
+# Session fixtures for the Node.js and Go toolchains (node, go_toolchain, go_worker).
+pytest_plugins = ["tests.toolchains"]
+
 
 def pytest_configure(config: pytest.Config) -> None:
     # In pytest_configure, pytest.exit prints one line and no test is collected.

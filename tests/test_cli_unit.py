@@ -153,13 +153,14 @@ def test_renderers_show_the_essentials() -> None:
         is_leaf=True,
         attempts=1,
         worker_id="host-a:77",
+        message="row 42",
     )
     root = types_pb2.TreeNode(
         range=types_pb2.Range(start=0, end=1000), children=[leaf, held], truncated=False
     )
     tree = _render(progress.job_tree(jobs_pb2.GetJobTreeResponse(job=job, root=root)))
     assert "[0, 1000)" in tree and "attempts=3" in tree and "cursor=42" in tree and "boom" in tree
-    assert "held by host-a:77" in tree
+    assert "held by host-a:77" in tree and "progress: row 42" in tree
     line = progress.event_line(
         types_pb2.JobEvent(seq=7, type=types_pb2.EVENT_TYPE_NODE_FAILED, attempt=2, message="x")
     )

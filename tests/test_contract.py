@@ -201,3 +201,69 @@ async def test_ended_jobs_answer_every_time_the_same(tmp_path: Path) -> None:
         with pytest.raises(aio.AioRpcError) as err:
             await jobs.ResumeJob(jobs_pb2.ResumeJobRequest(job_id="cancelled"))
         assert err.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+
+
+@async_test
+async def test_a_half_closed_stream_gets_its_answers_and_nothing_more(tmp_path: Path) -> None:
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(800, 100, job_id="close")))
+        call = stub.Work()
+        await call.write(worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id="w")))
+        await call.write(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=1)))
+        assert (await call.read()).WhichOneof("msg") == "welcome"
+        fence = (await call.read()).grant.leases[0].fence
+        # A completion, then the half-close at once: the answer still comes, then the end.
+        await call.write(
+            worker_pb2.WorkRequest(complete=worker_pb2.CompleteRequest(fences=[fence], request_id=3))
+        )
+        await call.done_writing()
+        rest = []
+        while (msg := await asyncio.wait_for(call.read(), WAIT)) is not aio.EOF:
+            rest.append(msg)
+        assert [m.WhichOneof("msg") for m in rest] == ["complete"]
+        assert list(rest[0].complete.accepted) == [fence] and rest[0].complete.request_id == 3
+        assert await call.code() == grpc.StatusCode.OK
+        job = await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="close"))
+        assert job.stats.active_leases == 0 and job.stats.range_processed == 100
+
+
+@async_test
+async def test_withdrawn_credit_grants_nothing_more(tmp_path: Path) -> None:
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        stream = Stream(worker_pb2_grpc.WorkerServiceStub(channel))
+        await stream.send(hello=worker_pb2.Hello(worker_id="w"))
+        await stream.next("welcome")
+        await stream.send(lease=worker_pb2.LeaseRequest(withdraw=True, count=1))
+        with pytest.raises(aio.AioRpcError) as err:
+            await stream.next("never")
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "withdraw" in (
+            err.value.details() or ""
+        )
+        stream = Stream(worker_pb2_grpc.WorkerServiceStub(channel))
+        await stream.send(hello=worker_pb2.Hello(worker_id="w"))
+        await stream.next("welcome")
+        await stream.send(lease=worker_pb2.LeaseRequest(count=5))  # no job yet: the credit waits
+        await stream.send(lease=worker_pb2.LeaseRequest(withdraw=True))
+        await stream.send(heartbeat=worker_pb2.HeartbeatRequest())  # answered after the withdraw
+        await stream.next("heartbeat")
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(800, 100, job_id="late")))
+        await stream.send(lease=worker_pb2.LeaseRequest(count=1))
+        grant = (await stream.next("grant")).grant
+        assert len(grant.leases) == 1  # the new credit only, not the five withdrawn
+
+
+@async_test
+async def test_progress_messages_are_shown_in_the_tree_and_cut_to_bytes(tmp_path: Path) -> None:
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        workers = worker_pb2_grpc.WorkerServiceStub(channel)
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(100, 100, job_id="msg")))
+        [lease] = (await workers.Lease(worker_pb2.LeaseRequest(count=1, wait=Duration(seconds=2)))).leases
+        long = "é" * 1000  # 2,000 bytes of UTF-8
+        beat = worker_pb2.LeaseHeartbeat(fence=lease.fence, message=long)
+        await workers.Heartbeat(worker_pb2.HeartbeatRequest(leases=[beat]))
+        [leaf] = (await tree_leaves(jobs, "msg")).values()
+        assert leaf.message == "é" * 512 and len(leaf.message.encode()) == 1024

@@ -22,44 +22,13 @@ from parcelo.testing import CoordinatorProcess as Coordinator
 from parcelo.testing import Proc, wait_for
 from parcelo.v1 import types_pb2
 from tests.support import pruned_reference, reference_leaves, runs, runs_with_pids, start_recording_workers
+from tests.toolchains import GO_EXAMPLE, run_setup
 
 pytestmark = pytest.mark.integration
 
 ROOT = Path(__file__).resolve().parent.parent
-EXAMPLE = ROOT / "examples" / "go-worker"
-INSTALL = ROOT / "scripts" / "install-go-toolchain.sh"
 COMPLETED: set[int] = {types_pb2.JOB_STATUS_COMPLETED}
 FINISHED: set[int] = COMPLETED | {types_pb2.JOB_STATUS_FAILED}
-
-
-def _run(args: list[str], what: str, timeout: float) -> str:
-    """Run a setup command; fail (never skip) with its output when it does not succeed."""
-    try:
-        done = subprocess.run(
-            args, cwd=ROOT, capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL
-        )
-    except (OSError, subprocess.TimeoutExpired) as err:
-        pytest.fail(f"{what} failed: {err}", pytrace=False)
-    if done.returncode != 0:
-        pytest.fail(
-            f"{what} failed (exit {done.returncode}):\n{done.stdout}{done.stderr}",
-            pytrace=False,
-        )
-    return done.stdout
-
-
-@pytest.fixture(scope="session")
-def go_toolchain() -> None:
-    """Go, grpc-go, protobuf-go and protoc, from Debian; installed by the script when missing."""
-    _run(["bash", str(INSTALL)], "installing the Go toolchain (scripts/install-go-toolchain.sh)", 900)
-
-
-@pytest.fixture(scope="session")
-def go_worker(go_toolchain: None, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The parcelo-go-worker binary, built once per test session into a temp dir."""
-    out = tmp_path_factory.mktemp("go-worker-bin")
-    _run(["bash", str(EXAMPLE / "build.sh"), str(out)], "building the Go worker (build.sh)", 900)
-    return out / "parcelo-go-worker"
 
 
 def start_go_workers(
@@ -103,16 +72,18 @@ def run_log(tmp_path: Path) -> Path:
 
 
 def test_committed_go_stubs_match_the_proto_files(go_toolchain: None, tmp_path: Path) -> None:
-    _run(["bash", str(EXAMPLE / "generate.sh"), str(tmp_path)], "generate.sh", 120)
+    run_setup(["bash", str(GO_EXAMPLE / "generate.sh"), str(tmp_path)], "generate.sh", 120)
     fresh = {p.name: p.read_bytes() for p in (tmp_path / "parcelo" / "v1").iterdir()}
-    committed = {p.name: p.read_bytes() for p in (EXAMPLE / "gen" / "parcelo" / "v1").iterdir()}
+    committed = {p.name: p.read_bytes() for p in (GO_EXAMPLE / "gen" / "parcelo" / "v1").iterdir()}
     assert sorted(fresh) == sorted(committed), "Go stub files differ: run examples/go-worker/generate.sh"
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"Go stubs out of date with proto/: {stale}; run examples/go-worker/generate.sh"
 
 
 def test_go_unit_tests_vet_and_format(go_toolchain: None) -> None:
-    _run(["bash", str(EXAMPLE / "build.sh"), "--check"], "go vet / gofmt / go test (build.sh --check)", 600)
+    run_setup(
+        ["bash", str(GO_EXAMPLE / "build.sh"), "--check"], "go vet / gofmt / go test (build.sh --check)", 600
+    )
 
 
 def test_go_worker_version_is_pyprojects(go_worker: Path) -> None:

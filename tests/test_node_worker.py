@@ -9,9 +9,7 @@ installed from another ``package-lock.json``.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import shutil
 import subprocess
 from collections import Counter
 from datetime import timedelta
@@ -23,49 +21,12 @@ from parcelo import JobOptions, RetryPolicy
 from parcelo.testing import CoordinatorProcess, Proc, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2
 from tests.support import pruned_reference, reference_leaves, runs, runs_with_pids, start_recording_workers
+from tests.toolchains import NODE_DIR
 
 pytestmark = pytest.mark.integration
 
-NODE_DIR = Path(__file__).resolve().parent.parent / "examples" / "node-worker"
-STAMP = NODE_DIR / "node_modules" / ".parcelo-lock-sha256"
-"""Written after a successful ``npm ci``: the sha256 of the package-lock.json it installed."""
-MIN_NODE = 20
 DONE = {types_pb2.JOB_STATUS_COMPLETED}
 FAILED = {types_pb2.JOB_STATUS_FAILED}
-
-
-def _tool(name: str) -> str:
-    path = shutil.which(name)
-    if path is None:
-        pytest.fail(
-            f"{name} not found on PATH: the Node worker tests need Node.js {MIN_NODE}+ with npm "
-            "(e.g. apt-get install nodejs npm)",
-            pytrace=False,
-        )
-    return path
-
-
-@pytest.fixture(scope="session")
-def node() -> str:
-    """The ``node`` binary, with examples/node-worker's locked packages installed."""
-    node = _tool("node")
-    npm = _tool("npm")
-    version = subprocess.run([node, "--version"], capture_output=True, text=True, check=True).stdout.strip()
-    major = int(version.lstrip("v").split(".")[0])
-    if major < MIN_NODE:
-        pytest.fail(f"Node.js {MIN_NODE}+ is needed for the Node worker, found {version}", pytrace=False)
-    lock = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
-    if not STAMP.exists() or STAMP.read_text().strip() != lock:
-        result = subprocess.run(
-            [npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, capture_output=True, text=True, timeout=300
-        )
-        if result.returncode != 0:
-            pytest.fail(
-                f"npm ci in {NODE_DIR} failed ({result.returncode}):\n{result.stdout}\n{result.stderr}",
-                pytrace=False,
-            )
-        STAMP.write_text(lock + "\n")
-    return node
 
 
 def node_worker(

@@ -240,6 +240,8 @@ def _node_label(node: types_pb2.TreeNode) -> Text:
         text.append(" " + " ".join(details), style="dim")
     if node.last_error:
         text.append(f" last_error: {node.last_error}", style="red")
+    if node.message:
+        text.append(f" progress: {node.message}", style="cyan")
     return text
 
 

@@ -184,6 +184,10 @@ class Worker:
                 len(self._waiting),
                 self._running,
             )
+            # Credit not yet used is taken back, so nothing more is granted (not even the leases
+            # this worker gives back now).
+            if self._send(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(withdraw=True))):
+                self._outstanding = 0
             self._release_waiting()
             if not await self._wait_until(lambda: self._running == 0, self.drain_timeout.total_seconds()):
                 log.warning("drain timeout: stopping %d running handlers", self._running)

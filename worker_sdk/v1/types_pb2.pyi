@@ -521,6 +521,7 @@ class TreeNode(_message.Message):
     TRUNCATED_FIELD_NUMBER: _builtins.int
     COLLAPSED_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
     status: Global___NodeStatus.ValueType
     depth: _builtins.int
     is_leaf: _builtins.bool
@@ -538,6 +539,10 @@ class TreeNode(_message.Message):
     """Leased nodes: the worker id of the lease's holder, as its Work stream's
     Hello named it (or the unary Lease call's worker_id; the peer address when
     neither gave one). Empty when the node holds no lease.
+    """
+    message: _builtins.str
+    """The last progress message a heartbeat carried for this leaf (at most
+    1,024 bytes).
     """
     @_builtins.property
     def range(self) -> Global___Range: ...
@@ -561,10 +566,11 @@ class TreeNode(_message.Message):
         truncated: _builtins.bool = ...,
         collapsed: _builtins.bool = ...,
         worker_id: _builtins.str = ...,
+        message: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "children", b"children", "collapsed", b"collapsed", "cursor", b"cursor", "depth", b"depth", "is_leaf", b"is_leaf", "last_error", b"last_error", "range", b"range", "status", b"status", "truncated", b"truncated", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "children", b"children", "collapsed", b"collapsed", "cursor", b"cursor", "depth", b"depth", "is_leaf", b"is_leaf", "last_error", b"last_error", "message", b"message", "range", b"range", "status", b"status", "truncated", b"truncated", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

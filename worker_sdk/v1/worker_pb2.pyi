@@ -256,8 +256,9 @@ class Welcome(_message.Message):
     coordinator_version: _builtins.str
     @_builtins.property
     def heartbeat_interval(self) -> _duration_pb2.Duration:
-        """Heartbeat every lease at least this often. Unset: a third of each job's
-        lease_ttl (JobInfo.lease_ttl).
+        """Heartbeat every lease at least this often, and at least every third of
+        its job's lease_ttl (JobInfo.lease_ttl) whichever is shorter. Unset: a
+        third of the lease_ttl.
         """
 
     def __init__(
@@ -278,9 +279,9 @@ Global___Welcome: _TypeAlias = Welcome  # noqa: Y015
 class LeaseRequest(_message.Message):
     """Ask for up to count more leases (count > 0). On a Work stream the request is
     remembered and adds to the stream's credit: grants arrive as work becomes
-    available until count leases were granted in all. Credit cannot be taken
-    back; it ends with the stream. Unary Lease returns what is available within
-    wait.
+    available until count leases were granted in all. withdraw takes the unused
+    credit back; it also ends with the stream. Unary Lease returns what is
+    available within wait.
     """
 
     DESCRIPTOR: _descriptor.Descriptor
@@ -289,9 +290,14 @@ class LeaseRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
     WAIT_FIELD_NUMBER: _builtins.int
+    WITHDRAW_FIELD_NUMBER: _builtins.int
     count: _builtins.int
     worker_id: _builtins.str
     """Unary only: identity and queues (a stream takes them from Hello)."""
+    withdraw: _builtins.bool
+    """Stream only: take back the credit not yet used (count must be 0). A worker
+    that stops sends it first, so that nothing more is granted to it.
+    """
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
     @_builtins.property
@@ -307,10 +313,11 @@ class LeaseRequest(_message.Message):
         worker_id: _builtins.str = ...,
         queues: _abc.Iterable[_builtins.str] | None = ...,
         wait: _duration_pb2.Duration | None = ...,
+        withdraw: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["wait", b"wait"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "queues", b"queues", "wait", b"wait", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "queues", b"queues", "wait", b"wait", "withdraw", b"withdraw", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
