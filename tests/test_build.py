@@ -93,7 +93,7 @@ def test_conftest_stops_the_whole_run_on_a_stale_module(tmp_path: Path, fresh: b
     name = sorted(COMPILED)[0]
     root = tmp_path / "project"
     (root / "tests").mkdir(parents=True)
-    for part in ("__init__.py", "conftest.py", "stale_build.py"):
+    for part in ("__init__.py", "conftest.py", "stale_build.py", "toolchains.py"):
         shutil.copy(ROOT / "tests" / part, root / "tests" / part)
     (root / "tests" / "test_one.py").write_text("def test_one() -> None:\n    pass\n")
     (root / "setup.py").write_text(f"COMPILED = ({name!r},)\n")

@@ -324,7 +324,8 @@ func (w *Worker) flush() {
 }
 
 // beginStop asks for nothing more and gives back the leases not started. Credit still
-// outstanding cannot be taken back, but it ends with its stream: rather than be granted leases
+// outstanding ends with its stream (this worker predates LeaseRequest.withdraw, the simpler way
+// the Python SDK now takes it back): rather than be granted leases
 // (its own give-backs among them) until that credit is spent, the worker half-closes the stream,
 // reads it to its end (grants that crossed the half-close are given back too), and drains on a
 // new stream that asks for nothing. Results the old stream did not answer are sent again there.
