@@ -272,6 +272,7 @@ def expiry(work: Path, ttl: float = 2.0) -> float:
 
 _HOLDER = """
 import sys, grpc
+from google.protobuf.duration_pb2 import Duration
 from parcelo.v1 import worker_pb2, worker_pb2_grpc
 stub = worker_pb2_grpc.WorkerServiceStub(grpc.insecure_channel(sys.argv[1]))
 grant = stub.Lease(worker_pb2.LeaseRequest(count=1, wait=Duration(seconds=5)))
