@@ -127,8 +127,13 @@ def encode_node(node: Node) -> bytes:
     )
 
 
-def decode_node(start: int, end: int, data: bytes) -> tuple[Node, StoredLease | None]:
-    """A node and, when it was leased, its lease."""
+def decode_node(
+    start: int, end: int, data: bytes, holders: dict[bytes, str] | None = None
+) -> tuple[Node, StoredLease | None]:
+    """A node and, when it was leased, its lease.
+
+    ``holders``: worker ids decoded so far (a restart reads the same few for thousands of leases).
+    """
     status, flags, depth, attempts, fence, cursor, not_before, n_details, n_error, n_holder = (
         _NODE.unpack_from(data)
     )
@@ -139,13 +144,24 @@ def decode_node(start: int, end: int, data: bytes) -> tuple[Node, StoredLease | 
     node.not_before = not_before
     holder = ""
     pos = _NODE.size
-    if len(data) > pos:  # most records have no details, error, holder or message
+    # Most records carry a holder at most: no details, error or message to decode.
+    if n_details:
         node.details = data[pos : pos + n_details]
         pos += n_details
+    if n_error:
         node.last_error = data[pos : pos + n_error].decode(errors="replace")
         pos += n_error
-        holder = data[pos : pos + n_holder].decode(errors="replace")
-        node.message = data[pos + n_holder :].decode(errors="replace")
+    if n_holder:
+        raw = data[pos : pos + n_holder]
+        pos += n_holder
+        known = holders.get(raw) if holders is not None else None
+        if known is None:
+            known = raw.decode(errors="replace")
+            if holders is not None:
+                holders[raw] = known
+        holder = known
+    if len(data) > pos:
+        node.message = data[pos:].decode(errors="replace")
     if not fence:
         return node, None
     return node, StoredLease(fence, LeaseKind.PROBE if flags & 4 else LeaseKind.LEAF, holder)
@@ -312,9 +328,10 @@ class Store:
             stored = StoredJob(job)
             prefix = node_prefix(job.id)
             skip = len(prefix)
+            holders: dict[bytes, str] = {}
             for key, data in self._scan(prefix):
                 start, inv_end = _SPAN.unpack_from(key, skip)
-                node, lease = decode_node(start, _MAX - inv_end, data)
+                node, lease = decode_node(start, _MAX - inv_end, data, holders)
                 stored.nodes.append(node)
                 if lease is not None:
                     stored.leases[node] = lease
