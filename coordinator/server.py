@@ -104,8 +104,14 @@ class Coordinator:
         )
         self.telemetry = Telemetry(self.core, cfg.metrics_port)
         self.dispatcher = Dispatcher(self.core, on_grant=self.telemetry.on_grant)
-        stored = self.store.load(MEMORY_WINDOW)
-        self.core.restore(stored, time.time(), accepted=self.store.load_accepted())
+        # A bulk load of long-lived objects (every frontier node and live lease): the cyclic
+        # collector would rescan the growing heap again and again while it runs, for nothing.
+        gc.disable()
+        try:
+            stored = self.store.load(MEMORY_WINDOW)
+            self.core.restore(stored, time.time(), accepted=self.store.load_accepted())
+        finally:
+            gc.enable()
         self.views = JobViews()
         self.views.written((item.job for item in stored), ())
         _tune_gc()
