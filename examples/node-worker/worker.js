@@ -515,6 +515,12 @@ export class Worker {
     this.log.info(
       `stopping: giving back ${this.#waiting.length} waiting leases, draining ${this.#running} running`,
     );
+    // Take back the credit not yet used, so that nothing more is granted (not even the leases
+    // given back just below).
+    if (this.connection.up) {
+      this.connection.send({ lease: { count: 0, withdraw: true } });
+      this.#outstanding = 0;
+    }
     while (this.#waiting.length) this.#giveBack(/** @type {Held} */ (this.#waiting.shift()));
     this.#flush();
     if (!(await this.#waitUntil(() => this.#running === 0, this.drainTimeoutMs))) {

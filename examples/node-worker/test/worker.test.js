@@ -222,7 +222,9 @@ test('stop gives back leases not started, lets the running one finish, waits for
   stream.send({ complete: { accepted: ['1'], rejected: [], request_id: complete.request_id } });
   await done;
   assert.equal(started, 1);
-  assert.equal(stream.received.filter((m) => m.msg === 'lease').length, 1); // no credit asked while stopping
+  const leases = stream.received.filter((m) => m.msg === 'lease');
+  assert.equal(leases.filter((m) => !m.lease.withdraw).length, 1); // no credit asked while stopping
+  assert.equal(leases.at(-1).lease.withdraw, true); // the unused credit was taken back first
   while (!stream.ended) await sleep(5); // the worker half-closed its stream
 });
 
