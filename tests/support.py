@@ -70,6 +70,11 @@ def pruned_reference(start: int, end: int, size: int) -> tuple[list[tuple[int, i
     return leaves, skipped, nodes
 
 
+def raw_spec(end: int = 1000, size: int = 100, **fields: object) -> types_pb2.JobSpec:
+    """A ``JobSpec`` over ``[0, end)`` as any gRPC client could send it (unchecked, unlike JobOptions)."""
+    return types_pb2.JobSpec(range=types_pb2.Range(start=0, end=end), max_range_size=size, **fields)  # type: ignore[arg-type]
+
+
 def tree_nodes(root: types_pb2.TreeNode) -> Iterator[types_pb2.TreeNode]:
     """Every node of a ``GetJobTree`` answer, pre-order."""
     stack = [root]
@@ -345,3 +350,25 @@ async def eventually(predicate: Callable[[], Any], what: str, within: float = 5)
         if loop.time() > deadline:
             raise AssertionError(f"timed out after {within} s waiting for {what}")
         await asyncio.sleep(0.01)
+
+
+class Stream:
+    """One Work stream driven message by message."""
+
+    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
+        self._requests: asyncio.Queue[worker_pb2.WorkRequest] = asyncio.Queue()
+        self.call = stub.Work(self._send())
+
+    async def _send(self) -> AsyncIterator[worker_pb2.WorkRequest]:
+        while True:
+            yield await self._requests.get()
+
+    async def send(self, **msg: object) -> None:
+        await self._requests.put(worker_pb2.WorkRequest(**msg))  # type: ignore[arg-type]
+
+    async def next(self, kind: str) -> worker_pb2.WorkResponse:
+        while True:
+            msg = await asyncio.wait_for(self.call.read(), ASYNC_TEST_TIMEOUT / 2)
+            assert msg is not aio.EOF, f"the stream ended while waiting for {kind}"
+            if msg.WhichOneof("msg") == kind:
+                return msg

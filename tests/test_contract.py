@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import grpc
@@ -14,37 +13,19 @@ from grpc import aio
 
 import parcelo
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
-from tests.support import async_test, eventually, inprocess_coordinator, loopback_channel, tree_nodes
+from tests.support import (
+    Stream,
+    async_test,
+    eventually,
+    inprocess_coordinator,
+    loopback_channel,
+    raw_spec,
+    tree_nodes,
+)
 
 WAIT = 10.0
 STALE = worker_pb2.REJECT_REASON_STALE_FENCE
 GONE = worker_pb2.REJECT_REASON_JOB_GONE
-
-
-def spec(end: int, size: int, **fields: object) -> types_pb2.JobSpec:
-    return types_pb2.JobSpec(range=types_pb2.Range(start=0, end=end), max_range_size=size, **fields)  # type: ignore[arg-type]
-
-
-class Stream:
-    """One Work stream driven message by message."""
-
-    def __init__(self, stub: worker_pb2_grpc.WorkerServiceStub) -> None:
-        self._requests: asyncio.Queue[worker_pb2.WorkRequest] = asyncio.Queue()
-        self.call = stub.Work(self._send())
-
-    async def _send(self) -> AsyncIterator[worker_pb2.WorkRequest]:
-        while True:
-            yield await self._requests.get()
-
-    async def send(self, **msg: object) -> None:
-        await self._requests.put(worker_pb2.WorkRequest(**msg))  # type: ignore[arg-type]
-
-    async def next(self, kind: str) -> worker_pb2.WorkResponse:
-        while True:
-            msg = await asyncio.wait_for(self.call.read(), WAIT)
-            assert msg is not aio.EOF, f"the stream ended while waiting for {kind}"
-            if msg.WhichOneof("msg") == kind:
-                return msg
 
 
 async def tree_leaves(
@@ -61,7 +42,7 @@ async def test_a_result_sent_again_is_accepted_again_even_after_a_restart(tmp_pa
         port = coord.port
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
-        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(400, 100, job_id="again")))
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(400, 100, job_id="again")))
         grant = await workers.Lease(worker_pb2.LeaseRequest(count=3, wait=Duration(seconds=2)))
         a, b, c = (lease.fence for lease in grant.leases)
         assert list((await workers.Complete(worker_pb2.CompleteRequest(fences=[a]))).accepted) == [a]
@@ -98,7 +79,7 @@ async def test_the_stream_rules(tmp_path: Path) -> None:
         timeout = Duration(seconds=90)
         await jobs.CreateJob(
             jobs_pb2.CreateJobRequest(
-                spec=spec(400, 100, job_id="rules", leaf_timeout=timeout, params_json="[1]")
+                spec=raw_spec(400, 100, job_id="rules", leaf_timeout=timeout, params_json="[1]")
             )
         )
         stream = Stream(stub)
@@ -148,7 +129,7 @@ async def test_checkpoints_are_optional_clamped_and_never_go_back(tmp_path: Path
     async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
-        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(200, 100, job_id="cp")))
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(200, 100, job_id="cp")))
         [lease] = (await workers.Lease(worker_pb2.LeaseRequest(count=1, wait=Duration(seconds=2)))).leases
         key = (lease.start, lease.end)
 
@@ -170,8 +151,10 @@ async def test_ended_jobs_answer_every_time_the_same(tmp_path: Path) -> None:
     async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
-        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(100, 100, job_id="cancelled", queue="c")))
-        deadline = spec(100, 100, job_id="late", queue="d")
+        await jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(spec=raw_spec(100, 100, job_id="cancelled", queue="c"))
+        )
+        deadline = raw_spec(100, 100, job_id="late", queue="d")
         deadline.deadline.FromNanoseconds(int((time.time() + 0.3) * 1e9))
         await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=deadline))
         lease_c = (
@@ -195,7 +178,7 @@ async def test_ended_jobs_answer_every_time_the_same(tmp_path: Path) -> None:
             done = await workers.Complete(worker_pb2.CompleteRequest(fences=[lease_c.fence, lease_d.fence]))
             assert [r.reason for r in done.rejected] == [GONE, GONE] and not done.accepted
         # Resuming is idempotent for a live job and refused for a finished one.
-        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(100, 100, job_id="live")))
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(100, 100, job_id="live")))
         resumed = await jobs.ResumeJob(jobs_pb2.ResumeJobRequest(job_id="live"))
         assert resumed.status == types_pb2.JOB_STATUS_PENDING
         with pytest.raises(aio.AioRpcError) as err:
@@ -208,7 +191,7 @@ async def test_a_half_closed_stream_gets_its_answers_and_nothing_more(tmp_path: 
     async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         stub = worker_pb2_grpc.WorkerServiceStub(channel)
-        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(800, 100, job_id="close")))
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(800, 100, job_id="close")))
         call = stub.Work()
         await call.write(worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id="w")))
         await call.write(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=1)))
@@ -249,7 +232,7 @@ async def test_withdrawn_credit_grants_nothing_more(tmp_path: Path) -> None:
         await stream.send(lease=worker_pb2.LeaseRequest(withdraw=True))
         await stream.send(heartbeat=worker_pb2.HeartbeatRequest())  # answered after the withdraw
         await stream.next("heartbeat")
-        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(800, 100, job_id="late")))
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(800, 100, job_id="late")))
         await stream.send(lease=worker_pb2.LeaseRequest(count=1))
         grant = (await stream.next("grant")).grant
         assert len(grant.leases) == 1  # the new credit only, not the five withdrawn
@@ -260,7 +243,7 @@ async def test_progress_messages_are_shown_in_the_tree_and_cut_to_bytes(tmp_path
     async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
-        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(100, 100, job_id="msg")))
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(100, 100, job_id="msg")))
         [lease] = (await workers.Lease(worker_pb2.LeaseRequest(count=1, wait=Duration(seconds=2)))).leases
         long = "é" * 1000  # 2,000 bytes of UTF-8
         beat = worker_pb2.LeaseHeartbeat(fence=lease.fence, message=long)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator, Awaitable, Iterable
+from collections.abc import Awaitable, Iterable
 from pathlib import Path
 
 import grpc
@@ -20,7 +20,15 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from parcelo.coordinator.server import Config, Coordinator
 from parcelo.coordinator.store import Batch, Op, Store
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
-from tests.support import async_test, eventually, inprocess_coordinator, loopback_channel, tree_nodes
+from tests.support import (
+    Stream,
+    async_test,
+    eventually,
+    inprocess_coordinator,
+    loopback_channel,
+    raw_spec,
+    tree_nodes,
+)
 
 WAIT = 10.0
 """Seconds any single wait may take before the test fails."""
@@ -46,11 +54,6 @@ class FaultyStore(Store):
         super().reopen()
 
 
-def spec(end: int, size: int, **fields: object) -> types_pb2.JobSpec:
-    out = types_pb2.JobSpec(range=types_pb2.Range(start=0, end=end), max_range_size=size, **fields)  # type: ignore[arg-type]
-    return out
-
-
 async def health_status(channel: aio.Channel, service: str = "") -> int:
     answer = await health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service))
     return int(answer.status)
@@ -65,7 +68,7 @@ async def test_a_failed_write_is_retried_until_written_and_nothing_runs_ahead(tm
     ):
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
-        job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(2000, 100, job_id="full")))
+        job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(2000, 100, job_id="full")))
         grant = await workers.Lease(
             worker_pb2.LeaseRequest(worker_id="w1", count=32, wait=Duration(seconds=2))
         )
@@ -121,7 +124,7 @@ async def _equals(value: Awaitable[int], expected: int) -> bool:
 async def test_watch_with_follow_ends_after_the_job_is_deleted(tmp_path: Path) -> None:
     async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
-        job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(100, 100, job_id="gone")))
+        job = await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(100, 100, job_id="gone")))
         await jobs.CancelJob(jobs_pb2.CancelJobRequest(job_id=job.id))
         watch = jobs.WatchJob(jobs_pb2.WatchJobRequest(job_id=job.id, follow=True))
         first = await asyncio.wait_for(watch.read(), WAIT)  # the watch is open
@@ -149,18 +152,11 @@ async def test_the_holder_of_a_lease_is_shown_in_the_tree(tmp_path: Path) -> Non
     async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
-        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(400, 100, job_id="who")))
-        requests: asyncio.Queue[worker_pb2.WorkRequest] = asyncio.Queue()
-        await requests.put(worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id="stream-worker")))
-        await requests.put(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=1)))
-
-        async def send() -> AsyncIterator[worker_pb2.WorkRequest]:
-            while True:
-                yield await requests.get()
-
-        stream = workers.Work(send())
-        while (msg := await asyncio.wait_for(stream.read(), WAIT)).WhichOneof("msg") != "grant":
-            pass
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(400, 100, job_id="who")))
+        stream = Stream(workers)
+        await stream.send(hello=worker_pb2.Hello(worker_id="stream-worker"))
+        await stream.send(lease=worker_pb2.LeaseRequest(count=1))
+        msg = await stream.next("grant")
         streamed = msg.grant.leases[0]
         unary = (await workers.Lease(worker_pb2.LeaseRequest(worker_id="unary-worker", count=1))).leases[0]
         tree = await jobs.GetJobTree(jobs_pb2.GetJobTreeRequest(job_id="who", max_depth=8))
@@ -169,7 +165,7 @@ async def test_the_holder_of_a_lease_is_shown_in_the_tree(tmp_path: Path) -> Non
             (streamed.start, streamed.end): "stream-worker",
             (unary.start, unary.end): "unary-worker",
         }
-        stream.cancel()
+        stream.call.cancel()
 
 
 @async_test
@@ -180,7 +176,7 @@ async def test_shutdown_answers_then_ends_work_streams_and_stops_once(tmp_path: 
         loopback_channel(coord.port) as channel,
     ):
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
-        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=spec(200, 100, job_id="bye")))
+        await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(200, 100, job_id="bye")))
         stream = worker_pb2_grpc.WorkerServiceStub(channel).Work()
         await stream.write(worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id="w")))
         await stream.write(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=1)))

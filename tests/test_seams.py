@@ -26,6 +26,7 @@ from parcelo.coordinator.store import FORMAT_KEY, Store, StoreFormatError
 from parcelo.coordinator.tree import Status
 from parcelo.testing import BIN
 from parcelo.v1 import types_pb2, worker_pb2
+from tests.support import raw_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -85,10 +86,6 @@ def test_stats_mirror_job_stats() -> None:
     assert Stats._fields == (*STAT_FIELDS, "status")
 
 
-def _spec(end: int = 1000, size: int = 100, **fields: object) -> types_pb2.JobSpec:
-    return types_pb2.JobSpec(range=types_pb2.Range(start=0, end=end), max_range_size=size, **fields)  # type: ignore[arg-type]
-
-
 def _core() -> Core:
     core = Core(fence_limit=1, seed=3)
     core.fences.made_durable(core.fences.pending_limit() or 0)
@@ -97,7 +94,7 @@ def _core() -> Core:
 
 def test_every_transition_moves_updated_at() -> None:
     core = _core()
-    job, _ = core.create_job(_spec(), 1.0)
+    job, _ = core.create_job(raw_spec(), 1.0)
     assert job.updated_at == job.created_at == 1.0
     core.lease(["default"], 1, 2.0)
     assert (job.status, job.updated_at, job.started_at) == (JobStatus.RUNNING, 2.0, 2.0)
@@ -115,7 +112,7 @@ def test_every_transition_moves_updated_at() -> None:
 
 @pytest.mark.parametrize("name", ["lease_ttl", "leaf_timeout"])
 def test_durations_beyond_what_the_wire_carries_are_refused(name: str) -> None:
-    spec = _spec()
+    spec = raw_spec()
     getattr(spec, name).FromSeconds(60 * 86400)  # 60 days: more than a worker's timer holds
     with pytest.raises(InvalidArgument) as err:
         _core().create_job(spec, 0)
@@ -128,8 +125,8 @@ def test_a_lease_that_cannot_be_sent_is_given_back_and_harms_no_other_job(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     core = _core()
-    bad, _ = core.create_job(_spec(job_id="bad", priority=5), 0)
-    good, _ = core.create_job(_spec(job_id="good"), 0)
+    bad, _ = core.create_job(raw_spec(job_id="bad", priority=5), 0)
+    good, _ = core.create_job(raw_spec(job_id="good"), 0)
     real = codec.lease_to_proto
 
     def failing(lease: object, job: object, out: worker_pb2.Lease) -> None:
