@@ -57,6 +57,13 @@ from parcelo.cli_options import log_level_option, setup_logging
     help="Seconds in-flight calls get to finish on SIGTERM.",
 )
 @click.option(
+    "--max-result-bytes",
+    type=click.IntRange(min=1),
+    default=defaults.MAX_RESULT_BYTES,
+    show_default=True,
+    help="Largest leaf result accepted (bytes of JSON), and largest result a merge may grow to.",
+)
+@click.option(
     "--backup-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -78,6 +85,7 @@ def main(
     grace: float,
     backup_dir: Path | None,
     backup_to: Path | None,
+    max_result_bytes: int,
     log_level: str,
 ) -> None:
     """Run a Parcelo coordinator: jobs and leases in RocksDB under DATA_DIR, gRPC on LISTEN."""
@@ -103,6 +111,7 @@ def main(
         event_retention=event_retention,
         grace=grace,
         backup_dir=backup_dir,
+        max_result_bytes=max_result_bytes,
     )
     try:
         import uvloop

@@ -47,6 +47,7 @@ class Config:
     event_retention: int = defaults.EVENT_RETENTION
     grace: float = 10.0
     backup_dir: Path | None = None
+    max_result_bytes: int = defaults.MAX_RESULT_BYTES
 
     @property
     def backups(self) -> Path:
@@ -101,6 +102,7 @@ class Coordinator:
             fence_limit=self.store.fence_limit(),
             event_retention=cfg.event_retention,
             work_available=lambda: self.dispatcher.work_available(),
+            max_result_bytes=cfg.max_result_bytes,
         )
         self.telemetry = Telemetry(self.core, cfg.metrics_port)
         self.dispatcher = Dispatcher(self.core, on_grant=self.telemetry.on_grant)

@@ -28,7 +28,7 @@ from parcelo import defaults, progress
 from parcelo.cli_options import target_option
 from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client
 from parcelo.errors import ConfigError, RpcError, Unavailable
-from parcelo.options import JobOptions, RetryPolicy
+from parcelo.options import REDUCES, JobOptions, RetryPolicy
 from parcelo.v1 import types_pb2
 
 EXIT_OK = 0
@@ -266,6 +266,11 @@ def flag_message(err: ConfigError, flags: Mapping[str, str]) -> str:
     metavar="KEY=VALUE",
     help="A label (repeatable).",
 )
+@click.option(
+    "--reduce",
+    type=click.Choice(REDUCES),
+    help="Combine the handlers' return values into the job's result [default: none].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the created job as JSON instead of its id.")
 @pass_obj
 def create(obj: _Obj, /, as_json: bool, **values: Any) -> None:
@@ -410,12 +415,14 @@ def tree(obj: _Obj, job_id: str, depth: int, as_json: bool) -> None:
 @job.command("wait")
 @click.argument("job_id")
 @click.option("--timeout", type=PositiveSeconds, metavar="SECONDS", help="Give up after this long (exit 3).")
+@click.option("--result", "show_result", is_flag=True, help="Then print the job's result (JSON) to stdout.")
 @pass_obj
-def wait(obj: _Obj, job_id: str, timeout: float | None) -> None:
+def wait(obj: _Obj, job_id: str, timeout: float | None, show_result: bool) -> None:
     """Wait until a job finishes.
 
     Prints the final status line; exits 0 if the job completed, 1 if it failed or was
-    cancelled, 3 on timeout.
+    cancelled, 3 on timeout. With --result, the status line goes to stderr and the job's
+    result (JSON, `null` for none) to stdout.
     """
     with obj.client() as client:
         try:
@@ -423,8 +430,28 @@ def wait(obj: _Obj, job_id: str, timeout: float | None) -> None:
         except TimeoutError:
             click.echo(f"job {job_id} still {progress.job_status_name(client.get_job(job_id).status)}")
             raise WaitTimeout(f"timed out after {timeout}s waiting for job {job_id}") from None
-    click.echo(progress.final_line(final))
+    click.echo(progress.final_line(final), err=show_result)
+    if show_result:
+        click.echo(final.result_json or "null")
     sys.exit(exit_code_for(final))
+
+
+@job.command("result")
+@click.argument("job_id")
+@pass_obj
+def result(obj: _Obj, job_id: str) -> None:
+    """Print a job's result (JSON, `null` for none) and nothing else.
+
+    Exits 0 if the job completed (the result is final), 1 if it failed or was cancelled, 3 if
+    it is still running (the result printed is partial); `job wait ID --result` waits first.
+    """
+    with obj.client() as client:
+        found = client.get_job(job_id)
+    click.echo(found.result_json or "null")
+    if found.status not in TERMINAL_STATUSES:
+        click.echo(f"job {job_id} is {progress.job_status_name(found.status)}: partial result", err=True)
+        sys.exit(EXIT_TIMEOUT)
+    sys.exit(exit_code_for(found))
 
 
 @job.command("watch")

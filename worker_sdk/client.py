@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -27,7 +28,7 @@ from typing import Any, TypeAlias
 import grpc
 
 from parcelo import defaults
-from parcelo.errors import RpcError, from_grpc
+from parcelo.errors import JobNotCompleted, RpcError, from_grpc
 from parcelo.options import JobOptions
 from parcelo.options import encode_params as encode_params  # moved to parcelo.options; still importable here
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
@@ -290,6 +291,22 @@ class Client:
             logger.info("watch of job %s broke (%s); polling instead", job_id, err)
         return self._wait_polling(job_id, deadline)
 
+    def get_result(self, job_id: str) -> Any:
+        """The job's result as it stands (see :func:`result_of`): partial until it completes."""
+        return result_of(self.get_job(job_id))
+
+    def wait_result(self, job_id: str, timeout: float | None = None) -> Any:
+        """Block until the job ends (as :meth:`wait`) and return its final result, decoded.
+
+        Raises:
+            JobNotCompleted: The job failed or was cancelled (``err.job`` has its partial result).
+            TimeoutError: The job did not finish within ``timeout``.
+        """
+        job = self.wait(job_id, timeout)
+        if job.status != types_pb2.JOB_STATUS_COMPLETED:
+            raise JobNotCompleted(job)
+        return result_of(job)
+
     def _wait_streaming(self, job_id: str, deadline: float | None) -> types_pb2.Job:
         after_seq = 0
         while True:
@@ -333,6 +350,15 @@ class Client:
             _check_deadline(job_id, deadline)
             left = _left(deadline)
             time.sleep(POLL_INTERVAL if left is None else min(POLL_INTERVAL, left))
+
+
+def result_of(job: types_pb2.Job) -> Any:
+    """The result of ``job`` decoded from ``job.result_json``; None when it has none (yet).
+
+    It is final when the job completed, and partial (``job.result_partial``) before. Integers
+    come back exact, however large.
+    """
+    return json.loads(job.result_json) if job.result_json else None
 
 
 def _left(deadline: float | None) -> float | None:

@@ -69,3 +69,7 @@ EVENT_RETENTION = 10_000
 
 STATS_EVENT_INTERVAL = timedelta(milliseconds=250)
 """STATS_UPDATED events are coalesced to at most four per second per job."""
+
+MAX_RESULT_BYTES = 64 << 10
+"""Largest leaf result (JSON, bytes of UTF-8) a coordinator accepts, and largest job result a
+``merge`` may grow to (``--max-result-bytes``)."""

@@ -5,6 +5,7 @@ All derive from :class:`ParceloError`::
     ParceloError
     ├── PermanentError        raised by a handler: fail the leaf, do not retry
     ├── ConfigError           bad local configuration (handler path, flags, job options)
+    ├── JobNotCompleted       a job whose result was awaited failed or was cancelled
     └── RpcError              the coordinator answered with a gRPC error
         ├── InvalidArgument
         ├── NotFound
@@ -16,6 +17,8 @@ All derive from :class:`ParceloError`::
 from __future__ import annotations
 
 import grpc
+
+from parcelo.v1 import types_pb2
 
 
 class ParceloError(Exception):
@@ -38,6 +41,18 @@ class ConfigError(ParceloError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class JobNotCompleted(ParceloError):
+    """A job ended without completing (failed or cancelled), so it has no final result.
+
+    ``job`` is the job as it ended; its ``result_json`` holds the partial result.
+    """
+
+    def __init__(self, job: types_pb2.Job) -> None:
+        status = types_pb2.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
+        super().__init__(f"job {job.id} did not complete ({status}): {job.reason or 'no reason given'}")
+        self.job = job
 
 
 class RpcError(ParceloError):
