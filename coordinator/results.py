@@ -69,14 +69,30 @@ def parse(text: str, reduce: Reduce, max_bytes: int) -> object:
             raise ResultError(
                 f"the result is {size} bytes, over the coordinator's --max-result-bytes ({max_bytes})"
             )
-    try:
-        value: object = json.loads(text, parse_constant=_no_constant)
-    except ResultError:
-        raise
-    except (ValueError, RecursionError) as err:
-        raise ResultError(f"the result is not JSON: {err}") from None
+    value: object
+    if _is_json_integer(text):
+        # The common result (a count) without the JSON parser: several times cheaper per leaf.
+        value = int(text)
+    else:
+        try:
+            value = json.loads(text, parse_constant=_no_constant)
+        except ResultError:
+            raise
+        except (ValueError, RecursionError) as err:
+            raise ResultError(f"the result is not JSON: {err}") from None
     check(value, reduce)
     return value
+
+
+def _is_json_integer(text: str) -> bool:
+    """Whether ``text`` is a JSON integer ("-"?, digits, no leading zero) that ``int`` reads fast."""
+    digits = text[1:] if text[0] == "-" else text
+    return (
+        0 < len(digits) <= 18
+        and digits.isascii()
+        and digits.isdigit()
+        and (digits[0] != "0" or len(digits) == 1)
+    )
 
 
 def check(value: object, reduce: Reduce) -> None:

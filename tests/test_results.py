@@ -126,6 +126,11 @@ def test_merge_rules_for_values_that_are_not_numbers_or_objects() -> None:
         ("true", Reduce.MAX, "reduce max combines numbers; the result is a boolean"),
         ('"3"', Reduce.MIN, "reduce min combines numbers; the result is a string"),
         ("3", Reduce.MERGE, "reduce merge combines JSON objects; the result is a number"),
+        ("007", Reduce.SUM, "the result is not JSON"),
+        ("1_000", Reduce.SUM, "the result is not JSON"),
+        ("\uff13", Reduce.SUM, "the result is not JSON"),
+        ("-", Reduce.SUM, "the result is not JSON"),
+        ("5", Reduce.MERGE, "reduce merge combines JSON objects; the result is a number"),
         ("NaN", Reduce.SUM, "NaN is not a JSON number"),
         ("Infinity", Reduce.SUM, "Infinity is not a JSON number"),
         ("{", Reduce.MERGE, "the result is not JSON"),
@@ -142,6 +147,14 @@ def test_bad_results_are_refused_with_the_reason(text: str, reduce: Reduce, mess
 def test_results_parse_and_encode() -> None:
     assert parse("", Reduce.SUM, LIMIT) is None
     assert parse("null", Reduce.SUM, LIMIT) is None
+    assert [parse(t, Reduce.SUM, LIMIT) for t in ("0", "-0", "-12", "7" * 18, "7" * 19, "1e3")] == [
+        0,
+        0,
+        -12,
+        int("7" * 18),
+        int("7" * 19),
+        1000.0,
+    ]
     big = 10**200 + 1
     assert parse(str(big), Reduce.SUM, LIMIT) == big
     assert encode(combine(Reduce.SUM, big, big)) == str(2 * big)

@@ -477,7 +477,12 @@ class Worker:
         text = ""
         if error is None and result is not None and held.lease.job_id in self._reducing:
             try:
-                text = json.dumps(result, allow_nan=False, separators=(",", ":"))
+                # An int (the common result, a count) is its own JSON, without the encoder.
+                text = (
+                    str(result)
+                    if type(result) is int
+                    else json.dumps(result, allow_nan=False, separators=(",", ":"))
+                )
             except (TypeError, ValueError, RecursionError) as err:
                 # Deterministic: the same handler would return the same value again.
                 error = PermanentError(f"the handler's result is not JSON: {err}")
