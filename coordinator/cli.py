@@ -27,7 +27,8 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     default=defaults.DEFAULT_LISTEN,
     show_default=True,
     envvar="PARCELO_LISTEN",
-    help="HOST:PORT to serve gRPC on (port 0 picks a free one).",
+    help="HOST:PORT to serve gRPC on (port 0 picks a free one). Other than loopback only with "
+    "--auth-tokens or --tls-client-ca, or --insecure-listen-anywhere.",
 )
 @click.option(
     "--tls-cert",
@@ -48,6 +49,11 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     default=None,
     help="Require a bearer token with a role on every call but health checks: a file of ROLE TOKEN "
     "lines (docs/security.md). SIGHUP reloads it and the certificates.",
+)
+@click.option(
+    "--insecure-listen-anywhere",
+    is_flag=True,
+    help="Allow a --listen address other than loopback without tokens or client certificates.",
 )
 @click.option(
     "--metrics-port",
@@ -98,6 +104,7 @@ def main(
     tls_key: Path | None,
     tls_client_ca: Path | None,
     auth_tokens: Path | None,
+    insecure_listen_anywhere: bool,
     metrics_port: int,
     heartbeat_interval_ms: int,
     event_retention: int,
@@ -136,6 +143,7 @@ def main(
         backup_dir=backup_dir,
         tls=ServerTLS(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None,
         auth_tokens=auth_tokens,
+        insecure_listen_anywhere=insecure_listen_anywhere,
     )
     try:
         import uvloop

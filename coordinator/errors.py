@@ -39,8 +39,8 @@ class FailedPrecondition(CoordinatorError):
 
 
 class StartupError(Exception):
-    """Raised when the coordinator's configuration forbids starting: a malformed tokens file or
-    unusable certificates.
+    """Raised when the coordinator's configuration forbids starting: a malformed tokens file,
+    unusable certificates, or a listen address reachable from other hosts without authentication.
 
     The message is one line, names the file or flag at fault and never quotes a secret.
     """

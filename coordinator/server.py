@@ -22,6 +22,7 @@ from parcelo.coordinator.core import Core
 from parcelo.coordinator.dispatcher import Dispatcher
 from parcelo.coordinator.errors import StartupError
 from parcelo.coordinator.events import MEMORY_WINDOW
+from parcelo.coordinator.listen import exposed
 from parcelo.coordinator.service import JobServicer, WorkerServicer
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.telemetry import Telemetry
@@ -59,6 +60,7 @@ class Config:
     backup_dir: Path | None = None
     tls: ServerTLS | None = None
     auth_tokens: Path | None = None
+    insecure_listen_anywhere: bool = False
 
     @property
     def backups(self) -> Path:
@@ -101,8 +103,9 @@ class Coordinator:
         If it fails (a port in use, a data dir of another format), the store is closed again.
 
         Raises:
-            StartupError: The tokens file or the certificates are unusable. Checked before the
-                store is opened.
+            StartupError: The tokens file or the certificates are unusable, or the listen address
+                is reachable from other hosts without authentication (and that was not allowed).
+                Checked before the store is opened.
         """
         self._secure()
         self.store = self._given_store or Store(self.config.data_dir)
@@ -113,7 +116,7 @@ class Coordinator:
             raise
 
     def _secure(self) -> None:
-        """Load the tokens and certificates."""
+        """Load the tokens and certificates, and check the listen address against them."""
         cfg = self.config
         if cfg.auth_tokens is not None:
             self.auth = TokenAuth(load_tokens(cfg.auth_tokens), SERVED)
@@ -122,6 +125,14 @@ class Coordinator:
         if cfg.tls is not None:
             self.certificates = ReloadableCredentials(cfg.tls)
         mutual = cfg.tls is not None and cfg.tls.mutual
+        if exposed(
+            cfg.listen, authenticated=self.auth is not None or mutual, allow=cfg.insecure_listen_anywhere
+        ):
+            log.warning(
+                "listening on %s without tokens or client certificates (--insecure-listen-anywhere): "
+                "anyone who reaches this port can run, cancel and delete every job",
+                cfg.listen,
+            )
         log.info(
             "security: %s, %s",
             ("mutual TLS" if mutual else "TLS") if cfg.tls is not None else "plaintext",

@@ -300,13 +300,38 @@ def test_the_admin_cli_takes_tls_and_a_token_and_says_when_the_token_is_wrong(
     assert plaintext.stderr.startswith(f"error: cannot reach coordinator at {coord.target} (UNAVAILABLE")
 
 
-# -- start-up errors ------------------------------------------------------------------------------
+# -- start-up rules ------------------------------------------------------------------------------
 
 
 def coordinator(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [str(BIN / "parcelo-coordinator"), *args], capture_output=True, text=True, timeout=30
     )
+
+
+def test_an_unauthenticated_coordinator_refuses_to_listen_beyond_loopback(tmp_path: Path) -> None:
+    refused = coordinator("--data-dir", str(tmp_path / "data"), "--listen", "0.0.0.0:0")
+    assert refused.returncode == 1
+    [line] = refused.stderr.splitlines()
+    assert line.startswith("error: refusing to listen on 0.0.0.0:0 without --auth-tokens or --tls-client-ca")
+    assert "--insecure-listen-anywhere" in line
+    assert not (tmp_path / "data").exists()  # refused before the store was opened
+
+
+def test_insecure_listen_anywhere_serves_with_a_warning(
+    make_coordinator: type[CoordinatorProcess], log_dir: Path, tmp_path: Path
+) -> None:
+    port = free_port()
+    coord = make_coordinator(
+        tmp_path / "data", log_dir, port, ["--insecure-listen-anywhere"], listen=f"0.0.0.0:{port}"
+    ).start()
+    warnings = [line for line in log_of(coord).splitlines() if " WARNING " in line]
+    assert len(warnings) == 1
+    assert (
+        f"listening on 0.0.0.0:{port} without tokens or client certificates (--insecure-listen-anywhere)"
+        in warnings[0]
+    )
+    assert coord.stop() == 0
 
 
 def test_a_malformed_tokens_file_is_one_line_naming_file_and_line(tmp_path: Path) -> None:

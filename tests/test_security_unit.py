@@ -1,5 +1,5 @@
 """Unit tests of the security pieces that need no coordinator: the tokens file, the role table,
-the server's certificate checks and the client's TLS and token settings."""
+the loopback rule, the server's certificate checks and the client's TLS and token settings."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from parcelo.channel import TLS, tls_of, token_metadata
 from parcelo.coordinator import auth
 from parcelo.coordinator.auth import Role, load_tokens, method_rules, parse_tokens
 from parcelo.coordinator.errors import StartupError
+from parcelo.coordinator.listen import exposed, host_of, is_loopback
 from parcelo.coordinator.server import SERVED
 from parcelo.coordinator.tls import ServerTLS, certificate_configuration
 from parcelo.errors import ConfigError
@@ -125,6 +126,52 @@ def test_an_unreadable_tokens_file_is_named(tmp_path: Path) -> None:
     (tmp_path / "binary").write_bytes(b"admin \xff\xfe")
     with pytest.raises(StartupError, match=r"tokens file .*/binary is not UTF-8 text"):
         load_tokens(tmp_path / "binary")
+
+
+# -- where the coordinator may listen ------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("address", "loopback"),
+    [
+        ("127.0.0.1:50051", True),
+        ("127.1.2.3:0", True),
+        ("[::1]:50051", True),
+        ("[::ffff:127.0.0.1]:1", True),
+        ("localhost:50051", True),
+        ("LOCALHOST.:50051", True),
+        ("unix:/run/parcelo.sock", True),
+        ("0.0.0.0:50051", False),
+        ("[::]:50051", False),
+        ("10.0.0.5:50051", False),
+        ("[fe80::1]:50051", False),
+        ("coordinator.internal:50051", False),
+        ("localhost.example.com:50051", False),
+        ("", False),
+    ],
+)
+def test_is_loopback(address: str, loopback: bool) -> None:
+    assert is_loopback(address) is loopback
+
+
+def test_host_of() -> None:
+    assert [host_of(a) for a in ("[::1]:5", "0.0.0.0:0", "localhost:1", "name")] == [
+        "::1",
+        "0.0.0.0",
+        "localhost",
+        "name",
+    ]
+
+
+def test_only_an_unauthenticated_coordinator_is_kept_on_loopback() -> None:
+    assert not exposed("127.0.0.1:1", authenticated=False, allow=False)
+    assert not exposed("0.0.0.0:1", authenticated=True, allow=False)
+    assert exposed("0.0.0.0:1", authenticated=False, allow=True)  # allowed, with a warning
+    with pytest.raises(StartupError) as raised:
+        exposed("[::]:50051", authenticated=False, allow=False)
+    assert "refusing to listen on [::]:50051" in str(raised.value)
+    assert "--insecure-listen-anywhere" in str(raised.value)
+    assert "\n" not in str(raised.value)
 
 
 # -- the coordinator's certificates --------------------------------------------------------------
