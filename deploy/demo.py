@@ -1,11 +1,13 @@
 """`make demo`: a coordinator, two workers and a prime-counting job with a live progress bar.
 
-Everything runs on this machine: the coordinator on a free loopback port over
-the embedded data dir ``.parcelo/demo``, two ``parcelo-worker`` processes with
-the example handler ``parcelo.examples:count_primes``, which returns each
-leaf's count. The job adds them up (``reduce="sum"``) as its range tree
-collapses; its result, the number of primes below END, is checked against a
-direct count, then every process is stopped with SIGTERM.
+Everything runs on this machine: the coordinator on a free loopback port (so,
+reachable from this host only, it needs neither TLS nor tokens; see
+docs/security.md to serve other hosts) over the embedded data dir
+``.parcelo/demo``, two ``parcelo-worker`` processes with the example handler
+``parcelo.examples:count_primes``, which returns each leaf's count. The job
+adds them up (``reduce="sum"``) as its range tree collapses; its result, the
+number of primes below END, is checked against a direct count, then every
+process is stopped with SIGTERM.
 """
 
 from __future__ import annotations
@@ -37,7 +39,7 @@ def main() -> int:
     logs.mkdir(exist_ok=True)
     console.print(f"[bold]Parcelo demo[/]: coordinator over [cyan]{DATA}[/], logs in [cyan]{logs}[/]")
     coordinator = CoordinatorProcess(DATA, logs).start()
-    console.print(f"coordinator serving on {coordinator.target}")
+    console.print(f"coordinator serving on {coordinator.target} (loopback only: no TLS or tokens needed)")
     workers: list[Proc] = [
         start_worker(
             coordinator.target, "parcelo.examples:count_primes", logs, "--concurrency", "2", name=f"worker{i}"

@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import click
@@ -25,9 +26,10 @@ from rich.console import Console
 from rich.live import Live
 
 from parcelo import defaults, progress
-from parcelo.cli_options import target_option
+from parcelo.channel import TLS
+from parcelo.cli_options import target_option, tls_from_flags, tls_options, token_option
 from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client
-from parcelo.errors import ConfigError, RpcError, Unavailable
+from parcelo.errors import ConfigError, PermissionDenied, RpcError, Unauthenticated, Unavailable
 from parcelo.options import REDUCES, JobOptions, RetryPolicy
 from parcelo.v1 import types_pb2
 
@@ -70,7 +72,18 @@ class WaitTimeout(CliError):
 def rpc_error_message(err: RpcError, target: str) -> str:
     """The one line shown for a coordinator error (without the ``error:`` prefix)."""
     if isinstance(err, Unavailable):
+        if "handshake" in err.message.lower():
+            return (
+                f"cannot reach coordinator at {target} ({err.code.name}: TLS handshake failed; check --tls-*)"
+            )
         return f"cannot reach coordinator at {target} ({err.code.name})"
+    if isinstance(err, Unauthenticated):
+        return (
+            f"coordinator at {target} wants a valid token ({err.code.name}: {err.message}); "
+            "give it with --token or PARCELO_TOKEN"
+        )
+    if isinstance(err, PermissionDenied):
+        return f"the token may not do this ({err.code.name}: {err.message})"
     if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"coordinator at {target} did not answer in time (DEADLINE_EXCEEDED)"
     return str(err)
@@ -118,10 +131,12 @@ def echo_json(data: Any, *, compact: bool = False) -> None:
 
 
 class _Obj:
-    """State shared by subcommands: where the coordinator is and the console to print on."""
+    """State shared by subcommands: where the coordinator is, how to reach it, the console to print on."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: TLS | None, token: str | None) -> None:
         self.target = target
+        self.tls = tls
+        self.token = token
         self.console = Console(highlight=False, soft_wrap=False)
         if not self.console.is_terminal:
             # Piped output would be cut to 80 columns; tables only take the width they need anyway.
@@ -131,10 +146,12 @@ class _Obj:
     def client(self) -> Iterator[Client]:
         """A connected client; coordinator errors become one ``error:`` line and exit 1."""
         try:
-            with Client(self.target) as client:
+            with Client(self.target, tls=self.tls, token=self.token) as client:
                 yield client
         except RpcError as err:
             raise CliError(rpc_error_message(err, self.target)) from err
+        except ConfigError as err:
+            raise BadInput(str(err)) from err
 
 
 pass_obj = click.make_pass_decorator(_Obj)
@@ -144,15 +161,24 @@ Uint64 = click.IntRange(0, 2**64 - 1)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @target_option
+@tls_options
+@token_option
 @click.version_option(package_name="parcelo")
 @click.pass_context
-def cli(ctx: click.Context, target: str) -> None:
+def cli(
+    ctx: click.Context,
+    target: str,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    token: str | None,
+) -> None:
     """Administer jobs of a Parcelo coordinator.
 
     Exit codes: 0 ok; 1 coordinator error, unreachable coordinator, or (wait/watch) job failed or
     cancelled; 2 bad command line; 3 wait timed out.
     """
-    ctx.obj = _Obj(target)
+    ctx.obj = _Obj(target, tls_from_flags(tls_ca, tls_cert, tls_key), token)
 
 
 @cli.group()

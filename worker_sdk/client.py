@@ -28,7 +28,8 @@ from typing import Any, TypeAlias
 import grpc
 
 from parcelo import defaults
-from parcelo.errors import JobNotCompleted, RpcError, from_grpc
+from parcelo.channel import TLS, open_channel, token_metadata
+from parcelo.errors import ConfigError, JobNotCompleted, RpcError, from_grpc
 from parcelo.options import JobOptions
 from parcelo.options import encode_params as encode_params  # moved to parcelo.options; still importable here
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
@@ -75,14 +76,23 @@ class Client:
     """A connection to one coordinator's admin API.
 
     Every method raises :class:`parcelo.errors.RpcError` (or the subclass matching the status code)
-    when the coordinator answers with an error, and :class:`parcelo.errors.Unavailable` when it
-    cannot be reached.
+    when the coordinator answers with an error, :class:`parcelo.errors.Unavailable` when it
+    cannot be reached (a failed TLS handshake included), and
+    :class:`parcelo.errors.Unauthenticated` or :class:`parcelo.errors.PermissionDenied` when it
+    refuses the token.
 
     Args:
         target: ``host:port`` of the coordinator.
         timeout: Seconds each unary call may take; ``None`` for no limit. Streams are not limited.
-        channel: A ready channel to use instead of opening one to ``target`` (tests, TLS, interceptors).
+        channel: A ready channel to use instead of opening one to ``target`` (tests, interceptors).
             The client does not close a channel it was given.
+        tls: Connect over TLS (see :class:`parcelo.channel.TLS`); plaintext when ``None``. Not
+            with ``channel``.
+        token: Bearer token sent with every call, for a coordinator started with ``--auth-tokens``.
+
+    Raises:
+        ConfigError: A TLS file cannot be read, the token cannot be sent as metadata, or both
+            ``tls`` and ``channel`` were given.
     """
 
     def __init__(
@@ -91,11 +101,18 @@ class Client:
         *,
         timeout: float | None = 30,
         channel: grpc.Channel | None = None,
+        tls: TLS | None = None,
+        token: str | None = None,
     ) -> None:
+        if channel is not None and tls is not None:
+            raise ConfigError("tls: give tls or a ready channel, not both")
         self.target = target
         self.timeout = timeout
+        self._metadata = token_metadata(token)
         self._owns_channel = channel is None
-        self._channel: grpc.Channel = channel if channel is not None else grpc.insecure_channel(target)
+        if channel is None:
+            channel = open_channel(target, tls.credentials() if tls is not None else None)
+        self._channel: grpc.Channel = channel
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -116,7 +133,12 @@ class Client:
 
     def _call(self, method: Any, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout, **kwargs)
+            return method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+                **kwargs,
+            )
         except grpc.RpcError as err:
             raise from_grpc(err) from None
 
@@ -252,7 +274,7 @@ class Client:
             job_id=job_id, after_seq=after_seq, follow=follow, types=list(types)
         )
         try:
-            call = self._stub.WatchJob(request, timeout=timeout)
+            call = self._stub.WatchJob(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise from_grpc(err) from None
         try:

@@ -11,7 +11,9 @@ All derive from :class:`ParceloError`::
         ├── NotFound
         ├── AlreadyExists
         ├── FailedPrecondition
-        └── Unavailable
+        ├── Unavailable
+        ├── Unauthenticated
+        └── PermissionDenied
 """
 
 from __future__ import annotations
@@ -84,7 +86,15 @@ class FailedPrecondition(RpcError):
 
 
 class Unavailable(RpcError):
-    """Raised when the coordinator cannot be reached."""
+    """Raised when the coordinator cannot be reached (down, or a TLS handshake failed)."""
+
+
+class Unauthenticated(RpcError):
+    """Raised when the coordinator requires a token and none, or an unknown one, was sent."""
+
+
+class PermissionDenied(RpcError):
+    """Raised when the token's role may not make the call (e.g. a ``reader`` creating a job)."""
 
 
 _BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
@@ -93,6 +103,8 @@ _BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

@@ -29,6 +29,7 @@ from typing import Any
 from grpc import aio
 
 from parcelo import defaults
+from parcelo.channel import TLS, open_aio_channel, token_metadata
 from parcelo.context import Context, Handler, Range, ShouldProcess
 from parcelo.errors import PermanentError
 from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
@@ -101,6 +102,13 @@ class Worker:
         should_process: Pruning callback ``(range, is_leaf) -> bool`` for probe leases.
         worker_id: Name shown to the coordinator (default ``host:pid``).
         drain_timeout: On stop, how long running handlers get to finish.
+        tls: Connect over TLS (see :class:`parcelo.channel.TLS`); plaintext when ``None``. The
+            files are read once, here.
+        token: Bearer token for a coordinator started with ``--auth-tokens`` (role ``worker``).
+
+    Raises:
+        ConfigError: A TLS file cannot be read or the token cannot be sent as metadata.
+        ValueError: ``concurrency`` or ``prefetch`` is out of range.
     """
 
     def __init__(
@@ -114,6 +122,8 @@ class Worker:
         should_process: ShouldProcess | None = None,
         worker_id: str | None = None,
         drain_timeout: timedelta = defaults.DRAIN_TIMEOUT,
+        tls: TLS | None = None,
+        token: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -127,6 +137,8 @@ class Worker:
         self.should_process = should_process
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.drain_timeout = drain_timeout
+        self._credentials = tls.credentials() if tls is not None else None
+        self._metadata = token_metadata(token)
         self.stats = WorkerStats()
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             type(handler).__call__
@@ -255,10 +267,11 @@ class Worker:
 
     async def _session(self) -> bool:
         """One stream, from hello until it breaks. Returns whether it got as far as the welcome."""
-        async with aio.insecure_channel(
-            self.target, options=[("grpc.max_receive_message_length", 16 << 20)]
+        async with open_aio_channel(
+            self.target, self._credentials, options=[("grpc.max_receive_message_length", 16 << 20)]
         ) as channel:
-            call = worker_pb2_grpc.WorkerServiceStub(channel).Work()
+            # The token goes with the call, once: the whole stream is one call.
+            call = worker_pb2_grpc.WorkerServiceStub(channel).Work(metadata=self._metadata)
             hello = worker_pb2.Hello(worker_id=self.worker_id, queues=self.queues, sdk=SDK)
             await call.write(worker_pb2.WorkRequest(hello=hello))
             welcome = await call.read()
