@@ -58,6 +58,7 @@ class Reject(IntEnum):
     STALE_FENCE = 1
     JOB_GONE = 2
     INVALID_RESULT = 3
+    NOT_HOLDER = 4
 
 
 class Rejection(NamedTuple):
