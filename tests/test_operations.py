@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import urllib.request
+from collections.abc import Iterator
+from concurrent import futures
 from pathlib import Path
 
+import grpc
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
 from parcelo import JobOptions
@@ -104,3 +107,43 @@ def test_queue_depth_gauges_count_waiting_leaves_and_held_leases(
     finally:
         worker.close()
     assert coord.stop() == 0
+
+
+def parcelo(*args: str) -> subprocess.CompletedProcess[str]:
+    """The admin CLI, as a container's health check runs it."""
+    return subprocess.run([str(BIN / "parcelo"), *args], capture_output=True, text=True, timeout=30)
+
+
+def test_health_command_against_a_real_coordinator(coordinator: CoordinatorProcess) -> None:
+    ok = parcelo("--target", coordinator.target, "health")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip() == f"coordinator at {coordinator.target} is SERVING"
+    service = parcelo("--target", coordinator.target, "health", "--service", "parcelo.v1.WorkerService")
+    assert service.returncode == 0, service.stderr
+    unknown = parcelo("--target", coordinator.target, "health", "--service", "nope")
+    assert unknown.returncode == 1
+    assert unknown.stderr.startswith("error: NOT_FOUND")
+    gone = parcelo("--target", f"127.0.0.1:{free_port()}", "health", "--timeout", "2")
+    assert gone.returncode == 1
+    assert "cannot reach coordinator" in gone.stderr
+
+
+@pytest.fixture
+def not_serving() -> Iterator[str]:
+    """A standard health service answering NOT_SERVING, as a coordinator does while its disk is full."""
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+    servicer = health.HealthServicer()
+    servicer.set("", health_pb2.HealthCheckResponse.NOT_SERVING)
+    health_pb2_grpc.add_HealthServicer_to_server(servicer, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    try:
+        yield f"127.0.0.1:{port}"
+    finally:
+        server.stop(0)
+
+
+def test_health_command_fails_when_not_serving(not_serving: str) -> None:
+    result = parcelo("--target", not_serving, "health")
+    assert result.returncode == 1
+    assert result.stderr.strip() == f"error: coordinator at {not_serving} is NOT_SERVING"
