@@ -7,3 +7,8 @@ from typing import Any
 
 async def noop(range_: Any, ctx: Any) -> None:
     """Do nothing: the benchmark measures Parcelo, not the work."""
+
+
+async def one(range_: Any, ctx: Any) -> int:
+    """Do nothing and return 1: a job with reduce sum counts its leaves (benchmark 8)."""
+    return 1

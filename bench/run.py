@@ -24,7 +24,8 @@ import grpc
 import psutil
 from google.protobuf.duration_pb2 import Duration
 
-from parcelo import JobOptions
+from parcelo import JobOptions, result_of
+from parcelo.options import ReduceName
 from parcelo.testing import CoordinatorProcess, Proc, start_worker, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2, worker_pb2_grpc
 
@@ -43,11 +44,13 @@ class Row:
     ok: bool | None
 
 
-def _workers(coord: CoordinatorProcess, logs: Path, n: int = 2, concurrency: int = 32) -> list[Proc]:
+def _workers(
+    coord: CoordinatorProcess, logs: Path, n: int = 2, concurrency: int = 32, handler: str = "bench.noop:noop"
+) -> list[Proc]:
     return [
         start_worker(
             coord.target,
-            "bench.noop:noop",
+            handler,
             logs,
             "--concurrency",
             str(concurrency),
@@ -68,10 +71,11 @@ def time_job(
     leaf: int,
     *,
     sample: Callable[[CoordinatorProcess], None] | None = None,
+    reduce: ReduceName | None = None,
 ) -> float:
     """Seconds from creating one job on ``coord`` to seeing it completed (its leaf count checked)."""
     began = time.perf_counter()
-    job = coord.create_job(JobOptions(start, end, max_range_size=leaf))
+    job = coord.create_job(JobOptions(start, end, max_range_size=leaf, reduce=reduce))
     while True:
         got = coord.get_job(job.id)
         if got.status in DONE:
@@ -86,16 +90,19 @@ def time_job(
     leaves = (got.stats.total_nodes + 1) // 2
     if leaves != _leaves(start, end, leaf):
         raise RuntimeError(f"job ran {leaves} leaves, expected {_leaves(start, end, leaf)}")
+    # With reduce sum over handlers returning 1, the job's result is its leaf count.
+    if reduce == "sum" and result_of(got) != leaves:
+        raise RuntimeError(f"job's result is {got.result_json}, expected {leaves}")
     return took
 
 
-def start_cluster(work: Path) -> tuple[CoordinatorProcess, list[Proc]]:
+def start_cluster(work: Path, handler: str = "bench.noop:noop") -> tuple[CoordinatorProcess, list[Proc]]:
     """A coordinator on a fresh data dir and 2 worker processes, connected and asking for work."""
     logs = work / "logs"
     logs.mkdir(exist_ok=True)
     coord = CoordinatorProcess(work / f"data-{time.monotonic_ns()}", logs, extra=["--log-level", "WARNING"])
     coord.start()
-    workers = _workers(coord, logs)
+    workers = _workers(coord, logs, handler=handler)
     # Let the workers connect and ask for credit before any clock starts.
     time.sleep(1.5)
     return coord, workers
@@ -130,6 +137,28 @@ def throughput(work: Path, leaves: int) -> float:
 
 
 WIDTH_PAIRS = 6
+RESULT_PAIRS = 4
+
+
+def results(work: Path, leaves: int = 1 << 17) -> tuple[float, float, float]:
+    """Jobs of ``leaves`` leaves whose handler returns 1, with reduce sum and without, in pairs on
+    one cluster: (median rate with, median rate without, median of the paired ratios)."""
+    coord, workers = start_cluster(work, "bench.noop:one")
+    try:
+        pairs = []
+        for _ in range(RESULT_PAIRS):
+            with_sum = leaves / time_job(coord, 0, leaves * 1000, 1000, reduce="sum")
+            without = leaves / time_job(coord, 0, leaves * 1000, 1000)
+            pairs.append((with_sum, without))
+    finally:
+        for proc in workers:
+            proc.terminate(timeout=30)
+        coord.stop()
+    return (
+        statistics.median(p[0] for p in pairs),
+        statistics.median(p[1] for p in pairs),
+        statistics.median(p[0] / p[1] for p in pairs),
+    )
 
 
 def width(work: Path) -> tuple[float, float, float, int]:
@@ -418,6 +447,16 @@ def main() -> None:
                 ratio = peer_rate / peer.rate
                 name = label.split()[0]
                 report(Row(f"7. Parcelo / {name}", f"{ratio:,.1f}x", f">= {target}x", ratio >= target))
+        summed, plain, cost = results(work)
+        report(
+            Row(
+                f"8. results: 131,072 leaves returning 1, reduce sum vs none, medians of {RESULT_PAIRS} pairs",
+                f"{summed:,.0f} vs {plain:,.0f}/s",
+                "",
+                None,
+            )
+        )
+        report(Row("8. results ratio (median of the paired ratios)", f"{cost:.3f}", ">= 0.8", cost >= 0.8))
     write_report(args.write, rows)
 
 

@@ -11,6 +11,8 @@ import click
 from parcelo import defaults
 from parcelo.cli_options import log_level_option, setup_logging
 
+_FILE = click.Path(dir_okay=False, path_type=Path)
+
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
@@ -25,7 +27,33 @@ from parcelo.cli_options import log_level_option, setup_logging
     default=defaults.DEFAULT_LISTEN,
     show_default=True,
     envvar="PARCELO_LISTEN",
-    help="HOST:PORT to serve gRPC on (port 0 picks a free one).",
+    help="HOST:PORT to serve gRPC on (port 0 picks a free one). Other than loopback only with "
+    "--auth-tokens or --tls-client-ca, or --insecure-listen-anywhere.",
+)
+@click.option(
+    "--tls-cert",
+    type=_FILE,
+    default=None,
+    help="Serve TLS with this PEM certificate chain (with --tls-key).",
+)
+@click.option("--tls-key", type=_FILE, default=None, help="The unencrypted PEM private key of --tls-cert.")
+@click.option(
+    "--tls-client-ca",
+    type=_FILE,
+    default=None,
+    help="Mutual TLS: require client certificates issued by these PEM CA certificates.",
+)
+@click.option(
+    "--auth-tokens",
+    type=_FILE,
+    default=None,
+    help="Require a bearer token with a role on every call but health checks: a file of ROLE TOKEN "
+    "lines (docs/security.md). SIGHUP reloads it and the certificates.",
+)
+@click.option(
+    "--insecure-listen-anywhere",
+    is_flag=True,
+    help="Allow a --listen address other than loopback without tokens or client certificates.",
 )
 @click.option(
     "--metrics-port",
@@ -57,6 +85,13 @@ from parcelo.cli_options import log_level_option, setup_logging
     help="Seconds in-flight calls get to finish on SIGTERM.",
 )
 @click.option(
+    "--max-result-bytes",
+    type=click.IntRange(min=1),
+    default=defaults.MAX_RESULT_BYTES,
+    show_default=True,
+    help="Largest leaf result accepted (bytes of JSON), and largest result a merge may grow to.",
+)
+@click.option(
     "--backup-dir",
     type=click.Path(file_okay=False, path_type=Path),
     default=None,
@@ -72,18 +107,25 @@ from parcelo.cli_options import log_level_option, setup_logging
 def main(
     data_dir: Path,
     listen: str,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    tls_client_ca: Path | None,
+    auth_tokens: Path | None,
+    insecure_listen_anywhere: bool,
     metrics_port: int,
     heartbeat_interval_ms: int,
     event_retention: int,
     grace: float,
     backup_dir: Path | None,
     backup_to: Path | None,
+    max_result_bytes: int,
     log_level: str,
 ) -> None:
     """Run a Parcelo coordinator: jobs and leases in RocksDB under DATA_DIR, gRPC on LISTEN."""
     setup_logging(log_level)
     try:
         from parcelo.coordinator.server import Config, serve
+        from parcelo.coordinator.tls import ServerTLS
     except ImportError as err:
         click.echo(
             f"error: the coordinator needs the 'coordinator' extra (pip install 'parcelo[coordinator]'): {err}",
@@ -95,6 +137,10 @@ def main(
         return
     if event_retention < 1:
         raise click.BadParameter("must be at least 1", param_hint="--event-retention")
+    if (tls_cert is None) != (tls_key is None):
+        raise click.UsageError("--tls-cert and --tls-key go together")
+    if tls_client_ca is not None and tls_cert is None:
+        raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
     config = Config(
         data_dir=data_dir,
         listen=listen,
@@ -103,6 +149,10 @@ def main(
         event_retention=event_retention,
         grace=grace,
         backup_dir=backup_dir,
+        max_result_bytes=max_result_bytes,
+        tls=ServerTLS(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None,
+        auth_tokens=auth_tokens,
+        insecure_listen_anywhere=insecure_listen_anywhere,
     )
     try:
         import uvloop
@@ -110,11 +160,12 @@ def main(
         uvloop.install()
     except ImportError:
         pass
+    from parcelo.coordinator.errors import StartupError
     from parcelo.coordinator.store import StoreFormatError
 
     try:
         asyncio.run(serve(config))
-    except (OSError, StoreFormatError) as err:
+    except (OSError, StoreFormatError, StartupError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
 

@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parcelo.coordinator.events import STAT_FIELDS, Event, Segment, Stats, stats_to_proto
 from parcelo.coordinator.jobs import JobState, JobStatus
 from parcelo.coordinator.leases import Lease, LeaseKind
+from parcelo.coordinator.results import Reduce, encode, reduce_of
 from parcelo.coordinator.tree import TERMINAL, Node, RangeTree
 from parcelo.v1 import types_pb2, worker_pb2
 
@@ -50,6 +51,10 @@ def job_to_proto(job: JobState, stats: Stats) -> types_pb2.Job:
     """The ``Job`` message of a job (also its stored record)."""
     msg = types_pb2.Job(id=job.id, status=job.status.value, reason=job.reason)  # type: ignore[arg-type]
     msg.spec.CopyFrom(job.spec)
+    tree = job.tree
+    if tree.reduce is not Reduce.NONE:
+        msg.result_json = tree.result_json()
+        msg.result_partial = job.status is not JobStatus.COMPLETED
     stats_to_proto(stats, msg.stats)
     _ts(job.created_at, msg.created_at)
     _ts(job.updated_at, msg.updated_at)
@@ -68,6 +73,9 @@ def job_from_stored(stored: StoredJob, now: float) -> tuple[JobState, list[Lease
     """
     msg = stored.job
     spec = msg.spec
+    if not spec.reduce:
+        # Written before jobs had a reduce: what normalising the spec now gives.
+        spec.reduce = types_pb2.REDUCE_NONE
     leases: list[Lease] = []
     # Per job, not per lease: a restart may bring back hundreds of thousands of leases.
     expires_at = now + spec.lease_ttl.ToMilliseconds() / 1000
@@ -84,6 +92,7 @@ def job_from_stored(stored: StoredJob, now: float) -> tuple[JobState, list[Lease
         spec.range.end,
         spec.max_range_size,
         pruning=spec.pruning,
+        reduce=reduce_of(spec.reduce),
         nodes=stored.nodes,
         counters={name: getattr(msg.stats, name) for name in _TREE_COUNTERS},
         leased={node: lease.kind for node, lease in stored.leases.items()},
@@ -113,6 +122,8 @@ def tree_to_proto(node: Node, max_depth: int, out: types_pb2.TreeNode) -> None:
     if node.lease is not None:
         out.worker_id = node.lease.holder
     out.message = node.message
+    if node.result is not None:
+        out.result_json = encode(node.result)
     out.collapsed = not node.is_leaf and node.left is None and node.status in TERMINAL and node.probed
     if node.left is not None and node.right is not None:
         if node.depth >= max_depth:
@@ -128,6 +139,7 @@ def job_info(job: JobState) -> worker_pb2.JobInfo:
     out = worker_pb2.JobInfo(
         job_id=job.id, queue=spec.queue, params_json=spec.params_json, max_range_size=spec.max_range_size
     )
+    out.reduce = spec.reduce
     out.lease_ttl.CopyFrom(spec.lease_ttl)
     if spec.HasField("leaf_timeout"):
         out.leaf_timeout.CopyFrom(spec.leaf_timeout)

@@ -13,7 +13,7 @@ import bisect
 import logging
 import random
 import uuid
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Sequence
 from itertools import chain, repeat
 
 from parcelo import defaults
@@ -33,6 +33,7 @@ from parcelo.coordinator.leases import (
     Reject,
     Rejection,
 )
+from parcelo.coordinator.results import Reduce, ResultError, conflict, parse, reduce_of
 from parcelo.coordinator.tree import Node, RangeTree, Status
 from parcelo.v1 import types_pb2
 
@@ -66,6 +67,7 @@ class Core:
         seed: Seed of the retry jitter (tests).
         work_available: Called when leases may have become available (new job, resume, release,
             retry due, probe answered, expiry). Must be cheap: it is called on the hot path.
+        max_result_bytes: Largest leaf result accepted, and largest job result a merge may grow to.
     """
 
     def __init__(
@@ -75,7 +77,9 @@ class Core:
         event_retention: int = defaults.EVENT_RETENTION,
         seed: int | None = None,
         work_available: Callable[[], None] = _nothing,
+        max_result_bytes: int = defaults.MAX_RESULT_BYTES,
     ):
+        self.max_result_bytes = max_result_bytes
         self.jobs: dict[str, JobState] = {}
         self.leases = LeaseTable()
         self.fences = FenceAllocator(fence_limit)
@@ -116,7 +120,13 @@ class Core:
             return existing, False
         job_id = spec.job_id or f"job-{uuid.uuid4().hex[:16]}"
         full.job_id = job_id
-        tree = RangeTree(spec.range.start, spec.range.end, spec.max_range_size, pruning=spec.pruning)
+        tree = RangeTree(
+            spec.range.start,
+            spec.range.end,
+            spec.max_range_size,
+            pruning=spec.pruning,
+            reduce=reduce_of(spec.reduce),
+        )
         self._order += 1
         job = JobState(job_id, full, tree, now=now, order=self._order)
         self._add(job)
@@ -305,19 +315,33 @@ class Core:
         return job, lease
 
     def complete(
-        self, fences: Iterable[int], skipped: Iterable[int], now: float
+        self, fences: Sequence[int], skipped: Iterable[int], now: float, results: Sequence[str] = ()
     ) -> tuple[list[int], list[Rejection]]:
-        """Apply completions (and skips); returns (accepted fences, rejections)."""
+        """Apply completions (and skips); returns (accepted fences, rejections).
+
+        ``results``: empty, or the JSON result of each of ``fences`` ("" for none). A result the
+        job cannot take fails its leaf for good, and its fence is rejected as INVALID_RESULT.
+        """
         accepted: list[int] = []
         rejected: list[Rejection] = []
         # NODE_COMPLETED events are batched per run of fences of the same job.
         batch_job: JobState | None = None
         done: list[tuple[int, int, int]] = []
         seen: set[int] = set()
-        for fence, skip in chain(zip(fences, repeat(False)), zip(skipped, repeat(True))):
+        for i, (fence, skip) in enumerate(chain(zip(fences, repeat(False)), zip(skipped, repeat(True)))):
             if fence in seen:
                 continue  # answered once per request
             seen.add(fence)
+            value: object = None
+            size = 0
+            text = results[i] if results and not skip else ""
+            if text:
+                refused = self._check_result(fence, text, now)
+                if isinstance(refused, Rejection):
+                    rejected.append(refused)
+                    continue
+                value = refused
+                size = len(text) if text.isascii() else 4 * len(text)
             taken = self._take(fence, True)
             if taken is None:
                 accepted.append(fence)  # sent again: it counted the first time
@@ -338,11 +362,16 @@ class Core:
                 finished = tree.skip(node)
                 self.events.append(job.id, EventType.NODE_SKIPPED, now, node.start, node.end)
             else:
-                finished = tree.complete(node)
+                finished = tree.complete(node, value, size)
                 if lease.kind is LeaseKind.PROBE:
                     self._work_available()
                 else:
                     done.append((node.start, node.end, 0))
+                if value is not None and tree.result_size(self.max_result_bytes):
+                    self.events.append_nodes(job.id, EventType.NODE_COMPLETED, now, done)
+                    done = []
+                    self._result_too_large(job, now)
+                    finished = False
             if finished:
                 self.events.append_nodes(job.id, EventType.NODE_COMPLETED, now, done)
                 done = []
@@ -351,6 +380,40 @@ class Core:
         if batch_job is not None:
             self.events.append_nodes(batch_job.id, EventType.NODE_COMPLETED, now, done)
         return accepted, rejected
+
+    def _check_result(self, fence: int, text: str, now: float) -> object:
+        """The value of the result ``text`` of a live leaf lease (None when its job keeps no
+        results), or the rejection of the result, its leaf failed for good."""
+        lease = self.leases.get(fence)
+        job = self.jobs.get(lease.job_id) if lease is not None else None
+        if job is None or lease is None or lease.kind is not LeaseKind.LEAF:
+            return None  # answered as any completion of it is
+        tree = job.tree
+        if tree.reduce is Reduce.NONE:
+            return None
+        try:
+            value = parse(text, tree.reduce, self.max_result_bytes)
+            why = conflict(tree.reduce, tree.result, value)
+            if why:
+                raise ResultError(why)
+        except ResultError as err:
+            message = str(err)
+            self.leases.take(fence, False)
+            self._fail_node(job, lease.node, message, False, now)
+            self._touch(job)
+            return Rejection(fence, Reject.INVALID_RESULT, message)
+        return value
+
+    def _result_too_large(self, job: JobState, now: float) -> None:
+        """The job's merged result outgrew the limit: fail the job rather than keep growing it."""
+        size = job.tree.result_size(self.max_result_bytes)
+        reason = (
+            f"the job's result grew to {size} bytes, over the coordinator's --max-result-bytes "
+            f"({self.max_result_bytes})"
+        )
+        job.finish(JobStatus.FAILED, now, reason)
+        self._revoke_all(job, Action.CANCEL, f"the job failed: {reason}", now)
+        self._ended(job, EventType.JOB_FAILED, now)
 
     def fail(self, failures: Iterable[Failure], now: float) -> tuple[list[int], list[Rejection]]:
         """Apply failed or released attempts; returns (accepted fences, rejections)."""

@@ -1,4 +1,5 @@
-"""Errors of the coordinator's core, each mapped to one gRPC status in ``service.py``.
+"""Errors of the coordinator: those of its core, each mapped to one gRPC status in ``service.py``,
+and the one that stops it from starting.
 
 ::
 
@@ -7,6 +8,7 @@
     ├── NotFound             -> NOT_FOUND
     ├── AlreadyExists        -> ALREADY_EXISTS
     └── FailedPrecondition   -> FAILED_PRECONDITION
+    StartupError             -> one ``error:`` line at start, exit 1
 """
 
 from __future__ import annotations
@@ -34,3 +36,11 @@ class AlreadyExists(CoordinatorError):
 
 class FailedPrecondition(CoordinatorError):
     """Raised when the job's status forbids the operation (e.g. resume a completed job)."""
+
+
+class StartupError(Exception):
+    """Raised when the coordinator's configuration forbids starting: a malformed tokens file,
+    unusable certificates, or a listen address reachable from other hosts without authentication.
+
+    The message is one line, names the file or flag at fault and never quotes a secret.
+    """

@@ -125,6 +125,8 @@ def validate_spec(spec: types_pb2.JobSpec) -> None:
     for key in spec.labels:
         if not key:
             raise InvalidArgument("labels", "keys must not be empty")
+    if spec.reduce not in types_pb2.Reduce.values():
+        raise InvalidArgument("reduce", f"{spec.reduce} is not a Reduce value")
 
 
 def normalized(spec: types_pb2.JobSpec) -> types_pb2.JobSpec:
@@ -135,6 +137,8 @@ def normalized(spec: types_pb2.JobSpec) -> types_pb2.JobSpec:
         out.queue = defaults.DEFAULT_QUEUE
     if not out.params_json:
         out.params_json = "{}"
+    if not out.reduce:
+        out.reduce = types_pb2.REDUCE_NONE
     if not out.HasField("lease_ttl"):
         out.lease_ttl.FromTimedelta(defaults.LEASE_TTL)
     retry = out.retry

@@ -57,6 +57,7 @@ class Reject(IntEnum):
 
     STALE_FENCE = 1
     JOB_GONE = 2
+    INVALID_RESULT = 3
 
 
 class Rejection(NamedTuple):

@@ -15,21 +15,32 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from parcelo import defaults
+from parcelo.coordinator.auth import TokenAuth, load_tokens
 from parcelo.coordinator.changes import Changes
 from parcelo.coordinator.committer import Committer
 from parcelo.coordinator.core import Core
 from parcelo.coordinator.dispatcher import Dispatcher
+from parcelo.coordinator.errors import StartupError
 from parcelo.coordinator.events import MEMORY_WINDOW
+from parcelo.coordinator.listen import exposed
 from parcelo.coordinator.service import JobServicer, WorkerServicer
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.telemetry import Telemetry
+from parcelo.coordinator.tls import ReloadableCredentials, ServerTLS
 from parcelo.coordinator.views import JobViews
-from parcelo.v1 import jobs_pb2_grpc, worker_pb2_grpc
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 
 SERVICES = ("", "parcelo.v1.JobService", "parcelo.v1.WorkerService")
 """Names the health service answers for: the server as a whole and each service."""
+
+SERVED = (
+    jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
+    worker_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+    health_pb2.DESCRIPTOR.services_by_name["Health"],
+)
+"""Descriptors of every service the server serves: the token check has a rule for each of their RPCs."""
 
 GC_THRESHOLD = 100_000
 """Allocations between young-generation collections (Python's default is 700): see ``_tune_gc``."""
@@ -47,6 +58,10 @@ class Config:
     event_retention: int = defaults.EVENT_RETENTION
     grace: float = 10.0
     backup_dir: Path | None = None
+    max_result_bytes: int = defaults.MAX_RESULT_BYTES
+    tls: ServerTLS | None = None
+    auth_tokens: Path | None = None
+    insecure_listen_anywhere: bool = False
 
     @property
     def backups(self) -> Path:
@@ -76,6 +91,8 @@ class Coordinator:
         self.config = config
         self._given_store = store
         self.port = 0
+        self.auth: TokenAuth | None = None
+        self.certificates: ReloadableCredentials | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
@@ -85,13 +102,67 @@ class Coordinator:
         """Load the store, reserve fences, bind and serve. Returns the bound port.
 
         If it fails (a port in use, a data dir of another format), the store is closed again.
+
+        Raises:
+            StartupError: The tokens file or the certificates are unusable, or the listen address
+                is reachable from other hosts without authentication (and that was not allowed).
+                Checked before the store is opened.
         """
+        self._secure()
         self.store = self._given_store or Store(self.config.data_dir)
         try:
             return await self._start()
         except BaseException:
             self.store.close()
             raise
+
+    def _secure(self) -> None:
+        """Load the tokens and certificates, and check the listen address against them."""
+        cfg = self.config
+        if cfg.auth_tokens is not None:
+            self.auth = TokenAuth(load_tokens(cfg.auth_tokens), SERVED)
+            if not self.auth.count:
+                log.warning("%s holds no tokens: every call but health checks is refused", cfg.auth_tokens)
+        if cfg.tls is not None:
+            self.certificates = ReloadableCredentials(cfg.tls)
+        mutual = cfg.tls is not None and cfg.tls.mutual
+        if exposed(
+            cfg.listen, authenticated=self.auth is not None or mutual, allow=cfg.insecure_listen_anywhere
+        ):
+            log.warning(
+                "listening on %s without tokens or client certificates (--insecure-listen-anywhere): "
+                "anyone who reaches this port can run, cancel and delete every job",
+                cfg.listen,
+            )
+        log.info(
+            "security: %s, %s",
+            ("mutual TLS" if mutual else "TLS") if cfg.tls is not None else "plaintext",
+            f"{self.auth.count} tokens from {cfg.auth_tokens}" if self.auth is not None else "no tokens",
+        )
+
+    def reload(self) -> None:
+        """Read the tokens file and the certificates again (SIGHUP).
+
+        New calls and connections use them; open streams go on. If a file is unusable, the error
+        is logged and what was in use stays.
+        """
+        cfg = self.config
+        if self.auth is None and self.certificates is None:
+            log.info("nothing to reload: no --auth-tokens and no --tls-cert")
+        if self.auth is not None and cfg.auth_tokens is not None:
+            try:
+                self.auth.replace(load_tokens(cfg.auth_tokens))
+            except StartupError as err:
+                log.error("tokens not reloaded, the previous ones stay: %s", err)
+            else:
+                log.info("reloaded %d tokens from %s", self.auth.count, cfg.auth_tokens)
+        if self.certificates is not None:
+            try:
+                self.certificates.reload()
+            except StartupError as err:
+                log.error("certificates not reloaded, the previous ones stay: %s", err)
+            else:
+                log.info("reloaded the certificates; new connections use them")
 
     async def _start(self) -> int:
         cfg = self.config
@@ -101,6 +172,7 @@ class Coordinator:
             fence_limit=self.store.fence_limit(),
             event_retention=cfg.event_retention,
             work_available=lambda: self.dispatcher.work_available(),
+            max_result_bytes=cfg.max_result_bytes,
         )
         self.telemetry = Telemetry(self.core, cfg.metrics_port)
         self.dispatcher = Dispatcher(self.core, on_grant=self.telemetry.on_grant)
@@ -126,7 +198,9 @@ class Coordinator:
         # Reserve the first block of fences before any lease can be handed out.
         self.committer.write_now()
         self.server = aio.server(
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)]
+            # No tokens, no interceptor: an unauthenticated coordinator pays nothing per call.
+            interceptors=[self.auth] if self.auth is not None else None,
+            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
         )
         heartbeat_ms = cfg.heartbeat_interval_ms or 0
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
@@ -137,7 +211,10 @@ class Coordinator:
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         try:
-            self.port = self.server.add_insecure_port(cfg.listen)
+            if self.certificates is not None:
+                self.port = self.server.add_secure_port(cfg.listen, self.certificates.credentials)
+            else:
+                self.port = self.server.add_insecure_port(cfg.listen)
         except RuntimeError as err:  # grpc's way of saying the bind failed
             raise OSError(f"cannot listen on {cfg.listen} (in use, or not an address of this host)") from err
         await self.server.start()
@@ -227,7 +304,7 @@ class Coordinator:
 
 
 async def serve(config: Config) -> None:
-    """Run a coordinator until SIGTERM or SIGINT, then stop gracefully."""
+    """Run a coordinator until SIGTERM or SIGINT, then stop gracefully; reload on SIGHUP."""
     coordinator = Coordinator(config)
     await coordinator.start()
     stop = asyncio.Event()
@@ -242,6 +319,7 @@ async def serve(config: Config) -> None:
         task.add_done_callback(backups.discard)
 
     loop.add_signal_handler(signal.SIGUSR1, backup)
+    loop.add_signal_handler(signal.SIGHUP, coordinator.reload)
     await stop.wait()
     log.info("stopping: finishing in-flight calls and writes")
     await coordinator.stop()

@@ -244,7 +244,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         return out
 
     def _complete(self, request: worker_pb2.CompleteRequest) -> worker_pb2.CompleteResponse:
-        accepted, rejected = self._core.complete(request.fences, request.skipped, time.time())
+        results = request.results_json
+        if results and len(results) != len(request.fences):
+            raise errors.InvalidArgument(
+                "results_json",
+                f"has {len(results)} entries for {len(request.fences)} fences: give one per fence, or none",
+            )
+        accepted, rejected = self._core.complete(request.fences, request.skipped, time.time(), results)
         out = worker_pb2.CompleteResponse(accepted=accepted, request_id=request.request_id)
         _rejections(rejected, out.rejected)
         self._dispatcher.poke()

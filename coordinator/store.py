@@ -24,6 +24,7 @@ may be written again whole (every op is idempotent), after :meth:`Store.reopen`.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import shutil
 import struct
@@ -40,8 +41,11 @@ from parcelo.coordinator.leases import LeaseKind
 from parcelo.coordinator.tree import Node, Status
 from parcelo.v1 import types_pb2
 
-FORMAT_VERSION = 2
-"""Version of the key layout and records. 1: before the format key existed (node records had no holder)."""
+FORMAT_VERSION = 3
+"""Version of the key layout and records. 1: before the format key existed (node records had no holder);
+2: before node records could hold a result."""
+READABLE_VERSIONS = (2, FORMAT_VERSION)
+"""Formats this coordinator opens: a version 2 record reads as a version 3 record without a result."""
 
 FORMAT_KEY = b"Mformat"
 FENCE_KEY = b"Mfence"
@@ -101,12 +105,18 @@ def prefix_range(prefix: bytes) -> tuple[bytes, bytes]:
 
 def encode_node(node: Node) -> bytes:
     """A node record: fixed fields (with its lease's fence and kind), then checkpoint details,
-    last error, the lease holder and the progress message."""
+    last error, the lease holder, the result (u32 length and JSON, when flag 8 says there is one)
+    and the progress message."""
     lease = node.lease
     fence, probe, holder = (lease.fence, lease.kind is LeaseKind.PROBE, lease.holder) if lease else (0, 0, "")
-    flags = node.is_leaf | (node.probed << 1) | (probe << 2)
+    has_result = node.result is not None
+    flags = node.is_leaf | (node.probed << 1) | (probe << 2) | (has_result << 3)
     error = node.last_error.encode()[:65535]
     who = holder.encode()[:65535]
+    result = b""
+    if has_result:
+        text = json.dumps(node.result, separators=(",", ":")).encode()
+        result = _U32.pack(len(text)) + text
     return (
         _NODE.pack(
             node.status,
@@ -123,6 +133,7 @@ def encode_node(node: Node) -> bytes:
         + node.details
         + error
         + who
+        + result
         + node.message.encode()
     )
 
@@ -160,6 +171,11 @@ def decode_node(
             if holders is not None:
                 holders[raw] = known
         holder = known
+    if flags & 8:
+        (n_result,) = _U32.unpack_from(data, pos)
+        pos += 4
+        node.result = json.loads(data[pos : pos + n_result])
+        pos += n_result
     if len(data) > pos:
         node.message = data[pos:].decode(errors="replace")
     if not fence:
@@ -198,12 +214,16 @@ class Store:
             version = 1 if next(iter(self._db.keys()), None) is not None else FORMAT_VERSION
             if version == FORMAT_VERSION:
                 self.write(Batch(ops=[(FORMAT_KEY, _U32.pack(FORMAT_VERSION))]))
-        if version != FORMAT_VERSION:
+        if version not in READABLE_VERSIONS:
             self._db.close()
+            readable = " and ".join(map(str, READABLE_VERSIONS))
             raise StoreFormatError(
-                f"data dir {self.path} is in store format {version}; this coordinator reads format "
-                f"{FORMAT_VERSION} only: use a coordinator of the version that wrote it, or a new data dir"
+                f"data dir {self.path} is in store format {version}; this coordinator reads formats "
+                f"{readable}: use a coordinator of the version that wrote it, or a new data dir"
             )
+        if version != FORMAT_VERSION:
+            # Readable as it is; from now on it may hold records only this format has.
+            self.write(Batch(ops=[(FORMAT_KEY, _U32.pack(FORMAT_VERSION))]))
 
     def close(self) -> None:
         self._close_wal_fds()

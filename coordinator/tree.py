@@ -18,6 +18,7 @@ from collections.abc import Callable, Iterator, Mapping
 from enum import IntEnum
 
 from parcelo.coordinator.leases import Lease, LeaseKind
+from parcelo.coordinator.results import Reduce, combine, encode
 
 
 class Status(IntEnum):
@@ -97,6 +98,8 @@ class Node:
     details = b""
     last_error = ""
     message = ""
+    # Done nodes of a job with a reduce: the combined result of the leaves below (None: none).
+    result: object = None
     # Retry backoff: not leased again before this time.
     not_before = 0.0
 
@@ -152,11 +155,25 @@ class RangeTree:
     ``LeaseTable``); the tree sets and clears that pointer and nothing else of it.
     """
 
-    def __init__(self, start: int, end: int, max_range_size: int, *, pruning: bool = False) -> None:
+    def __init__(
+        self,
+        start: int,
+        end: int,
+        max_range_size: int,
+        *,
+        pruning: bool = False,
+        reduce: Reduce = Reduce.NONE,
+    ) -> None:
         if end <= start or max_range_size <= 0:
             raise ValueError("need start < end and max_range_size > 0")
         self.max_range_size = max_range_size
         self.pruning = pruning
+        self.reduce = reduce
+        # The reduce of every finished leaf's result so far: what the done nodes hold, combined.
+        self.result: object = None
+        # Its JSON text, and an upper bound of that text's bytes (see ``result_size``).
+        self._result_text: str | None = ""
+        self._result_bound = 0
         self.range_total = end - start
         self.running_nodes = 0
         self.done_nodes = 0
@@ -333,8 +350,19 @@ class RangeTree:
         self.running_nodes -= 1
         return lease is not None and lease.kind is LeaseKind.PROBE
 
-    def complete(self, node: Node) -> bool:
-        """A leaf lease finished, or a probe said "process". Returns whether the tree is finished."""
+    def complete(self, node: Node, result: object = None, size: int = 0) -> bool:
+        """A leaf lease finished, or a probe said "process". Returns whether the tree is finished.
+
+        ``result``: the leaf's result (checked for the tree's reduce; None: none), ``size`` the
+        bytes of its JSON text. The tree keeps it. Raises ``ResultError`` (a merge conflict) before
+        changing anything.
+        """
+        lease = node.lease
+        if result is not None and self.reduce is not Reduce.NONE and lease and lease.kind is LeaseKind.LEAF:
+            self.result = combine(self.reduce, self.result, result)
+            self._result_text = None
+            self._result_bound += size
+            node.result = result
         if self._end_lease(node):
             node.probed = True
             node.attempts = 0
@@ -420,6 +448,9 @@ class RangeTree:
                 parent.status = Status.DONE
                 self.running_nodes -= 1
                 self.done_nodes += 1
+                if self.reduce is not Reduce.NONE:
+                    # Cannot fail: every result below was combined into ``self.result`` already.
+                    parent.result = combine(self.reduce, left.result, right.result)
                 self._drop(left)
                 self._drop(right)
                 parent.left = parent.right = None
@@ -474,6 +505,25 @@ class RangeTree:
     def finished(self) -> bool:
         return self.root.status in TERMINAL
 
+    def result_json(self) -> str:
+        """The JSON text of :attr:`result` ("" for none), encoded once per change."""
+        text = self._result_text
+        if text is None:
+            text = self._result_text = encode(self.result)
+            self._result_bound = len(text.encode())
+        return text
+
+    def result_size(self, limit: int) -> int:
+        """The bytes of :meth:`result_json` when they may exceed ``limit``, else 0.
+
+        Cheap: the text is encoded again only when the bound (its last size plus the sizes of
+        the results combined since) passes ``limit``.
+        """
+        if self._result_bound <= limit:
+            return 0
+        size = len(self.result_json().encode())
+        return size if size > limit else 0
+
     @staticmethod
     def _implied(start: int, end: int, depth: int, parent: Node | None, max_range_size: int) -> Node:
         """A split node that was never written: running, already past its probe."""
@@ -489,6 +539,7 @@ class RangeTree:
         max_range_size: int,
         *,
         pruning: bool,
+        reduce: Reduce = Reduce.NONE,
         nodes: list[Node],
         counters: Mapping[str, int],
         leased: Mapping[Node, LeaseKind],
@@ -502,7 +553,7 @@ class RangeTree:
         cheap to ask again.
         """
         # Constructed as new, then every field is replaced from the store.
-        tree = cls(start, end, max_range_size, pruning=pruning)
+        tree = cls(start, end, max_range_size, pruning=pruning, reduce=reduce)
         for name, value in counters.items():
             setattr(tree, name, value)
         tree._dirty = set()
@@ -512,6 +563,12 @@ class RangeTree:
         nodes.sort(key=lambda n: (n.start, -n.end))
         for node in nodes:
             node.persisted = True
+            if node.result is not None:
+                # Done nodes are never below another done node (their records collapse into it),
+                # so the job's result is the reduce of what they hold.
+                tree.result = combine(reduce, tree.result, node.result)
+                tree._result_text = None
+        tree.result_json()  # measures it, for ``result_size``
         implied: list[Node] = []
         if nodes and (nodes[0].start, nodes[0].end) == (start, end):
             root = nodes[0]

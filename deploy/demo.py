@@ -1,9 +1,12 @@
 """`make demo`: a coordinator, two workers and a prime-counting job with a live progress bar.
 
-Everything runs on this machine: the coordinator on a free loopback port over
-the embedded data dir ``.parcelo/demo``, two ``parcelo-worker`` processes with
-the example handler ``parcelo.examples:count_primes``. The job's result (the
-number of primes below END) is checked against a direct count, then every
+Everything runs on this machine: the coordinator on a free loopback port (so,
+reachable from this host only, it needs neither TLS nor tokens; see
+docs/security.md to serve other hosts) over the embedded data dir
+``.parcelo/demo``, two ``parcelo-worker`` processes with the example handler
+``parcelo.examples:count_primes``, which returns each leaf's count. The job
+adds them up (``reduce="sum"``) as its range tree collapses; its result, the
+number of primes below END, is checked against a direct count, then every
 process is stopped with SIGTERM.
 """
 
@@ -12,12 +15,11 @@ from __future__ import annotations
 import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 from rich.console import Console
 
-from parcelo import JobOptions
+from parcelo import JobOptions, result_of
 from parcelo.client import Client
 from parcelo.examples import primes_in
 from parcelo.testing import BIN, CoordinatorProcess, Proc, start_worker
@@ -35,10 +37,9 @@ def main() -> int:
     DATA.mkdir(parents=True)
     logs = DATA.parent / "demo-logs"
     logs.mkdir(exist_ok=True)
-    out = Path(tempfile.mkdtemp(prefix="parcelo-demo-"))
     console.print(f"[bold]Parcelo demo[/]: coordinator over [cyan]{DATA}[/], logs in [cyan]{logs}[/]")
     coordinator = CoordinatorProcess(DATA, logs).start()
-    console.print(f"coordinator serving on {coordinator.target}")
+    console.print(f"coordinator serving on {coordinator.target} (loopback only: no TLS or tokens needed)")
     workers: list[Proc] = [
         start_worker(
             coordinator.target, "parcelo.examples:count_primes", logs, "--concurrency", "2", name=f"worker{i}"
@@ -47,10 +48,10 @@ def main() -> int:
     ]
     try:
         with Client(coordinator.target) as client:
-            job = client.create_job(JobOptions(0, END, max_range_size=LEAF, params={"out": str(out)}))
+            job = client.create_job(JobOptions(0, END, max_range_size=LEAF, reduce="sum"))
             console.print(
                 f"job [bold]{job.id}[/]: count the primes in [0, {END:,}), leaves of at most {LEAF:,} "
-                f"({END // LEAF} leaves, 2 workers x 2 handlers)"
+                f"({END // LEAF} leaves, 2 workers x 2 handlers), counts added up by the job (reduce sum)"
             )
             # The admin CLI's live view: progress bar, throughput, ETA.
             watch = subprocess.run(
@@ -60,8 +61,8 @@ def main() -> int:
         if watch.returncode != 0:
             console.print(f"[red]job did not complete: {final.reason}[/]")
             return 1
-        found = sum(int(p.read_text()) for p in out.iterdir() if not p.name.endswith(".tmp"))
-        console.print(f"primes below {END:,}: [bold green]{found:,}[/]")
+        found = result_of(final)
+        console.print(f"the job's result: [bold green]{found:,}[/] primes below {END:,}")
         expected = sum(primes_in(a, min(a + 10_000_000, END)) for a in range(0, END, 10_000_000))
         verdict = "[green]matches[/]" if found == expected else f"[red]differs from {expected:,}[/]"
         console.print(f"checked against a direct count: {verdict}")
@@ -75,7 +76,6 @@ def main() -> int:
         for worker in workers:
             worker.terminate()
         code = coordinator.stop()
-        shutil.rmtree(out, ignore_errors=True)
         console.print(f"stopped 2 workers and the coordinator (exit {code})")
 
 

@@ -1,4 +1,4 @@
-"""Fixtures: real coordinator processes over temp data dirs, and cleanup of every process.
+"""Fixtures: real coordinator processes over temp data dirs, cleanup of every process, test certificates.
 
 Before anything else, a stale compiled build stops the run (tests/stale_build.py).
 """
@@ -7,12 +7,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 
 from parcelo.testing import CoordinatorProcess as Coordinator
 from parcelo.testing import Proc
 from tests.stale_build import exit_if_stale
+
+if TYPE_CHECKING:
+    from tests.certs import Pki
 
 # Session fixtures for the Node.js and Go toolchains (node, go_toolchain, go_worker).
 pytest_plugins = ["tests.toolchains"]
@@ -21,6 +25,16 @@ pytest_plugins = ["tests.toolchains"]
 def pytest_configure(config: pytest.Config) -> None:
     # In pytest_configure, pytest.exit prints one line and no test is collected.
     exit_if_stale()
+
+
+@pytest.fixture(scope="session")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> Pki:
+    """A test CA with server certificates for 127.0.0.1 and localhost, and a client certificate."""
+    # Imported here, not at the top: tests/test_build.py runs a copy of conftest.py without
+    # tests/certs.py, and only the TLS tests need the cryptography package.
+    from tests.certs import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 @pytest.fixture

@@ -86,3 +86,60 @@ def checkpoint_then_stall(range_: Any, ctx: Any) -> None:
         time.sleep(3600)
     with open(path, "a") as f:
         f.write(f"resumed {range_.start} {range_.end} {ctx.attempt} {ctx.details!r}\n")
+
+
+# -- handlers that return results (jobs with a reduce) --------------------------------------------
+
+
+def primes(range_: Any, ctx: Any) -> int:
+    """The number of primes in the leaf. With ``params['flaky']`` the first attempt of every
+    third leaf fails after running (so a result must not be counted for a failed attempt);
+    ``params['sleep']`` stretches each leaf."""
+    from parcelo.examples import primes_in
+
+    _log("run", range_, ctx)
+    delay = float(ctx.params.get("sleep", 0))
+    if delay:
+        time.sleep(delay)
+    count = primes_in(range_.start, range_.end)
+    if ctx.params.get("flaky") and ctx.attempt == 1 and range_.start * 7 % 3 == 0:
+        raise RuntimeError("transient")
+    return count
+
+
+def scatter(x: int) -> int:
+    """A value per id that looks random (tests/test_job_results.py plants extremes among them)."""
+    return x * 2_654_435_761 % 1_000_003
+
+
+def extreme(range_: Any, ctx: Any) -> int:
+    """The min or max (``params['pick']``) of ``scatter`` over the leaf, with ``params['value']``
+    at the id ``params['plant']``."""
+    plant, value = ctx.params["plant"], ctx.params["value"]
+    pick = min if ctx.params["pick"] == "min" else max
+    found = pick(scatter(x) for x in range(range_.start, range_.end))
+    return int(pick(found, value) if range_.start <= plant < range_.end else found)
+
+
+def digit_histogram(range_: Any, ctx: Any) -> dict[str, Any]:
+    """How many ids of the leaf end in each decimal digit, as a JSON object for reduce merge."""
+    s, e = range_.start, range_.end
+    digits = {str(d): (e - d + 9) // 10 - (s - d + 9) // 10 for d in range(10)}
+    return {"count": e - s, "last_digit": {d: n for d, n in digits.items() if n}, "unit": "ids"}
+
+
+def width(range_: Any, ctx: Any) -> int:
+    """The width of the leaf; ``params['sleep']`` stretches each leaf, and the leaf at
+    ``params['big_start']`` returns ``params['big_bytes']`` bytes of JSON instead."""
+    _log("run", range_, ctx)
+    delay = float(ctx.params.get("sleep", 0))
+    if delay:
+        time.sleep(delay)
+    if range_.start == ctx.params.get("big_start"):
+        return 10 ** (int(ctx.params["big_bytes"]) - 1)
+    return int(range_.end - range_.start)
+
+
+def key_per_leaf(range_: Any, ctx: Any) -> dict[str, int]:
+    """A key of its own per leaf: a merge whose result grows with the range."""
+    return {f"leaf-{range_.start:012d}": 1}

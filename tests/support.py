@@ -22,6 +22,7 @@ import grpc
 from grpc import aio
 
 from parcelo import Range, Worker
+from parcelo.channel import Metadata
 from parcelo.coordinator.server import Config, Coordinator
 from parcelo.coordinator.store import Store
 from parcelo.testing import CoordinatorProcess, Proc, start_worker
@@ -147,14 +148,18 @@ class RawWorker:
     """
 
     def __init__(
-        self, channel: grpc.Channel, worker_id: str = "raw", queues: tuple[str, ...] = ("default",)
+        self,
+        channel: grpc.Channel,
+        worker_id: str = "raw",
+        queues: tuple[str, ...] = ("default",),
+        metadata: Metadata = (),
     ) -> None:
         self._out: queue.Queue[worker_pb2.WorkRequest | None] = queue.Queue()
         self._in: queue.Queue[worker_pb2.WorkResponse | Exception] = queue.Queue()
         self._out.put(
             worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id=worker_id, queues=list(queues)))
         )
-        self._call = worker_pb2_grpc.WorkerServiceStub(channel).Work(self._requests())
+        self._call = worker_pb2_grpc.WorkerServiceStub(channel).Work(self._requests(), metadata=metadata)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
         welcome = self.next("welcome")

@@ -110,7 +110,8 @@ COMPLETED = types_pb2.JOB_STATUS_COMPLETED
         (grpc.StatusCode.ALREADY_EXISTS, errors.AlreadyExists),
         (grpc.StatusCode.FAILED_PRECONDITION, errors.FailedPrecondition),
         (grpc.StatusCode.UNAVAILABLE, errors.Unavailable),
-        (grpc.StatusCode.PERMISSION_DENIED, errors.RpcError),
+        (grpc.StatusCode.UNAUTHENTICATED, errors.Unauthenticated),
+        (grpc.StatusCode.PERMISSION_DENIED, errors.PermissionDenied),
         (grpc.StatusCode.INTERNAL, errors.RpcError),
     ],
 )

@@ -29,6 +29,7 @@ from tests.support import (
     loopback_channel,
     reference_leaves,
     running_worker,
+    tree_nodes,
 )
 
 END_EVENTS = [
@@ -511,3 +512,31 @@ async def test_results_finished_while_the_coordinator_is_away_are_sent_when_it_i
         failed_attempts=0,
     )  # fmt: skip
     assert (worker.stats.connects, worker.stats.completed, worker.stats.rejected) == (2, 4, 0)
+
+
+def shape_of_leaf(range_: Range, ctx: Context) -> Any:
+    """A result per leaf for a merge job; the leaf at 300 returns what JSON cannot hold."""
+    if range_.start == 300:
+        return {"ids": {range_.start, range_.end}}
+    if range_.start == 500:
+        return None  # no result: nothing to combine
+    return {"leaves": 1, "ids": range_.end - range_.start}
+
+
+@async_test
+async def test_the_sdk_sends_handler_results_and_fails_a_leaf_whose_result_is_not_json(
+    data_dir: Path,
+) -> None:
+    async with inprocess_coordinator(data_dir) as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        job = await create_job(jobs, 0, 800, 100, reduce=types_pb2.REDUCE_MERGE)  # 8 leaves
+        async with running_worker(sdk_worker(coord.port, shape_of_leaf)):
+            done = await finished(jobs, job.id)
+        assert done.status == types_pb2.JOB_STATUS_FAILED
+        # Six leaves gave a result, one none, and one's was refused by the SDK (not retried).
+        assert (done.result_json, done.result_partial) == ('{"leaves":6,"ids":600}', True)
+        tree = await jobs.GetJobTree(jobs_pb2.GetJobTreeRequest(job_id=job.id, max_depth=8))
+        [bad] = [n for n in tree_nodes(tree.root) if n.status == types_pb2.NODE_STATUS_ERROR and n.is_leaf]
+        assert (bad.range.start, bad.attempts) == (300, 1)
+        assert bad.last_error.startswith("PermanentError: the handler's result is not JSON: ")
+        assert "set is not JSON serializable" in bad.last_error

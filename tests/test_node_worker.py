@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from parcelo import JobOptions, RetryPolicy
+from parcelo import JobOptions, RetryPolicy, result_of
 from parcelo.testing import CoordinatorProcess, Proc, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2
 from tests.support import pruned_reference, reference_leaves, runs, runs_with_pids, start_recording_workers
@@ -116,6 +116,26 @@ def test_node_and_python_workers_share_a_job(
     assert sorted((s, e) for s, e, _ in runs(run_log)) == reference_leaves(0, 64_000, 1000)
     assert {pid for *_, pid in runs_with_pids(run_log)} == {nodes.pid, python.pid}
     for proc in (nodes, python):
+        assert proc.terminate() == 0, proc.output()
+
+
+def test_node_workers_return_results_the_job_sums_exactly_beyond_2_to_the_64(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    start, end = 1 << 60, (1 << 60) + 64_000
+    # The demo handler in sum mode returns the sum of its leaf's ids as a BigInt: the job's result
+    # is the sum of the whole range, about 7.4e22, past 2^64 and far past JavaScript's 2^53.
+    job = coordinator.create_job(
+        JobOptions(start, end, max_range_size=1000, reduce="sum", params={"mode": "sum", "chunk": 250})
+    )
+    workers = [
+        node_worker(node, coordinator, procs, log_dir, tmp_path / "runs.log", "count") for _ in range(2)
+    ]
+    done = coordinator.wait_status(job.id, DONE | FAILED, timeout=60)
+    assert done.status == types_pb2.JOB_STATUS_COMPLETED, done.reason
+    assert (result_of(done), done.result_partial) == (sum(range(start, end)), False)
+    assert done.result_json == str(sum(range(start, end)))
+    for proc in workers:
         assert proc.terminate() == 0, proc.output()
 
 

@@ -40,6 +40,7 @@ FULL = JobOptions(
     priority=-3,
     start_paused=True,
     labels={"team": "search"},
+    reduce="merge",
 )
 FULL_PARAMS = '{"k":[1,2]}'
 
@@ -238,7 +239,7 @@ def test_job_create_flags_build_the_options(monkeypatch: pytest.MonkeyPatch) -> 
     args += ["--max-attempts", "7", "--initial-backoff", "0.25", "--max-backoff", "120"]
     args += ["--backoff-multiplier", "1.5", "--jitter", "0.25", "--pruning", "--leaf-timeout", "3600"]
     args += ["--deadline", "2030-01-02T03:04:05.678+00:00", "--priority=-3", "--paused"]
-    args += ["--label", "team=search"]
+    args += ["--label", "team=search", "--reduce", "merge"]
     result = CliRunner().invoke(cli, ["--target", "127.0.0.1:1", "job", "create", *args])
     assert (result.exit_code, result.stdout) == (0, "made\n"), result.output
     assert seen == [dataclasses.replace(FULL, params=FULL_PARAMS)]

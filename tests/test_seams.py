@@ -161,7 +161,7 @@ def test_a_data_dir_in_another_format_is_refused_with_a_clear_error(tmp_path: Pa
     store = Store(tmp_path / "new")
     store.write([(FORMAT_KEY, (1).to_bytes(4, "big"))])
     store.close()
-    with pytest.raises(StoreFormatError, match="store format 1; this coordinator reads format 2"):
+    with pytest.raises(StoreFormatError, match="store format 1; this coordinator reads formats 2 and 3"):
         Store(tmp_path / "new")
     # A data dir written before the format key existed is format 1 too.
     old = Rdict(str(tmp_path / "old"), Options(raw_mode=True))

@@ -9,14 +9,16 @@ and the admin CLI; the coordinator daemon lives in :mod:`parcelo.coordinator`
 
 from importlib.metadata import version
 
+from parcelo.client import result_of
 from parcelo.context import Context, Range
-from parcelo.errors import ConfigError, ParceloError, PermanentError, RpcError
+from parcelo.errors import ConfigError, JobNotCompleted, ParceloError, PermanentError, RpcError
 from parcelo.options import JobOptions, RetryPolicy
 from parcelo.worker import Worker
 
 __all__ = [
     "ConfigError",
     "Context",
+    "JobNotCompleted",
     "JobOptions",
     "ParceloError",
     "PermanentError",
@@ -24,6 +26,7 @@ __all__ = [
     "RetryPolicy",
     "RpcError",
     "Worker",
+    "result_of",
 ]
 # The version is written once, in pyproject.toml; the installed package's metadata carries it.
 __version__ = version("parcelo")

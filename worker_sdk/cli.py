@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import datetime, timedelta
+from pathlib import Path
 from typing import IO, Any, NoReturn
 
 import click
@@ -25,10 +26,11 @@ from rich.console import Console
 from rich.live import Live
 
 from parcelo import defaults, progress
-from parcelo.cli_options import target_option
+from parcelo.channel import TLS
+from parcelo.cli_options import target_option, tls_from_flags, tls_options, token_option
 from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client
-from parcelo.errors import ConfigError, RpcError, Unavailable
-from parcelo.options import JobOptions, RetryPolicy
+from parcelo.errors import ConfigError, PermissionDenied, RpcError, Unauthenticated, Unavailable
+from parcelo.options import REDUCES, JobOptions, RetryPolicy
 from parcelo.v1 import types_pb2
 
 EXIT_OK = 0
@@ -70,7 +72,18 @@ class WaitTimeout(CliError):
 def rpc_error_message(err: RpcError, target: str) -> str:
     """The one line shown for a coordinator error (without the ``error:`` prefix)."""
     if isinstance(err, Unavailable):
+        if "handshake" in err.message.lower():
+            return (
+                f"cannot reach coordinator at {target} ({err.code.name}: TLS handshake failed; check --tls-*)"
+            )
         return f"cannot reach coordinator at {target} ({err.code.name})"
+    if isinstance(err, Unauthenticated):
+        return (
+            f"coordinator at {target} wants a valid token ({err.code.name}: {err.message}); "
+            "give it with --token or PARCELO_TOKEN"
+        )
+    if isinstance(err, PermissionDenied):
+        return f"the token may not do this ({err.code.name}: {err.message})"
     if err.code == grpc.StatusCode.DEADLINE_EXCEEDED:
         return f"coordinator at {target} did not answer in time (DEADLINE_EXCEEDED)"
     return str(err)
@@ -118,10 +131,12 @@ def echo_json(data: Any, *, compact: bool = False) -> None:
 
 
 class _Obj:
-    """State shared by subcommands: where the coordinator is and the console to print on."""
+    """State shared by subcommands: where the coordinator is, how to reach it, the console to print on."""
 
-    def __init__(self, target: str) -> None:
+    def __init__(self, target: str, tls: TLS | None, token: str | None) -> None:
         self.target = target
+        self.tls = tls
+        self.token = token
         self.console = Console(highlight=False, soft_wrap=False)
         if not self.console.is_terminal:
             # Piped output would be cut to 80 columns; tables only take the width they need anyway.
@@ -131,10 +146,12 @@ class _Obj:
     def client(self) -> Iterator[Client]:
         """A connected client; coordinator errors become one ``error:`` line and exit 1."""
         try:
-            with Client(self.target) as client:
+            with Client(self.target, tls=self.tls, token=self.token) as client:
                 yield client
         except RpcError as err:
             raise CliError(rpc_error_message(err, self.target)) from err
+        except ConfigError as err:
+            raise BadInput(str(err)) from err
 
 
 pass_obj = click.make_pass_decorator(_Obj)
@@ -144,15 +161,24 @@ Uint64 = click.IntRange(0, 2**64 - 1)
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @target_option
+@tls_options
+@token_option
 @click.version_option(package_name="parcelo")
 @click.pass_context
-def cli(ctx: click.Context, target: str) -> None:
+def cli(
+    ctx: click.Context,
+    target: str,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    token: str | None,
+) -> None:
     """Administer jobs of a Parcelo coordinator.
 
     Exit codes: 0 ok; 1 coordinator error, unreachable coordinator, (wait/watch) job failed or
     cancelled, or (health) not serving; 2 bad command line; 3 wait timed out.
     """
-    ctx.obj = _Obj(target)
+    ctx.obj = _Obj(target, tls_from_flags(tls_ca, tls_cert, tls_key), token)
 
 
 @cli.group()
@@ -265,6 +291,11 @@ def flag_message(err: ConfigError, flags: Mapping[str, str]) -> str:
     callback=_labels_flag,
     metavar="KEY=VALUE",
     help="A label (repeatable).",
+)
+@click.option(
+    "--reduce",
+    type=click.Choice(REDUCES),
+    help="Combine the handlers' return values into the job's result [default: none].",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the created job as JSON instead of its id.")
 @pass_obj
@@ -410,12 +441,14 @@ def tree(obj: _Obj, job_id: str, depth: int, as_json: bool) -> None:
 @job.command("wait")
 @click.argument("job_id")
 @click.option("--timeout", type=PositiveSeconds, metavar="SECONDS", help="Give up after this long (exit 3).")
+@click.option("--result", "show_result", is_flag=True, help="Then print the job's result (JSON) to stdout.")
 @pass_obj
-def wait(obj: _Obj, job_id: str, timeout: float | None) -> None:
+def wait(obj: _Obj, job_id: str, timeout: float | None, show_result: bool) -> None:
     """Wait until a job finishes.
 
     Prints the final status line; exits 0 if the job completed, 1 if it failed or was
-    cancelled, 3 on timeout.
+    cancelled, 3 on timeout. With --result, the status line goes to stderr and the job's
+    result (JSON, `null` for none) to stdout.
     """
     with obj.client() as client:
         try:
@@ -423,8 +456,28 @@ def wait(obj: _Obj, job_id: str, timeout: float | None) -> None:
         except TimeoutError:
             click.echo(f"job {job_id} still {progress.job_status_name(client.get_job(job_id).status)}")
             raise WaitTimeout(f"timed out after {timeout}s waiting for job {job_id}") from None
-    click.echo(progress.final_line(final))
+    click.echo(progress.final_line(final), err=show_result)
+    if show_result:
+        click.echo(final.result_json or "null")
     sys.exit(exit_code_for(final))
+
+
+@job.command("result")
+@click.argument("job_id")
+@pass_obj
+def result(obj: _Obj, job_id: str) -> None:
+    """Print a job's result (JSON, `null` for none) and nothing else.
+
+    Exits 0 if the job completed (the result is final), 1 if it failed or was cancelled, 3 if
+    it is still running (the result printed is partial); `job wait ID --result` waits first.
+    """
+    with obj.client() as client:
+        found = client.get_job(job_id)
+    click.echo(found.result_json or "null")
+    if found.status not in TERMINAL_STATUSES:
+        click.echo(f"job {job_id} is {progress.job_status_name(found.status)}: partial result", err=True)
+        sys.exit(EXIT_TIMEOUT)
+    sys.exit(exit_code_for(found))
 
 
 @job.command("watch")

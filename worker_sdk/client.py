@@ -18,6 +18,7 @@ Example::
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable, Iterator
@@ -28,7 +29,8 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from parcelo import defaults
-from parcelo.errors import RpcError, from_grpc
+from parcelo.channel import TLS, open_channel, token_metadata
+from parcelo.errors import ConfigError, JobNotCompleted, RpcError, from_grpc
 from parcelo.options import JobOptions
 from parcelo.options import encode_params as encode_params  # moved to parcelo.options; still importable here
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
@@ -75,14 +77,23 @@ class Client:
     """A connection to one coordinator's admin API.
 
     Every method raises :class:`parcelo.errors.RpcError` (or the subclass matching the status code)
-    when the coordinator answers with an error, and :class:`parcelo.errors.Unavailable` when it
-    cannot be reached.
+    when the coordinator answers with an error, :class:`parcelo.errors.Unavailable` when it
+    cannot be reached (a failed TLS handshake included), and
+    :class:`parcelo.errors.Unauthenticated` or :class:`parcelo.errors.PermissionDenied` when it
+    refuses the token.
 
     Args:
         target: ``host:port`` of the coordinator.
         timeout: Seconds each unary call may take; ``None`` for no limit. Streams are not limited.
-        channel: A ready channel to use instead of opening one to ``target`` (tests, TLS, interceptors).
+        channel: A ready channel to use instead of opening one to ``target`` (tests, interceptors).
             The client does not close a channel it was given.
+        tls: Connect over TLS (see :class:`parcelo.channel.TLS`); plaintext when ``None``. Not
+            with ``channel``.
+        token: Bearer token sent with every call, for a coordinator started with ``--auth-tokens``.
+
+    Raises:
+        ConfigError: A TLS file cannot be read, the token cannot be sent as metadata, or both
+            ``tls`` and ``channel`` were given.
     """
 
     def __init__(
@@ -91,11 +102,18 @@ class Client:
         *,
         timeout: float | None = 30,
         channel: grpc.Channel | None = None,
+        tls: TLS | None = None,
+        token: str | None = None,
     ) -> None:
+        if channel is not None and tls is not None:
+            raise ConfigError("tls: give tls or a ready channel, not both")
         self.target = target
         self.timeout = timeout
+        self._metadata = token_metadata(token)
         self._owns_channel = channel is None
-        self._channel: grpc.Channel = channel if channel is not None else grpc.insecure_channel(target)
+        if channel is None:
+            channel = open_channel(target, tls.credentials() if tls is not None else None)
+        self._channel: grpc.Channel = channel
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -116,7 +134,12 @@ class Client:
 
     def _call(self, method: Any, request: Any, timeout: float | None = None, **kwargs: Any) -> Any:
         try:
-            return method(request, timeout=self.timeout if timeout is None else timeout, **kwargs)
+            return method(
+                request,
+                timeout=self.timeout if timeout is None else timeout,
+                metadata=self._metadata,
+                **kwargs,
+            )
         except grpc.RpcError as err:
             raise from_grpc(err) from None
 
@@ -263,7 +286,7 @@ class Client:
             job_id=job_id, after_seq=after_seq, follow=follow, types=list(types)
         )
         try:
-            call = self._stub.WatchJob(request, timeout=timeout)
+            call = self._stub.WatchJob(request, timeout=timeout, metadata=self._metadata)
         except grpc.RpcError as err:
             raise from_grpc(err) from None
         try:
@@ -301,6 +324,22 @@ class Client:
                 raise
             logger.info("watch of job %s broke (%s); polling instead", job_id, err)
         return self._wait_polling(job_id, deadline)
+
+    def get_result(self, job_id: str) -> Any:
+        """The job's result as it stands (see :func:`result_of`): partial until it completes."""
+        return result_of(self.get_job(job_id))
+
+    def wait_result(self, job_id: str, timeout: float | None = None) -> Any:
+        """Block until the job ends (as :meth:`wait`) and return its final result, decoded.
+
+        Raises:
+            JobNotCompleted: The job failed or was cancelled (``err.job`` has its partial result).
+            TimeoutError: The job did not finish within ``timeout``.
+        """
+        job = self.wait(job_id, timeout)
+        if job.status != types_pb2.JOB_STATUS_COMPLETED:
+            raise JobNotCompleted(job)
+        return result_of(job)
 
     def _wait_streaming(self, job_id: str, deadline: float | None) -> types_pb2.Job:
         after_seq = 0
@@ -345,6 +384,15 @@ class Client:
             _check_deadline(job_id, deadline)
             left = _left(deadline)
             time.sleep(POLL_INTERVAL if left is None else min(POLL_INTERVAL, left))
+
+
+def result_of(job: types_pb2.Job) -> Any:
+    """The result of ``job`` decoded from ``job.result_json``; None when it has none (yet).
+
+    It is final when the job completed, and partial (``job.result_partial``) before. Integers
+    come back exact, however large.
+    """
+    return json.loads(job.result_json) if job.result_json else None
 
 
 def _left(deadline: float | None) -> float | None:

@@ -112,7 +112,11 @@ class Context:
 
 
 class Handler(Protocol):
-    """A handler: ``(range, ctx)``; plain or ``async``. Returning completes the leaf."""
+    """A handler: ``(range, ctx)``; plain or ``async``. Returning completes the leaf.
+
+    What it returns is the leaf's result when the job has a ``reduce``: a JSON value (None: no
+    result). Jobs without a reduce ignore it.
+    """
 
     def __call__(self, range_: Range, ctx: Context, /) -> Any: ...
 

@@ -10,8 +10,8 @@ from datetime import timedelta
 DEFAULT_TARGET = "localhost:50051"
 """Where the CLI and workers look for a coordinator; overridden by ``PARCELO_TARGET``."""
 
-DEFAULT_LISTEN = "[::]:50051"
-"""The coordinator listens on every interface, as gRPC servers conventionally do."""
+DEFAULT_LISTEN = "127.0.0.1:50051"
+"""Loopback: a coordinator reachable from other hosts must authenticate its callers (docs/security.md)."""
 
 DEFAULT_QUEUE = "default"
 """Queue of jobs and workers that name none."""
@@ -69,3 +69,7 @@ EVENT_RETENTION = 10_000
 
 STATS_EVENT_INTERVAL = timedelta(milliseconds=250)
 """STATS_UPDATED events are coalesced to at most four per second per job."""
+
+MAX_RESULT_BYTES = 64 << 10
+"""Largest leaf result (JSON, bytes of UTF-8) a coordinator accepts, and largest job result a
+``merge`` may grow to (``--max-result-bytes``)."""

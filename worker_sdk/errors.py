@@ -5,17 +5,22 @@ All derive from :class:`ParceloError`::
     ParceloError
     ├── PermanentError        raised by a handler: fail the leaf, do not retry
     ├── ConfigError           bad local configuration (handler path, flags, job options)
+    ├── JobNotCompleted       a job whose result was awaited failed or was cancelled
     └── RpcError              the coordinator answered with a gRPC error
         ├── InvalidArgument
         ├── NotFound
         ├── AlreadyExists
         ├── FailedPrecondition
-        └── Unavailable
+        ├── Unavailable
+        ├── Unauthenticated
+        └── PermissionDenied
 """
 
 from __future__ import annotations
 
 import grpc
+
+from parcelo.v1 import types_pb2
 
 
 class ParceloError(Exception):
@@ -38,6 +43,18 @@ class ConfigError(ParceloError):
     def __init__(self, message: str, *, field: str | None = None) -> None:
         super().__init__(message)
         self.field = field
+
+
+class JobNotCompleted(ParceloError):
+    """A job ended without completing (failed or cancelled), so it has no final result.
+
+    ``job`` is the job as it ended; its ``result_json`` holds the partial result.
+    """
+
+    def __init__(self, job: types_pb2.Job) -> None:
+        status = types_pb2.JobStatus.Name(job.status).removeprefix("JOB_STATUS_").lower()
+        super().__init__(f"job {job.id} did not complete ({status}): {job.reason or 'no reason given'}")
+        self.job = job
 
 
 class RpcError(ParceloError):
@@ -69,7 +86,15 @@ class FailedPrecondition(RpcError):
 
 
 class Unavailable(RpcError):
-    """Raised when the coordinator cannot be reached."""
+    """Raised when the coordinator cannot be reached (down, or a TLS handshake failed)."""
+
+
+class Unauthenticated(RpcError):
+    """Raised when the coordinator requires a token and none, or an unknown one, was sent."""
+
+
+class PermissionDenied(RpcError):
+    """Raised when the token's role may not make the call (e.g. a ``reader`` creating a job)."""
 
 
 _BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
@@ -78,6 +103,8 @@ _BY_CODE: dict[grpc.StatusCode, type[RpcError]] = {
     grpc.StatusCode.ALREADY_EXISTS: AlreadyExists,
     grpc.StatusCode.FAILED_PRECONDITION: FailedPrecondition,
     grpc.StatusCode.UNAVAILABLE: Unavailable,
+    grpc.StatusCode.UNAUTHENTICATED: Unauthenticated,
+    grpc.StatusCode.PERMISSION_DENIED: PermissionDenied,
 }
 
 

@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import math
-import os
 import struct
-from pathlib import Path
 
 from parcelo.context import Context, Range
 
@@ -34,10 +32,10 @@ def primes_in(start: int, end: int) -> int:
 
 
 def count_primes(range_: Range, ctx: Context) -> int:
-    """Count the primes of the range, checkpointing every chunk.
+    """Count the primes of the leaf and return the count (a job with ``--reduce sum`` adds them up).
 
-    With ``params["out"]`` (a directory), write the leaf's count to
-    ``OUT/<start>-<end>`` (rewritten by a retry, so summing the files is exact).
+    Checkpoints every chunk with the count so far in the details, so an attempt that resumes
+    from a checkpoint returns the count of the whole leaf, not only of the part it ran.
     """
     total = struct.unpack(">Q", ctx.details)[0] if ctx.details and range_.start > ctx.leaf.start else 0
     pos = range_.start
@@ -48,13 +46,6 @@ def count_primes(range_: Range, ctx: Context) -> int:
         total += primes_in(pos, upto)
         pos = upto
         ctx.checkpoint(pos, struct.pack(">Q", total))
-    out = ctx.params.get("out")
-    if out:
-        Path(out).mkdir(parents=True, exist_ok=True)
-        path = Path(out) / f"{ctx.leaf.start}-{ctx.leaf.end}"
-        tmp = path.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(str(total))
-        tmp.replace(path)
     return total
 
 

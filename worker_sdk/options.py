@@ -36,7 +36,7 @@ import re
 from collections.abc import Mapping
 from dataclasses import KW_ONLY, dataclass, field
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Literal, get_args
 
 from google.protobuf.duration_pb2 import Duration
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -57,6 +57,10 @@ _MAX_DURATION = timedelta(seconds=315_576_000_000)
 # tests/test_options.py ties both to the coordinator's own patterns.
 JOB_ID_PATTERN = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 QUEUE_PATTERN = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+ReduceName = Literal["none", "sum", "min", "max", "merge"]
+"""How a job combines its leaves' results (``parcelo.v1.Reduce`` without its prefix)."""
+REDUCES: tuple[str, ...] = get_args(ReduceName)
 
 
 def _bad(name: str, problem: str) -> ConfigError:
@@ -215,6 +219,9 @@ class JobOptions:
         priority: Higher runs first among the jobs of a queue (signed 32-bit).
         start_paused: Create the job paused; ``resume_job`` starts it.
         labels: Free-form labels shown with the job.
+        reduce: How the handlers' return values combine into the job's result: ``"sum"``,
+            ``"min"``, ``"max"`` (numbers), ``"merge"`` (JSON objects, numbers summed key by key)
+            or ``"none"``; ``None`` means ``"none"`` (results are not kept).
 
     Raises:
         ConfigError: An option is out of range or of the wrong type; ``err.field`` names it.
@@ -236,6 +243,7 @@ class JobOptions:
     priority: int = 0
     start_paused: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
+    reduce: ReduceName | None = None
 
     def __post_init__(self) -> None:
         _check_int("start", self.start, range(MAX_U64 + 1), "between 0 and 2**64 - 1")
@@ -264,6 +272,8 @@ class JobOptions:
                 raise _bad(
                     "labels", f"keys must be non-empty strings and values strings (got {key!r}: {value!r})"
                 )
+        if self.reduce is not None and self.reduce not in REDUCES:
+            raise _bad("reduce", f"must be one of {', '.join(REDUCES)} (got {self.reduce!r})")
 
     def to_proto(self) -> types_pb2.JobSpec:
         """The options as the ``parcelo.v1.JobSpec`` of a ``CreateJob`` request.
@@ -287,6 +297,7 @@ class JobOptions:
             priority=self.priority,
             start_paused=self.start_paused,
             labels=dict(self.labels),
+            reduce=types_pb2.Reduce.Value(f"REDUCE_{(self.reduce or 'unspecified').upper()}"),
         )
 
     @classmethod
@@ -315,4 +326,13 @@ class JobOptions:
             priority=spec.priority,
             start_paused=spec.start_paused,
             labels=dict(spec.labels),
+            reduce=_reduce_name(spec.reduce),
         )
+
+
+def _reduce_name(value: types_pb2.Reduce.ValueType) -> ReduceName | None:
+    if not value:
+        return None
+    name = types_pb2.Reduce.Name(value).removeprefix("REDUCE_").lower()
+    assert name in REDUCES
+    return name  # type: ignore[return-value]

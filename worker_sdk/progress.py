@@ -179,6 +179,10 @@ def job_summary(job: types_pb2.Job) -> Table:
     ]
     if job.reason:
         rows.append(("reason", job.reason))
+    if spec.reduce > types_pb2.REDUCE_NONE:
+        rows.append(("reduce", types_pb2.Reduce.Name(spec.reduce).removeprefix("REDUCE_").lower()))
+        shown = job.result_json or "none yet"
+        rows.append(("result", f"{shown} (partial)" if job.result_partial else shown))
     for key, value in rows:
         grid.add_row(key, value)
     return grid

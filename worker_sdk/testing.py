@@ -30,6 +30,7 @@ from typing import TypeVar
 
 import grpc
 
+from parcelo.channel import TLS, Metadata, open_channel, token_metadata
 from parcelo.options import JobOptions
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2_grpc
 
@@ -102,15 +103,37 @@ class Proc:
 
 
 class CoordinatorProcess:
-    """A real ``parcelo-coordinator`` process on a loopback port over a data dir."""
+    """A real ``parcelo-coordinator`` process on a loopback port over a data dir.
+
+    Args:
+        data_dir: Its data dir.
+        log_dir: Where its log file goes.
+        port: The port to serve on (default: a free one).
+        extra: More ``parcelo-coordinator`` flags (``--auth-tokens F``, ``--tls-cert F``, ...).
+        listen: ``--listen`` (default ``127.0.0.1:PORT``); :attr:`target` stays on loopback.
+        tls: How :attr:`channel` connects, for a coordinator started with ``--tls-cert``.
+        token: The token :meth:`create_job`, :meth:`get_job` and the readiness check send
+            (:attr:`metadata`); calls on the stubs pass ``metadata=coord.metadata`` themselves.
+    """
 
     def __init__(
-        self, data_dir: Path, log_dir: Path, port: int | None = None, extra: Sequence[str] = ()
+        self,
+        data_dir: Path,
+        log_dir: Path,
+        port: int | None = None,
+        extra: Sequence[str] = (),
+        *,
+        listen: str | None = None,
+        tls: TLS | None = None,
+        token: str | None = None,
     ) -> None:
         self.data_dir = data_dir
         self.log_dir = log_dir
         self.port = port or free_port()
         self.extra = list(extra)
+        self.listen = listen or self.target
+        self.tls = tls
+        self.metadata: Metadata = token_metadata(token)
         self.proc: Proc | None = None
         self._channel: grpc.Channel | None = None
         self.starts = 0
@@ -127,7 +150,7 @@ class CoordinatorProcess:
                 "--data-dir",
                 str(self.data_dir),
                 "--listen",
-                self.target,
+                self.listen,
                 *self.extra,
             ],
             self.log_dir / f"coordinator-{self.port}-{self.starts}.log",
@@ -141,10 +164,11 @@ class CoordinatorProcess:
             if not self.proc.alive():
                 raise AssertionError(f"coordinator exited:\n{self.proc.output()}")
             try:
-                self.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=1), timeout=1)
+                self.jobs.ListJobs(jobs_pb2.ListJobsRequest(page_size=1), timeout=1, metadata=self.metadata)
                 return True
-            except grpc.RpcError:
-                return False
+            except grpc.RpcError as err:
+                # Any answer but "not there" means it serves (a worker's token may not list jobs).
+                return err.code() not in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED)
 
         wait_for(ready, timeout, "the coordinator to serve")
 
@@ -152,8 +176,9 @@ class CoordinatorProcess:
     def channel(self) -> grpc.Channel:
         if self._channel is None:
             # Short reconnect backoff: the tests restart coordinators and should see them at once.
-            self._channel = grpc.insecure_channel(
+            self._channel = open_channel(
                 self.target,
+                self.tls.credentials() if self.tls is not None else None,
                 options=[("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 250)],
             )
         return self._channel
@@ -169,11 +194,13 @@ class CoordinatorProcess:
     def create_job(self, options: JobOptions) -> types_pb2.Job:
         """Create a job over the raw stub, so a refusal surfaces as the ``grpc.RpcError`` itself."""
         request = jobs_pb2.CreateJobRequest(spec=options.to_proto())
-        job: types_pb2.Job = self.jobs.CreateJob(request, timeout=10)
+        job: types_pb2.Job = self.jobs.CreateJob(request, timeout=10, metadata=self.metadata)
         return job
 
     def get_job(self, job_id: str) -> types_pb2.Job:
-        job: types_pb2.Job = self.jobs.GetJob(jobs_pb2.GetJobRequest(job_id=job_id), timeout=10)
+        job: types_pb2.Job = self.jobs.GetJob(
+            jobs_pb2.GetJobRequest(job_id=job_id), timeout=10, metadata=self.metadata
+        )
         return job
 
     def wait_status(self, job_id: str, statuses: Collection[int], timeout: float = 60) -> types_pb2.Job:

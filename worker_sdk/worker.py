@@ -29,9 +29,10 @@ from typing import Any
 from grpc import aio
 
 from parcelo import defaults
+from parcelo.channel import TLS, open_aio_channel, token_metadata
 from parcelo.context import Context, Handler, Range, ShouldProcess
 from parcelo.errors import PermanentError
-from parcelo.v1 import worker_pb2, worker_pb2_grpc
+from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 
@@ -78,9 +79,12 @@ class _Results:
     """Results waiting to be sent, and those sent but not yet acknowledged (by fence)."""
 
     complete: list[int] = field(default_factory=list)
+    # The result (JSON) of each of ``complete``, "" for none.
+    results: list[str] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     failures: list[worker_pb2.Failure] = field(default_factory=list)
-    unacked: dict[int, tuple[str, worker_pb2.Failure | None]] = field(default_factory=dict)
+    # By fence: ("complete", result JSON), ("skip", None) or ("fail", the failure).
+    unacked: dict[int, tuple[str, worker_pb2.Failure | str | None]] = field(default_factory=dict)
 
     def pending(self) -> int:
         return len(self.complete) + len(self.skipped) + len(self.failures)
@@ -98,6 +102,13 @@ class Worker:
         should_process: Pruning callback ``(range, is_leaf) -> bool`` for probe leases.
         worker_id: Name shown to the coordinator (default ``host:pid``).
         drain_timeout: On stop, how long running handlers get to finish.
+        tls: Connect over TLS (see :class:`parcelo.channel.TLS`); plaintext when ``None``. The
+            files are read once, here.
+        token: Bearer token for a coordinator started with ``--auth-tokens`` (role ``worker``).
+
+    Raises:
+        ConfigError: A TLS file cannot be read or the token cannot be sent as metadata.
+        ValueError: ``concurrency`` or ``prefetch`` is out of range.
     """
 
     def __init__(
@@ -111,6 +122,8 @@ class Worker:
         should_process: ShouldProcess | None = None,
         worker_id: str | None = None,
         drain_timeout: timedelta = defaults.DRAIN_TIMEOUT,
+        tls: TLS | None = None,
+        token: str | None = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -124,6 +137,8 @@ class Worker:
         self.should_process = should_process
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.drain_timeout = drain_timeout
+        self._credentials = tls.credentials() if tls is not None else None
+        self._metadata = token_metadata(token)
         self.stats = WorkerStats()
         self._is_async = inspect.iscoroutinefunction(handler) or inspect.iscoroutinefunction(
             type(handler).__call__
@@ -134,6 +149,8 @@ class Worker:
         self._params: dict[str, dict[str, Any]] = {}
         # Lease TTL of each job, from its JobInfo: heartbeats follow the shortest held.
         self._ttls: dict[str, float] = {}
+        # Jobs whose leaf results the coordinator keeps (a reduce): only theirs are encoded and sent.
+        self._reducing: set[str] = set()
         self._results = _Results()
         self._outstanding = 0  # credit asked for on this stream and not yet granted
         self._out: asyncio.Queue[worker_pb2.WorkRequest | None] | None = None
@@ -250,10 +267,11 @@ class Worker:
 
     async def _session(self) -> bool:
         """One stream, from hello until it breaks. Returns whether it got as far as the welcome."""
-        async with aio.insecure_channel(
-            self.target, options=[("grpc.max_receive_message_length", 16 << 20)]
+        async with open_aio_channel(
+            self.target, self._credentials, options=[("grpc.max_receive_message_length", 16 << 20)]
         ) as channel:
-            call = worker_pb2_grpc.WorkerServiceStub(channel).Work()
+            # The token goes with the call, once: the whole stream is one call.
+            call = worker_pb2_grpc.WorkerServiceStub(channel).Work(metadata=self._metadata)
             hello = worker_pb2.Hello(worker_id=self.worker_id, queues=self.queues, sdk=SDK)
             await call.write(worker_pb2.WorkRequest(hello=hello))
             welcome = await call.read()
@@ -348,6 +366,8 @@ class Worker:
         for info in grant.jobs:
             if info.HasField("lease_ttl"):
                 self._ttls[info.job_id] = info.lease_ttl.ToMilliseconds() / 1000
+            if info.reduce not in (types_pb2.REDUCE_UNSPECIFIED, types_pb2.REDUCE_NONE):
+                self._reducing.add(info.job_id)
             try:
                 self._params[info.job_id] = json.loads(info.params_json or "{}")
             except ValueError:
@@ -420,19 +440,22 @@ class Worker:
         assert ctx is not None
         range_ = Range(ctx.cursor, ctx.leaf.end)
         error: BaseException | None = None
+        result: Any = None
         try:
             if self._is_async:
-                await self.handler(range_, ctx)
+                result = await self.handler(range_, ctx)
             else:
                 assert self._pool is not None
-                await asyncio.get_running_loop().run_in_executor(self._pool, self.handler, range_, ctx)
+                result = await asyncio.get_running_loop().run_in_executor(
+                    self._pool, self.handler, range_, ctx
+                )
         except asyncio.CancelledError:
             error = None if (held.dropped or held.release) else asyncio.CancelledError()
         except Exception as err:
             error = err
         finally:
             self._running -= 1
-        self._finish(held, error)
+        self._finish(held, error, result=result)
         self._notify()
         self._pump()
 
@@ -453,7 +476,9 @@ class Worker:
         # grants held only probes would wait for ever.
         self._ask_for_leases()
 
-    def _finish(self, held: _Held, error: BaseException | None, *, skip: bool = False) -> None:
+    def _finish(
+        self, held: _Held, error: BaseException | None, *, skip: bool = False, result: Any = None
+    ) -> None:
         fence = held.lease.fence
         if self._held.pop(fence, None) is None or held.dropped:
             return
@@ -462,6 +487,18 @@ class Worker:
             self._give_back(held, checkpoint)
             return
         results = self._results
+        text = ""
+        if error is None and result is not None and held.lease.job_id in self._reducing:
+            try:
+                # An int (the common result, a count) is its own JSON, without the encoder.
+                text = (
+                    str(result)
+                    if type(result) is int
+                    else json.dumps(result, allow_nan=False, separators=(",", ":"))
+                )
+            except (TypeError, ValueError, RecursionError) as err:
+                # Deterministic: the same handler would return the same value again.
+                error = PermanentError(f"the handler's result is not JSON: {err}")
         if error is None:
             if skip:
                 results.skipped.append(fence)
@@ -469,7 +506,8 @@ class Worker:
                 self.stats.skipped += 1
             else:
                 results.complete.append(fence)
-                results.unacked[fence] = ("complete", None)
+                results.results.append(text)
+                results.unacked[fence] = ("complete", text)
                 self.stats.completed += 1
         else:
             failure = worker_pb2.Failure(
@@ -527,11 +565,15 @@ class Worker:
             self._send(
                 worker_pb2.WorkRequest(
                     complete=worker_pb2.CompleteRequest(
-                        fences=results.complete, skipped=results.skipped, worker_id=self.worker_id
+                        fences=results.complete,
+                        skipped=results.skipped,
+                        worker_id=self.worker_id,
+                        # One per fence, or none at all when no leaf gave one.
+                        results_json=results.results if any(results.results) else (),
                     )
                 )
             )
-            results.complete, results.skipped = [], []
+            results.complete, results.results, results.skipped = [], [], []
         if results.failures:
             self._send(
                 worker_pb2.WorkRequest(
@@ -542,14 +584,15 @@ class Worker:
 
     def _resend_unacked(self) -> None:
         results = self._results
-        results.complete, results.skipped, results.failures = [], [], []
-        for fence, (kind, failure) in results.unacked.items():
+        results.complete, results.results, results.skipped, results.failures = [], [], [], []
+        for fence, (kind, item) in results.unacked.items():
             if kind == "complete":
                 results.complete.append(fence)
+                results.results.append(item if isinstance(item, str) else "")
             elif kind == "skip":
                 results.skipped.append(fence)
-            elif failure is not None:
-                results.failures.append(failure)
+            elif isinstance(item, worker_pb2.Failure):
+                results.failures.append(item)
         self._flush()
 
     def _ask_for_leases(self) -> None:

@@ -5,11 +5,19 @@ from __future__ import annotations
 import logging
 import sys
 from datetime import timedelta
+from pathlib import Path
 
 import click
 
 from parcelo import defaults
-from parcelo.cli_options import log_level_option, setup_logging, target_option
+from parcelo.cli_options import (
+    log_level_option,
+    setup_logging,
+    target_option,
+    tls_from_flags,
+    tls_options,
+    token_option,
+)
 from parcelo.errors import ConfigError
 from parcelo.handlers import load, module_should_process
 from parcelo.worker import Worker
@@ -17,6 +25,8 @@ from parcelo.worker import Worker
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
 @target_option
+@tls_options
+@token_option
 @click.option("--handler", "handler_spec", required=True, help="The handler, as module:function.")
 @click.option(
     "--should-process",
@@ -53,6 +63,10 @@ from parcelo.worker import Worker
 @log_level_option
 def main(
     target: str,
+    tls_ca: Path | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    token: str | None,
     handler_spec: str,
     should_spec: str | None,
     queues: tuple[str, ...],
@@ -64,22 +78,25 @@ def main(
 ) -> None:
     """Pull leases from the coordinator at TARGET and run HANDLER on them until SIGTERM."""
     setup_logging(log_level)
+    tls = tls_from_flags(tls_ca, tls_cert, tls_key)
     try:
         handler = load(handler_spec)
         should = load(should_spec) if should_spec else module_should_process(handler_spec)
+        worker = Worker(
+            target,
+            handler,
+            queues=queues or (defaults.DEFAULT_QUEUE,),
+            concurrency=concurrency,
+            prefetch=prefetch,
+            should_process=should,
+            worker_id=worker_id,
+            drain_timeout=timedelta(seconds=drain_timeout),
+            tls=tls,
+            token=token,
+        )
     except ConfigError as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(2)
-    worker = Worker(
-        target,
-        handler,
-        queues=queues or (defaults.DEFAULT_QUEUE,),
-        concurrency=concurrency,
-        prefetch=prefetch,
-        should_process=should,
-        worker_id=worker_id,
-        drain_timeout=timedelta(seconds=drain_timeout),
-    )
     worker.run_sync()
     s = worker.stats
     logging.getLogger(__name__).info(

@@ -2,7 +2,8 @@
 // Parcelo's integration tests use (tests/test_node_worker.py), which mirror tests/handlers.py.
 //
 // A handler is `async (range, ctx) => {}`: `range.start`/`range.end` are BigInt, the range is
-// [ctx.cursor, leaf end) when an earlier attempt checkpointed. Resolving completes the leaf;
+// [ctx.cursor, leaf end) when an earlier attempt checkpointed. Resolving completes the leaf, and
+// the value it resolves to is the leaf's result for jobs with a reduce (JSON; BigInt allowed);
 // throwing fails the attempt (retried while attempts remain; PermanentError: never).
 
 import { closeSync, openSync, writeSync } from 'node:fs';
@@ -29,7 +30,8 @@ function isPrime(n) {
 }
 
 /**
- * The demo: counts the primes in the range (params `{"mode": "sum"}`: adds the ids up instead),
+ * The demo: counts the primes of the leaf and returns the count, a BigInt (params `{"mode": "sum"}`:
+ * adds the ids up instead); a job with reduce sum adds the leaves' counts up,
  * in chunks of params.chunk ids (default 1000). After each chunk it checkpoints the cursor with the
  * running total as details, so a retry resumes where the last attempt got to and with its total,
  * yields to the event loop (heartbeats must go out: a handler that never awaits blocks them), and
@@ -53,6 +55,7 @@ export async function count(range, ctx) {
     await yieldToLoop();
   }
   process.stdout.write(`${ctx.jobId} [${ctx.leaf.start}, ${ctx.leaf.end}) ${mode} ${total}\n`);
+  return total;
 }
 
 /**

@@ -11,8 +11,8 @@ import { COMPLETION_BATCH } from './defaults.js';
  */
 
 /**
- * One result kept until answered.
- * @typedef {{kind: 'complete'} | {kind: 'skip'} | {kind: 'fail', failure: WireFailure}} Result
+ * One result kept until answered (`result`: the leaf's result as JSON, '' for none).
+ * @typedef {{kind: 'complete', result: string} | {kind: 'skip'} | {kind: 'fail', failure: WireFailure}} Result
  */
 
 /**
@@ -25,16 +25,18 @@ export class Outbox {
   /** @type {Map<string, Result>} every result not answered yet, by fence, in the order they were added */
   #unacked = new Map();
   /** @type {string[]} */ #complete = [];
+  /** @type {string[]} the result of each of #complete, '' for none */ #results = [];
   /** @type {string[]} */ #skipped = [];
   /** @type {WireFailure[]} */ #failures = [];
   /** @type {Map<string, string[]>} fences of each request sent and not answered, by request_id */
   #inflight = new Map();
   #nextRequestId = 1n;
 
-  /** @param {string} fence */
-  complete(fence) {
-    this.#add(fence, { kind: 'complete' });
+  /** @param {string} fence @param {string} [result] the leaf's result as JSON ('' for none) */
+  complete(fence, result = '') {
+    this.#add(fence, { kind: 'complete', result });
     this.#complete.push(fence);
+    this.#results.push(result);
   }
 
   /** @param {string} fence */
@@ -74,9 +76,14 @@ export class Outbox {
     const out = [];
     while (this.#complete.length || this.#skipped.length) {
       const fences = this.#complete.splice(0, COMPLETION_BATCH);
+      const results = this.#results.splice(0, fences.length);
       const skipped = this.#skipped.splice(0, COMPLETION_BATCH - fences.length);
       const request_id = this.#requestId([...fences, ...skipped]);
-      out.push({ complete: { fences, skipped, request_id } });
+      /** @type {any} */
+      const complete = { fences, skipped, request_id };
+      // One result per fence, or none at all when no leaf of the batch gave one.
+      if (results.some((r) => r !== '')) complete.results_json = results;
+      out.push({ complete });
     }
     while (this.#failures.length) {
       const failures = this.#failures.splice(0, COMPLETION_BATCH);
@@ -123,12 +130,15 @@ export class Outbox {
    */
   requeue() {
     this.#complete = [];
+    this.#results = [];
     this.#skipped = [];
     this.#failures = [];
     this.#inflight.clear();
     for (const [fence, result] of this.#unacked) {
-      if (result.kind === 'complete') this.#complete.push(fence);
-      else if (result.kind === 'skip') this.#skipped.push(fence);
+      if (result.kind === 'complete') {
+        this.#complete.push(fence);
+        this.#results.push(result.result);
+      } else if (result.kind === 'skip') this.#skipped.push(fence);
       else this.#failures.push(result.failure);
     }
   }

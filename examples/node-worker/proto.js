@@ -100,4 +100,25 @@ export function enumName(value, prefix) {
   return name.startsWith(prefix) ? name.slice(prefix.length) : name;
 }
 
+// Marks a BigInt in JSON.stringify's output (a string that starts with it is refused, so none is mistaken).
+const BIGINT_MARK = '\u0000bigint:';
+const BIGINT_TEXT = /"\\u0000bigint:(-?\d+)"/g;
+
+/**
+ * A handler's return value as the JSON text of CompleteRequest.results_json. BigInt values are
+ * written as plain JSON integers, so results stay exact beyond 2^53 (the coordinator sums them
+ * exactly at any size). Throws a TypeError for what JSON cannot hold (a cycle, a function at the top).
+ * @param {unknown} value
+ * @returns {string}
+ */
+export function encodeResult(value) {
+  const text = JSON.stringify(value, (_key, v) => {
+    if (typeof v === 'bigint') return `${BIGINT_MARK}${v}`;
+    if (typeof v === 'string' && v.startsWith(BIGINT_MARK)) throw new TypeError('a string starts with the BigInt mark');
+    return v;
+  });
+  if (text === undefined) throw new TypeError(`${typeof value} is not a JSON value`);
+  return text.replace(BIGINT_TEXT, '$1');
+}
+
 export { grpc };

@@ -13,7 +13,7 @@ import { Context, range } from './context.js';
 import * as defaults from './defaults.js';
 import { LeaseAbortedError, ParceloError, PermanentError } from './errors.js';
 import { Outbox } from './outbox.js';
-import { durationMs, enumName, SDK, u64 } from './proto.js';
+import { durationMs, encodeResult, enumName, SDK, u64 } from './proto.js';
 
 export { Context, range } from './context.js';
 export { LeaseAbortedError, ParceloError, PermanentError } from './errors.js';
@@ -40,7 +40,10 @@ export { SDK, VERSION } from './proto.js';
  * @property {Logger} [logger] where log lines go (default: stderr)
  */
 
-/** Leaves of one job share this, from its JobInfo. @typedef {{params: any, leaseTtlMs: number}} Job */
+/**
+ * Leaves of one job share this, from its JobInfo (`reducing`: the job keeps leaf results).
+ * @typedef {{params: any, leaseTtlMs: number, reducing: boolean}} Job
+ */
 
 /**
  * A lease in hand: waiting for a handler slot, or running.
@@ -259,6 +262,7 @@ export class Worker {
       this.#jobs.set(info.job_id, {
         params,
         leaseTtlMs: durationMs(info.lease_ttl) ?? defaults.LEASE_TTL_MS,
+        reducing: !['REDUCE_UNSPECIFIED', 'REDUCE_NONE', undefined].includes(info.reduce),
       });
     }
     this.#outstanding = Math.max(0, this.#outstanding - grant.leases.length);
@@ -385,14 +389,16 @@ export class Worker {
     this.#running += 1;
     /** @type {unknown} */
     let error = null;
+    /** @type {unknown} */
+    let value;
     try {
-      await this.handler(range(cursor, end), ctx);
+      value = await this.handler(range(cursor, end), ctx);
     } catch (err) {
       error = err ?? new Error('handler threw a nullish value');
     } finally {
       this.#running -= 1;
     }
-    this.#finish(held, error);
+    this.#finish(held, error, false, value);
     this.#notify();
     this.#pump();
   }
@@ -419,8 +425,9 @@ export class Worker {
   /**
    * Turn a finished lease into its result.
    * @param {Held} held @param {unknown} error null: success @param {boolean} [skip]
+   * @param {unknown} [value] what the handler returned: the leaf's result, for jobs with a reduce
    */
-  #finish(held, error, skip = false) {
+  #finish(held, error, skip = false, value = undefined) {
     if (held.given || held.dropped || !this.#held.delete(held.fence)) return;
     const checkpoint = held.ctx?.lastCheckpoint ?? null;
     if (held.release) {
@@ -428,12 +435,21 @@ export class Worker {
       return;
     }
     this.#jobOfFence.set(held.fence, held.lease.job_id);
+    let result = '';
+    if (error === null && !skip && value != null && this.#jobs.get(held.lease.job_id)?.reducing) {
+      try {
+        result = encodeResult(value);
+      } catch (err) {
+        // Deterministic: the same handler would return the same value again.
+        error = new PermanentError(`the handler's result is not JSON: ${/** @type {Error} */ (err).message}`);
+      }
+    }
     if (error === null) {
       if (skip) {
         this.#outbox.skip(held.fence);
         this.stats.skipped += 1;
       } else {
-        this.#outbox.complete(held.fence);
+        this.#outbox.complete(held.fence, result);
         this.stats.completed += 1;
       }
     } else {

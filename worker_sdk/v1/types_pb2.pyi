@@ -101,6 +101,53 @@ NODE_STATUS_ERROR: NodeStatus.ValueType  # 5
 """Out of attempts or failed permanently; inner: subtree finished with an error."""
 Global___NodeStatus: _TypeAlias = NodeStatus  # noqa: Y015
 
+class _Reduce:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReduceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Reduce.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    REDUCE_UNSPECIFIED: _Reduce.ValueType  # 0
+    """As REDUCE_NONE (a stored spec says REDUCE_NONE)."""
+    REDUCE_NONE: _Reduce.ValueType  # 1
+    """Results are not kept; workers need not send them."""
+    REDUCE_SUM: _Reduce.ValueType  # 2
+    """Numbers added up (integers exactly, at any size; a float makes the sum a float)."""
+    REDUCE_MIN: _Reduce.ValueType  # 3
+    """The smallest number."""
+    REDUCE_MAX: _Reduce.ValueType  # 4
+    """The largest number."""
+    REDUCE_MERGE: _Reduce.ValueType  # 5
+    """JSON objects combined key by key: numbers at the same key are summed,
+    objects merged recursively, null is absent, other values (strings,
+    booleans, arrays) must be equal. A result that conflicts with what was
+    merged before fails its leaf.
+    """
+
+class Reduce(_Reduce, metaclass=_ReduceEnumTypeWrapper):
+    """How the results of a job's leaves combine into the job's result. Every
+    reducer is associative and commutative, and "no result" is its identity:
+    finished siblings are combined as the tree collapses, in any order.
+    """
+
+REDUCE_UNSPECIFIED: Reduce.ValueType  # 0
+"""As REDUCE_NONE (a stored spec says REDUCE_NONE)."""
+REDUCE_NONE: Reduce.ValueType  # 1
+"""Results are not kept; workers need not send them."""
+REDUCE_SUM: Reduce.ValueType  # 2
+"""Numbers added up (integers exactly, at any size; a float makes the sum a float)."""
+REDUCE_MIN: Reduce.ValueType  # 3
+"""The smallest number."""
+REDUCE_MAX: Reduce.ValueType  # 4
+"""The largest number."""
+REDUCE_MERGE: Reduce.ValueType  # 5
+"""JSON objects combined key by key: numbers at the same key are summed,
+objects merged recursively, null is absent, other values (strings,
+booleans, arrays) must be equal. A result that conflicts with what was
+merged before fails its leaf.
+"""
+Global___Reduce: _TypeAlias = Reduce  # noqa: Y015
+
 class _EventType:
     ValueType = _typing.NewType("ValueType", _builtins.int)
     V: _TypeAlias = ValueType  # noqa: Y015
@@ -313,6 +360,7 @@ class JobSpec(_message.Message):
     PRIORITY_FIELD_NUMBER: _builtins.int
     START_PAUSED_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
+    REDUCE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional caller-chosen id ([A-Za-z0-9._-], 1..128 chars). Creating a job
     with an id that exists and the same spec returns the existing job; a
@@ -340,6 +388,8 @@ class JobSpec(_message.Message):
     """Higher first among the jobs of a queue; ties go to the older job."""
     start_paused: _builtins.bool
     """Create the job paused; ResumeJob starts it."""
+    reduce: Global___Reduce.ValueType
+    """How leaf results combine into Job.result_json. Unset means REDUCE_NONE."""
     @_builtins.property
     def range(self) -> Global___Range:
         """Required; start < end. Ids go up to 2^64-2 (end is exclusive)."""
@@ -383,10 +433,11 @@ class JobSpec(_message.Message):
         priority: _builtins.int = ...,
         start_paused: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
+        reduce: Global___Reduce.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "range", b"range", "retry", b"retry"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_id", b"job_id", "labels", b"labels", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_range_size", b"max_range_size", "params_json", b"params_json", "priority", b"priority", "pruning", b"pruning", "queue", b"queue", "range", b"range", "request_id", b"request_id", "retry", b"retry", "start_paused", b"start_paused"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_id", b"job_id", "labels", b"labels", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_range_size", b"max_range_size", "params_json", b"params_json", "priority", b"priority", "pruning", b"pruning", "queue", b"queue", "range", b"range", "reduce", b"reduce", "request_id", b"request_id", "retry", b"retry", "start_paused", b"start_paused"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -407,10 +458,20 @@ class Job(_message.Message):
     UPDATED_AT_FIELD_NUMBER: _builtins.int
     FINISHED_AT_FIELD_NUMBER: _builtins.int
     REASON_FIELD_NUMBER: _builtins.int
+    RESULT_JSON_FIELD_NUMBER: _builtins.int
+    RESULT_PARTIAL_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     status: Global___JobStatus.ValueType
     reason: _builtins.str
     """Why the job failed or was cancelled."""
+    result_json: _builtins.str
+    """The job's result as JSON: the reduce of the results of every leaf
+    finished so far (empty: none yet, or the job's reduce is REDUCE_NONE).
+    Final when the job completed; partial (result_partial) before and when
+    it failed or was cancelled. Durable: it only counts acknowledged results.
+    """
+    result_partial: _builtins.bool
+    """True unless the job completed: result_json covers only part of the range."""
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -439,10 +500,12 @@ class Job(_message.Message):
         updated_at: _timestamp_pb2.Timestamp | None = ...,
         finished_at: _timestamp_pb2.Timestamp | None = ...,
         reason: _builtins.str = ...,
+        result_json: _builtins.str = ...,
+        result_partial: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at", "stats", b"stats", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "reason", b"reason", "spec", b"spec", "started_at", b"started_at", "stats", b"stats", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "reason", b"reason", "result_json", b"result_json", "result_partial", b"result_partial", "spec", b"spec", "started_at", b"started_at", "stats", b"stats", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -522,6 +585,7 @@ class TreeNode(_message.Message):
     COLLAPSED_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    RESULT_JSON_FIELD_NUMBER: _builtins.int
     status: Global___NodeStatus.ValueType
     depth: _builtins.int
     is_leaf: _builtins.bool
@@ -543,6 +607,10 @@ class TreeNode(_message.Message):
     message: _builtins.str
     """The last progress message a heartbeat carried for this leaf (at most
     1,024 bytes).
+    """
+    result_json: _builtins.str
+    """Finished nodes of a job with a reduce: the combined result of the leaves
+    below (JSON; empty when they gave none).
     """
     @_builtins.property
     def range(self) -> Global___Range: ...
@@ -567,10 +635,11 @@ class TreeNode(_message.Message):
         collapsed: _builtins.bool = ...,
         worker_id: _builtins.str = ...,
         message: _builtins.str = ...,
+        result_json: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "children", b"children", "collapsed", b"collapsed", "cursor", b"cursor", "depth", b"depth", "is_leaf", b"is_leaf", "last_error", b"last_error", "message", b"message", "range", b"range", "status", b"status", "truncated", b"truncated", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "children", b"children", "collapsed", b"collapsed", "cursor", b"cursor", "depth", b"depth", "is_leaf", b"is_leaf", "last_error", b"last_error", "message", b"message", "range", b"range", "result_json", b"result_json", "status", b"status", "truncated", b"truncated", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

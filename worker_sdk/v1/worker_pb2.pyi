@@ -24,6 +24,7 @@ from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from parcelo.v1 import types_pb2 as _types_pb2
 import builtins as _builtins
 import sys
 import typing as _typing
@@ -113,6 +114,11 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     """The job was cancelled, failed by its deadline, or deleted. The result did
     not count.
     """
+    REJECT_REASON_INVALID_RESULT: _RejectReason.ValueType  # 3
+    """The completion's result was refused (see CompleteRequest.results_json):
+    the attempt counted as a permanent failure of the leaf, with the reason
+    as its error.
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper): ...
 
@@ -125,6 +131,11 @@ did not count.
 REJECT_REASON_JOB_GONE: RejectReason.ValueType  # 2
 """The job was cancelled, failed by its deadline, or deleted. The result did
 not count.
+"""
+REJECT_REASON_INVALID_RESULT: RejectReason.ValueType  # 3
+"""The completion's result was refused (see CompleteRequest.results_json):
+the attempt counted as a permanent failure of the leaf, with the reason
+as its error.
 """
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
@@ -388,11 +399,16 @@ class JobInfo(_message.Message):
     MAX_RANGE_SIZE_FIELD_NUMBER: _builtins.int
     LEASE_TTL_FIELD_NUMBER: _builtins.int
     LEAF_TIMEOUT_FIELD_NUMBER: _builtins.int
+    REDUCE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     queue: _builtins.str
     params_json: _builtins.str
     """The job's params: any JSON value ("{}" when the job gave none)."""
     max_range_size: _builtins.int
+    reduce: _types_pb2.Reduce.ValueType
+    """How the job combines leaf results. REDUCE_NONE (or unspecified): results
+    are ignored, so a worker need not encode them.
+    """
     @_builtins.property
     def lease_ttl(self) -> _duration_pb2.Duration:
         """A lease of this job expires when not heartbeated for this long."""
@@ -412,10 +428,11 @@ class JobInfo(_message.Message):
         max_range_size: _builtins.int = ...,
         lease_ttl: _duration_pb2.Duration | None = ...,
         leaf_timeout: _duration_pb2.Duration | None = ...,
+        reduce: _types_pb2.Reduce.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_range_size", b"max_range_size", "params_json", b"params_json", "queue", b"queue"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_range_size", b"max_range_size", "params_json", b"params_json", "queue", b"queue", "reduce", b"reduce"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -564,6 +581,7 @@ class CompleteRequest(_message.Message):
     SKIPPED_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
+    RESULTS_JSON_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Informative only: never checked against the lease's holder."""
     request_id: _builtins.int
@@ -578,6 +596,16 @@ class CompleteRequest(_message.Message):
     def skipped(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Leases whose range turned out to need nothing (probes: should_process said no)."""
 
+    @_builtins.property
+    def results_json(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The leaves' results, as JSON, in the order of fences: results_json[i] is
+        the result of fences[i] ("" for none). Empty, or as long as fences
+        (INVALID_ARGUMENT otherwise). Ignored for jobs with REDUCE_NONE. A result
+        over the coordinator's --max-result-bytes, not JSON, or of the wrong
+        kind for the job's reduce is refused: the fence is rejected with
+        REJECT_REASON_INVALID_RESULT and the leaf fails permanently.
+        """
+
     def __init__(
         self,
         *,
@@ -585,10 +613,11 @@ class CompleteRequest(_message.Message):
         skipped: _abc.Iterable[_builtins.int] | None = ...,
         worker_id: _builtins.str = ...,
         request_id: _builtins.int = ...,
+        results_json: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fences", b"fences", "request_id", b"request_id", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fences", b"fences", "request_id", b"request_id", "results_json", b"results_json", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -627,8 +656,9 @@ class CompleteResponse(_message.Message):
     sent. A result sent again for a lease whose same result (a completion or
     skip; a failure or release) was already accepted (e.g. resent after a
     reconnect or a coordinator restart, among the last 4,194,304 fences
-    granted) is accepted again and changes nothing; a different result for it
-    is STALE_FENCE.
+    granted) is accepted again and changes nothing (its results_json is not
+    read again: the first accepted one counts); a different result for it is
+    STALE_FENCE.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

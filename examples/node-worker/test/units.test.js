@@ -5,7 +5,7 @@ import { test } from 'node:test';
 import { Context, range } from '../context.js';
 import { COMPLETION_BATCH } from '../defaults.js';
 import { Outbox } from '../outbox.js';
-import { durationMs, enumName, workerServiceClient, wireU64 } from '../proto.js';
+import { durationMs, encodeResult, enumName, workerServiceClient, wireU64 } from '../proto.js';
 import { backoffDelays, creditToAsk } from '../worker.js';
 
 test('outbox batches results with fresh request ids and forgets what answers settle', () => {
@@ -138,4 +138,28 @@ test('durations and enum names', () => {
   assert.equal(durationMs({ seconds: '1', nanos: 500_000_000 }), 1500);
   assert.equal(enumName('REJECT_REASON_STALE_FENCE', 'REJECT_REASON_'), 'STALE_FENCE');
   assert.equal(enumName(7, 'REJECT_REASON_'), '7');
+});
+
+test('outbox sends results beside their fences, or none when no leaf gave one', () => {
+  const box = new Outbox();
+  box.complete('1', '7');
+  box.complete('2');
+  box.skip('3');
+  assert.deepEqual(box.take(), [
+    { complete: { fences: ['1', '2'], skipped: ['3'], request_id: '1', results_json: ['7', ''] } },
+  ]);
+  box.complete('4');
+  assert.deepEqual(box.take(), [{ complete: { fences: ['4'], skipped: [], request_id: '2' } }]);
+  box.requeue(); // nothing answered: all sent again, each result with its fence
+  assert.deepEqual(box.take()[0].complete.results_json, ['7', '', '']);
+});
+
+test('results are JSON with BigInts as exact integers', () => {
+  assert.equal(encodeResult({ n: (1n << 70n) + 1n, list: [2n, 'x'] }), '{"n":1180591620717411303425,"list":[2,"x"]}');
+  assert.equal(encodeResult(3), '3');
+  assert.throws(() => encodeResult(undefined), /not a JSON value/);
+  assert.throws(() => encodeResult({ s: '\u0000bigint:1' }), /BigInt mark/);
+  const cycle = {};
+  cycle.self = cycle;
+  assert.throws(() => encodeResult(cycle), TypeError);
 });
