@@ -2,7 +2,7 @@
 
 Replace it with your own. ``parcelo-worker --handler myjobs.handlers:handle`` runs it; create a
 job for it with, e.g., ``parcelo job create --start 0 --end 100000000 --max-range-size 1000000
---params '{"divisor": 7}'``.
+--params '{"divisor": 7}' --reduce sum``, and ``parcelo job result ID`` adds up the leaves' counts.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ def digit_sum(n: int) -> int:
 
 
 def handle(rng: Range, ctx: Context) -> int:
-    """Count the matching ids of the leaf, checkpointing as it goes; returns the count."""
+    """Count the matching ids of the leaf, checkpointing as it goes; the count is the leaf's result."""
     divisor = int(ctx.params.get("divisor", 7))
     # A retry starts after the last checkpoint, with the count so far in its details.
     count = int(ctx.details.decode()) if ctx.details and rng.start > ctx.leaf.start else 0
