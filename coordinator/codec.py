@@ -83,7 +83,9 @@ def job_from_stored(stored: StoredJob, now: float) -> tuple[JobState, list[Lease
 
     def adopt(node: Node) -> Lease:
         held = stored.leases[node]
-        lease = Lease(held.fence, msg.id, node, held.holder, LeaseKind.LEAF, now, expires_at, timeout_at)
+        lease = Lease(
+            held.fence, msg.id, node, held.holder, LeaseKind.LEAF, now, expires_at, timeout_at, spec.queue
+        )
         leases.append(lease)
         return lease
 

@@ -74,6 +74,10 @@ class Dispatcher:
     def remove(self, session: Session) -> None:
         self._sessions.pop(id(session), None)
 
+    def queues(self) -> set[str]:
+        """The queues the connected workers take leases from."""
+        return {queue for session in self._sessions.values() for queue in session.queues}
+
     def end_streams(self) -> None:
         """End every stream and waiting unary call (shutdown): each gets the end marker."""
         for session in self._sessions.values():
@@ -98,7 +102,7 @@ class Dispatcher:
         for msg in kept:
             session.out.put_nowait(msg)
         if unsent:
-            self._core.unsent(unsent)
+            self._core.unsent(unsent, time.time())
             self.work_available()
 
     def credit(self, session: Session, count: int) -> None:
@@ -195,5 +199,5 @@ class Dispatcher:
                 session.sent_jobs.add(job.id)
                 grant.jobs.append(job_info(job))
         if unsent:
-            self._core.unsent(unsent)
+            self._core.unsent(unsent, time.time())
         return bool(unsent)

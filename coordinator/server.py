@@ -24,21 +24,23 @@ from parcelo.coordinator.errors import StartupError
 from parcelo.coordinator.events import MEMORY_WINDOW
 from parcelo.coordinator.limits import DEFAULT_LIMITS, Limits
 from parcelo.coordinator.listen import exposed
+from parcelo.coordinator.queue_service import QueueServicer
 from parcelo.coordinator.service import JobServicer, WorkerServicer
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.telemetry import Telemetry
 from parcelo.coordinator.tls import ReloadableCredentials, ServerTLS
 from parcelo.coordinator.views import JobViews
-from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, worker_pb2, worker_pb2_grpc
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2, queues_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("", "parcelo.v1.JobService", "parcelo.v1.WorkerService")
+SERVICES = ("", "parcelo.v1.JobService", "parcelo.v1.WorkerService", "parcelo.v1.QueueService")
 """Names the health service answers for: the server as a whole and each service."""
 
 SERVED = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
     worker_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+    queues_pb2.DESCRIPTOR.services_by_name["QueueService"],
     health_pb2.DESCRIPTOR.services_by_name["Health"],
 )
 """Descriptors of every service the server serves: the token check has a rule for each of their RPCs."""
@@ -187,6 +189,7 @@ class Coordinator:
         try:
             stored = self.store.load(MEMORY_WINDOW)
             self.core.restore(stored, time.time(), accepted=self.store.load_accepted())
+            self.core.queues.restore(self.store.load_queues(), time.time())
         finally:
             gc.enable()
         self.views = JobViews()
@@ -217,6 +220,9 @@ class Coordinator:
         )
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(
             WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms, cfg.limits), self.server
+        )
+        queues_pb2_grpc.add_QueueServiceServicer_to_server(
+            QueueServicer(self.core, self.committer, self.dispatcher), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         try:

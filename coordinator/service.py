@@ -175,6 +175,22 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         return await self._changed(self._core.retry_failed(request.job_id, time.time()))
 
     @rpc
+    async def UpdateJob(self, request: jobs_pb2.UpdateJobRequest, context: Any) -> types_pb2.Job:
+        def given(name: str) -> Any:
+            return getattr(request, name) if request.HasField(name) else None  # type: ignore[arg-type]
+
+        job = self._core.update_job(
+            request.job_id,
+            time.time(),
+            priority=given("priority"),
+            weight=given("weight"),
+            max_concurrency=given("max_concurrency"),
+            max_leases_per_second=given("max_leases_per_second"),
+            burst=given("burst"),
+        )
+        return await self._changed(job)
+
+    @rpc
     async def GetJobTree(
         self, request: jobs_pb2.GetJobTreeRequest, context: Any
     ) -> jobs_pb2.GetJobTreeResponse:

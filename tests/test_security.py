@@ -45,7 +45,7 @@ TOKENS = {role: f"{role}-{secrets.token_urlsafe(16)}" for role in ROLES}
 """This session's token of each role: random, so finding one in a log can only mean it leaked."""
 WRONG = f"wrong-{secrets.token_urlsafe(16)}"
 
-READ_ONLY = frozenset({"GetJob", "ListJobs", "GetJobTree", "WatchJob"})
+READ_ONLY = frozenset({"GetJob", "ListJobs", "GetJobTree", "WatchJob", "ListQueues", "GetQueue"})
 """The JobService calls a reader may make, stated here again to check the coordinator's table."""
 
 
@@ -161,7 +161,11 @@ def expected(who: str, service: str, method: str) -> str:
     allowed = (
         who == "admin"
         or (who == "worker" and service == "parcelo.v1.WorkerService")
-        or (who == "reader" and service == "parcelo.v1.JobService" and method in READ_ONLY)
+        or (
+            who == "reader"
+            and service in ("parcelo.v1.JobService", "parcelo.v1.QueueService")
+            and method in READ_ONLY
+        )
     )
     return "allowed" if allowed else "PERMISSION_DENIED"
 

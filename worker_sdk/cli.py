@@ -27,7 +27,7 @@ from rich.live import Live
 
 from parcelo import defaults, progress
 from parcelo.channel import TLS
-from parcelo.cli_options import target_option, tls_from_flags, tls_options, token_option
+from parcelo.cli_options import parse_duration, target_option, tls_from_flags, tls_options, token_option
 from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client
 from parcelo.errors import ConfigError, PermissionDenied, RpcError, Unauthenticated, Unavailable
 from parcelo.options import REDUCES, JobOptions, RetryPolicy
@@ -198,6 +198,27 @@ def _deadline_flag(ctx: click.Context, param: click.Parameter, value: str | None
     return parse_deadline(value)
 
 
+def parse_run_after(text: str | None) -> datetime | timedelta | None:
+    """``--run-after``: an ISO 8601 time (local without an offset) or ``+DURATION`` from now."""
+    if text is None:
+        return None
+    if text.startswith("+"):
+        try:
+            return parse_duration(text[1:])
+        except ValueError as err:
+            raise BadInput(f"--run-after: {err}") from None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as err:
+        raise BadInput(f"--run-after is neither an ISO 8601 time nor +DURATION: {err}") from None
+
+
+def _run_after_flag(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> datetime | timedelta | None:
+    return parse_run_after(value)
+
+
 # `job create`'s flags are named (their Python names) for the fields of JobOptions, RetryPolicy's
 # by their own names, and hand over typed values: the command builds the options without listing
 # them, so a new job option is one flag here.
@@ -291,6 +312,31 @@ def flag_message(err: ConfigError, flags: Mapping[str, str]) -> str:
     callback=_labels_flag,
     metavar="KEY=VALUE",
     help="A label (repeatable).",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    help="Leaf leases held at once across all workers [default: 0, no limit].",
+)
+@click.option(
+    "--max-leases-per-second",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Leases granted per second at most [default: 0, no limit].",
+)
+@click.option(
+    "--burst", type=click.IntRange(0, 2**32 - 1), default=0, help="Rate limit's burst [default: the rate]."
+)
+@click.option("--weight", type=click.IntRange(1, 2**32 - 1), help="Share of its fairness key [default: 1].")
+@click.option(
+    "--fairness-key", help="Jobs of one key share one share (e.g. a tenant) [default: the job's id]."
+)
+@click.option(
+    "--run-after",
+    callback=_run_after_flag,
+    metavar="ISO8601|+DURATION",
+    help="No lease before then (e.g. 2030-01-01T00:00:00Z, +15m, +2h).",
 )
 @click.option(
     "--reduce",
@@ -593,6 +639,10 @@ def health(obj: _Obj, service: str, timeout: float) -> None:
     if status != "SERVING":
         raise CliError(f"{name} at {obj.target} is {status}")
     click.echo(f"{name} at {obj.target} is SERVING")
+
+
+# The scheduling commands build on the helpers above and add themselves to the groups.
+import parcelo.cli_scheduling  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

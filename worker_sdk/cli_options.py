@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -80,3 +82,26 @@ log_level_option = click.option(
 def setup_logging(level: str) -> None:
     """Log lines with time, level and logger name to stderr, from ``level`` up."""
     logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``1h30m``, ``500ms``, ``1d`` (or plain seconds: ``90``) as a timedelta.
+
+    Raises:
+        ValueError: not a duration, or not more than zero.
+    """
+    body = text.strip()
+    try:
+        seconds = float(body)
+    except ValueError:
+        parts = _DURATION.findall(body)
+        if not parts or "".join(n + unit for n, unit in parts) != body:
+            raise ValueError(f"{text!r} is not a duration like 90s, 15m, 2h or 1h30m") from None
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in parts)
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"{text!r} must be more than zero")
+    return timedelta(seconds=seconds)

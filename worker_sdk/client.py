@@ -33,7 +33,7 @@ from parcelo.channel import TLS, open_channel, token_metadata
 from parcelo.errors import ConfigError, JobNotCompleted, RpcError, from_grpc
 from parcelo.options import JobOptions
 from parcelo.options import encode_params as encode_params  # moved to parcelo.options; still importable here
-from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2, queues_pb2_grpc, types_pb2
 
 logger = logging.getLogger(__name__)
 
@@ -115,6 +115,7 @@ class Client:
             channel = open_channel(target, tls.credentials() if tls is not None else None)
         self._channel: grpc.Channel = channel
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._queues = queues_pb2_grpc.QueueServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -241,6 +242,69 @@ class Client:
         request = jobs_pb2.RetryFailedRequest(job_id=job_id)
         job: types_pb2.Job = self._call(self._stub.RetryFailed, request)
         return job
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        priority: int | None = None,
+        weight: int | None = None,
+        max_concurrency: int | None = None,
+        max_leases_per_second: float | None = None,
+        burst: int | None = None,
+    ) -> types_pb2.Job:
+        """Change a running job's priority, weight or limits (``None``: unchanged; a limit of 0:
+        none). Lowering a limit lets running leases finish."""
+        request = jobs_pb2.UpdateJobRequest(
+            job_id=job_id,
+            priority=priority,
+            weight=weight,
+            max_concurrency=max_concurrency,
+            max_leases_per_second=max_leases_per_second,
+            burst=burst,
+        )
+        job: types_pb2.Job = self._call(self._stub.UpdateJob, request)
+        return job
+
+    def list_queues(self) -> list[queues_pb2.Queue]:
+        """Every queue a job, a setting or a connected worker names: depth, limits, paused."""
+        answer: queues_pb2.ListQueuesResponse = self._call(
+            self._queues.ListQueues, queues_pb2.ListQueuesRequest()
+        )
+        return list(answer.queues)
+
+    def get_queue(self, name: str) -> queues_pb2.Queue:
+        queue: queues_pb2.Queue = self._call(self._queues.GetQueue, queues_pb2.GetQueueRequest(name=name))
+        return queue
+
+    def update_queue(
+        self,
+        name: str,
+        *,
+        max_concurrency: int | None = None,
+        max_leases_per_second: float | None = None,
+        burst: int | None = None,
+    ) -> queues_pb2.Queue:
+        """Change the limits that bound the sum over a queue's jobs (``None``: unchanged; 0: none)."""
+        request = queues_pb2.UpdateQueueRequest(
+            name=name,
+            max_concurrency=max_concurrency,
+            max_leases_per_second=max_leases_per_second,
+            burst=burst,
+        )
+        queue: queues_pb2.Queue = self._call(self._queues.UpdateQueue, request)
+        return queue
+
+    def pause_queue(self, name: str) -> queues_pb2.Queue:
+        """No lease from any job of the queue until :meth:`resume_queue`."""
+        queue: queues_pb2.Queue = self._call(self._queues.PauseQueue, queues_pb2.PauseQueueRequest(name=name))
+        return queue
+
+    def resume_queue(self, name: str) -> queues_pb2.Queue:
+        queue: queues_pb2.Queue = self._call(
+            self._queues.ResumeQueue, queues_pb2.ResumeQueueRequest(name=name)
+        )
+        return queue
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The coordinator's standard ``grpc.health.v1`` status for ``service`` (``""``: the server).
