@@ -211,6 +211,13 @@ class LeaseTable:
                 counts[lease.job_id] = counts.get(lease.job_id, 0) + 1
         return counts
 
+    def holder_counts(self) -> dict[str, int]:
+        """Live leases (leaves and probes) per holder, for the worker registry: O(live leases)."""
+        counts: dict[str, int] = {}
+        for lease in self._live.values():
+            counts[lease.holder] = counts.get(lease.holder, 0) + 1
+        return counts
+
     def grant(
         self,
         fence: int,
