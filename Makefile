@@ -79,10 +79,12 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 	$(BUF) breaking --against proto/baseline.binpb
 
-# The toolchains of the cross-language tests: Go and protoc from Debian (apt-get when missing, as
-# root). The Node worker's locked packages are installed by the tests' session fixture (npm ci).
+# The toolchains of the cross-language tests (Go and protoc) and the dashboard's browser test
+# (Chromium), from Debian (apt-get when missing, as root). The Node worker's locked packages are
+# installed by the tests' session fixture (npm ci).
 toolchains:
 	bash scripts/install-go-toolchain.sh
+	bash scripts/install-chromium.sh
 
 test: lint toolchains
 	PARCELO_EXPECT_COMPILED=1 $(PY) -m pytest $(PYTEST_ARGS)
