@@ -146,7 +146,9 @@ class Telemetry:
             # exports and nothing else, however many coordinators a process runs (tests do).
             self._registry = CollectorRegistry(auto_describe=False)
             readers.append(
-                PrometheusMetricReader(disable_target_info=True, scope_info_enabled=False, registry=self._registry)
+                PrometheusMetricReader(
+                    disable_target_info=True, scope_info_enabled=False, registry=self._registry
+                )
             )
             self._registry.register(self.handler_durations)
         self._provider = MeterProvider(metric_readers=readers)

@@ -227,7 +227,18 @@ def jobs_table(jobs: list[types_pb2.Job]) -> Table:
 def workers_table(workers: list[worker_pb2.WorkerInfo], now: float) -> Table:
     """The table printed by ``worker list``, one row per connected worker."""
     table = Table(box=None, header_style="bold", pad_edge=False)
-    for name in ("WORKER", "ADDRESS", "QUEUES", "SDK", "CONC", "LEASES", "DONE", "FAILED", "CONNECTED", "BEAT"):
+    for name in (
+        "WORKER",
+        "ADDRESS",
+        "QUEUES",
+        "SDK",
+        "CONC",
+        "LEASES",
+        "DONE",
+        "FAILED",
+        "CONNECTED",
+        "BEAT",
+    ):
         table.add_column(name, justify="right" if name in ("CONC", "LEASES", "DONE", "FAILED") else "left")
     for info in workers:
         beat = info.last_heartbeat_at

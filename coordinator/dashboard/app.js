@@ -219,18 +219,22 @@ function drawChart(canvas, points) {
     g.fillText("throughput appears after a few seconds of work", 8, 16);
     return;
   }
-  const rates = points.slice(1).map((p, i) => ({ t: p.t, r: Math.max(0, (p.done - points[i].done) / (p.t - points[i].t)) }));
-  const top = Math.max(...rates.map((p) => p.r), 1);
-  const t0 = rates[0].t, t1 = rates[rates.length - 1].t || t0 + 1;
+  // A step per interval between two samples, at the rate of that interval.
+  const steps = points.slice(1).map((p, i) => ({
+    from: points[i].t, to: p.t, r: Math.max(0, (p.done - points[i].done) / Math.max(1e-9, p.t - points[i].t)),
+  }));
+  const top = Math.max(...steps.map((s) => s.r), 1);
+  const t0 = points[0].t, t1 = Math.max(points[points.length - 1].t, t0 + 1e-3);
+  const x = (t) => 4 + ((t - t0) / (t1 - t0)) * (width - 8);
+  const y = (r) => height - 14 - (r / top) * (height - 30);
   g.fillText(`${compact(top)} ids/s`, 6, 12);
   g.fillText(`last ${duration(t1 - t0)}`, width - 70, height - 4);
   g.strokeStyle = "#3b82f6";
   g.lineWidth = 2;
   g.beginPath();
-  rates.forEach((p, i) => {
-    const x = 4 + ((p.t - t0) / Math.max(1e-9, t1 - t0)) * (width - 8);
-    const y = height - 14 - (p.r / top) * (height - 30);
-    if (i === 0) g.moveTo(x, y); else g.lineTo(x, y);
+  steps.forEach((s, i) => {
+    if (i === 0) g.moveTo(x(s.from), y(s.r)); else g.lineTo(x(s.from), y(s.r));
+    g.lineTo(x(s.to), y(s.r));
   });
   g.stroke();
 }
