@@ -400,6 +400,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         async for request in requests:
             if session.out.qsize() > MAX_QUEUED_ANSWERS:
                 # Answers pile up only when the worker does not read them: do not hold more.
+                log.warning("worker %s does not read its answers: ending its stream", session.worker_id)
                 raise errors.ResourceExhausted(
                     f"more than {MAX_QUEUED_ANSWERS} answers wait to be read on this stream: read them"
                 )
