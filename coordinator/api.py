@@ -152,21 +152,22 @@ class Api:
         self._streams: set[asyncio.Task[None]] = set()
 
     def routes(self) -> list[Route]:
+        """Every route of the API, each with the RPC whose roles it takes."""
         base = "/api/v1/jobs"
         one = base + "/{job_id}"
         return [
-            Route("GET", base, self.list_jobs, JOBS + "ListJobs"),
-            Route("POST", base, self.create_job, JOBS + "CreateJob"),
-            Route("GET", one, self.get_job, JOBS + "GetJob"),
-            Route("DELETE", one, self.delete_job, JOBS + "DeleteJob"),
-            Route("GET", one + "/tree", self.tree, JOBS + "GetJobTree"),
-            Route("GET", one + "/events", self.events, JOBS + "WatchJob"),
-            Route("POST", one + "/pause", self.pause, JOBS + "PauseJob"),
-            Route("POST", one + "/resume", self.resume, JOBS + "ResumeJob"),
-            Route("POST", one + "/cancel", self.cancel, JOBS + "CancelJob"),
-            Route("POST", one + "/retry", self.retry, JOBS + "RetryFailed"),
-            Route("GET", "/api/v1/workers", self.list_workers, "parcelo.v1.WorkerService.ListWorkers"),
-            Route("GET", "/api/v1/queues", self.queues, allowed=READERS),
+            Route("GET", base, self._list_jobs, JOBS + "ListJobs"),
+            Route("POST", base, self._create_job, JOBS + "CreateJob"),
+            Route("GET", one, self._get_job, JOBS + "GetJob"),
+            Route("DELETE", one, self._delete_job, JOBS + "DeleteJob"),
+            Route("GET", one + "/tree", self._tree, JOBS + "GetJobTree"),
+            Route("GET", one + "/events", self._events, JOBS + "WatchJob"),
+            Route("POST", one + "/pause", self._pause, JOBS + "PauseJob"),
+            Route("POST", one + "/resume", self._resume, JOBS + "ResumeJob"),
+            Route("POST", one + "/cancel", self._cancel, JOBS + "CancelJob"),
+            Route("POST", one + "/retry", self._retry, JOBS + "RetryFailed"),
+            Route("GET", "/api/v1/workers", self._list_workers, "parcelo.v1.WorkerService.ListWorkers"),
+            Route("GET", "/api/v1/queues", self._queues, allowed=READERS),
         ]
 
     def close(self) -> None:
@@ -182,7 +183,7 @@ class Api:
 
     # -- the RPCs -------------------------------------------------------------------------------
 
-    async def list_jobs(self, request: web.Request) -> web.Response:
+    async def _list_jobs(self, request: web.Request) -> web.Response:
         query = jobs_pb2.ListJobsRequest(
             statuses=_enum_values(request, "status", types_pb2.JobStatus, "JOB_STATUS_"),  # type: ignore[arg-type]
             queue=request.query.get("queue", ""),
@@ -191,49 +192,49 @@ class Api:
         )
         return await self._call(self._jobs.ListJobs, query, request)
 
-    async def create_job(self, request: web.Request) -> web.Response:
+    async def _create_job(self, request: web.Request) -> web.Response:
         spec = await _body(request, types_pb2.JobSpec())
         return await self._call(self._jobs.CreateJob, jobs_pb2.CreateJobRequest(spec=spec), request)
 
-    async def get_job(self, request: web.Request) -> web.Response:
+    async def _get_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         return await self._call(self._jobs.GetJob, jobs_pb2.GetJobRequest(job_id=job_id), request)
 
-    async def delete_job(self, request: web.Request) -> web.Response:
+    async def _delete_job(self, request: web.Request) -> web.Response:
         job_id = request.match_info["job_id"]
         return await self._call(self._jobs.DeleteJob, jobs_pb2.DeleteJobRequest(job_id=job_id), request)
 
-    async def tree(self, request: web.Request) -> web.Response:
+    async def _tree(self, request: web.Request) -> web.Response:
         query = jobs_pb2.GetJobTreeRequest(
             job_id=request.match_info["job_id"], max_depth=_int(request, "depth", at_most=2**32 - 1)
         )
         return await self._call(self._jobs.GetJobTree, query, request)
 
-    async def pause(self, request: web.Request) -> web.Response:
+    async def _pause(self, request: web.Request) -> web.Response:
         body = await _body(request, jobs_pb2.PauseJobRequest())
         body.job_id = request.match_info["job_id"]
         body.release = body.release or _flag(request, "release")
         return await self._call(self._jobs.PauseJob, body, request)
 
-    async def resume(self, request: web.Request) -> web.Response:
+    async def _resume(self, request: web.Request) -> web.Response:
         query = jobs_pb2.ResumeJobRequest(job_id=request.match_info["job_id"])
         return await self._call(self._jobs.ResumeJob, query, request)
 
-    async def cancel(self, request: web.Request) -> web.Response:
+    async def _cancel(self, request: web.Request) -> web.Response:
         body = await _body(request, jobs_pb2.CancelJobRequest())
         body.job_id = request.match_info["job_id"]
         return await self._call(self._jobs.CancelJob, body, request)
 
-    async def retry(self, request: web.Request) -> web.Response:
+    async def _retry(self, request: web.Request) -> web.Response:
         query = jobs_pb2.RetryFailedRequest(job_id=request.match_info["job_id"])
         return await self._call(self._jobs.RetryFailed, query, request)
 
-    async def list_workers(self, request: web.Request) -> web.Response:
+    async def _list_workers(self, request: web.Request) -> web.Response:
         return await self._call(self._workers.ListWorkers, worker_pb2.ListWorkersRequest(), request)
 
     # -- events ---------------------------------------------------------------------------------
 
-    async def events(self, request: web.Request) -> web.StreamResponse:
+    async def _events(self, request: web.Request) -> web.StreamResponse:
         job_id = request.match_info["job_id"]
         types = _enum_values(request, "types", types_pb2.EventType, "EVENT_TYPE_")
         after = _int(request, "after")
@@ -337,7 +338,7 @@ class Api:
 
     # -- queues ---------------------------------------------------------------------------------
 
-    async def queues(self, request: web.Request) -> web.Response:
+    async def _queues(self, request: web.Request) -> web.Response:
         """Per queue: leaves waiting, leaf leases held, and its jobs by status (see operations.md)."""
         jobs = self._core.jobs.values()
         depths = queue_depths(jobs, self._core.leases.leaf_counts())

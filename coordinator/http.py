@@ -14,13 +14,11 @@ Routes: ``/healthz`` (alive), ``/readyz`` (serving and able to write), ``/metric
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import ssl
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 from aiohttp import web
@@ -232,9 +230,8 @@ class HttpServer:
                 "address of this host); give another, or off"
             ) from None
         self._runner = runner
-        server = site._server  # aiohttp keeps the bound sockets there; port 0 needs the real one
-        sockets = getattr(server, "sockets", None) or []
-        self.port = int(sockets[0].getsockname()[1]) if sockets else port
+        # The bound address: with port 0, the port the system picked.
+        self.port = int(runner.addresses[0][1])
         return self.port
 
     async def stop(self) -> None:
@@ -243,8 +240,3 @@ class HttpServer:
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
-
-
-def json_body(data: Any) -> bytes:
-    """``data`` as compact JSON bytes (for event streams)."""
-    return json.dumps(data, separators=(",", ":")).encode()
