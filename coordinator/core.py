@@ -113,12 +113,13 @@ class Core:
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    def create_job(self, spec: types_pb2.JobSpec, now: float) -> tuple[JobState, bool]:
+    def create_job(self, spec: types_pb2.JobSpec, now: float, traceparent: str = "") -> tuple[JobState, bool]:
         """Create a job, or return the one an earlier request with the same ``job_id`` or
         ``request_id`` and the same spec created. Returns (job, created).
 
         Specs are compared after defaults are filled in, labels included and ``request_id``
-        excluded; the same key with a different spec is :class:`AlreadyExists`.
+        excluded; the same key with a different spec is :class:`AlreadyExists`. ``traceparent``:
+        the new job's trace context (kept with it; an existing job keeps its own).
         """
         validate_spec(spec, max_params_bytes=self.limits.params_bytes)
         full = normalized(spec)
@@ -145,6 +146,7 @@ class Core:
         )
         self._order += 1
         job = JobState(job_id, full, tree, now=now, order=self._order)
+        job.traceparent = traceparent
         self._add(job, now)
         self._event(job, EventType.JOB_CREATED, now)
         return job, True
@@ -640,15 +642,20 @@ class Core:
 
     # -- time -----------------------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        """Expire leases, fail jobs past their deadline, emit coalesced stats events."""
+    def tick(self, now: float) -> tuple[int, int]:
+        """Expire leases, fail jobs past their deadline, emit coalesced stats events.
+
+        Returns the number of leases taken back: (expired without a heartbeat, timed out).
+        """
         expired: dict[tuple[str, str], int] = {}
+        timeouts = 0
         for lease, timed_out in self.leases.due(now):
             job = self.jobs.get(lease.job_id)
             if job is None:
                 continue
             node = lease.node
             if timed_out:
+                timeouts += 1
                 message = f"leaf timed out after {job.leaf_timeout:g} s"
                 self._fail_node(job, node, message, True, now)
             else:
@@ -661,7 +668,13 @@ class Core:
             self._touch(job)
         for (holder, job_id), count in expired.items():
             # One line per worker and job: a dead worker with hundreds of prefetched leases is one event.
-            log.info("%d lease(s) of job %s held by %s expired or timed out", count, job_id, holder or "?")
+            log.info(
+                "%d lease(s) of job %s held by %s expired or timed out",
+                count,
+                job_id,
+                holder or "?",
+                extra={"job_id": job_id, "worker_id": holder},
+            )
         for job in self.jobs.values():
             if job.deadline and not job.finished and job.deadline <= now:
                 job.finish(JobStatus.FAILED, now, "deadline exceeded")
@@ -680,6 +693,8 @@ class Core:
                 # A finished job's last event is the one that finished it, with its final stats.
                 if job is not None and not job.finished:
                     self.events.append(job.id, EventType.STATS_UPDATED, now, stats=self.stats(job))
+        taken = sum(expired.values())
+        return taken - timeouts, timeouts
 
     def stats(self, job: JobState) -> Stats:
         """The job's stats and status."""

@@ -253,6 +253,7 @@ class JobState:
         "spec",
         "started_at",
         "status",
+        "traceparent",
         "tree",
         "updated_at",
     )
@@ -273,6 +274,8 @@ class JobState:
         self.order = order
         # Set by PauseJob(release=True): heartbeats answer RELEASE until resumed.
         self.release_requested = False
+        # The job's W3C trace context ("" for none), handed to workers for their handler spans.
+        self.traceparent = ""
         self.lease_ttl = _seconds(spec.lease_ttl)
         self.leaf_timeout = _seconds(spec.leaf_timeout) if spec.HasField("leaf_timeout") else 0.0
         self.deadline = _seconds(spec.deadline) if spec.HasField("deadline") else 0.0

@@ -239,6 +239,13 @@ class LeaseTable:
         """Live leaf leases of the jobs of one queue, probes left out."""
         return self._leaves_per_queue.get(queue, 0)
 
+    def holder_counts(self) -> dict[str, int]:
+        """Live leases (leaves and probes) per holder, for the worker registry: O(live leases)."""
+        counts: dict[str, int] = {}
+        for lease in self._live.values():
+            counts[lease.holder] = counts.get(lease.holder, 0) + 1
+        return counts
+
     def grant(
         self,
         fence: int,

@@ -30,8 +30,7 @@ class QueueServicer(queues_pb2_grpc.QueueServiceServicer):
 
     def _describe(self, names: list[str]) -> list[queues_pb2.Queue]:
         core = self._core
-        paused = {name for name in core.queues.names() if (record := core.queues.get(name)) and record.paused}
-        depths = queue_depths(core.jobs.values(), core.leases.leaf_counts(), paused)
+        depths = queue_depths(core.jobs.values(), core.leases.leaf_counts(), core.queues.paused())
         out = []
         for name in names:
             queue = queues_pb2.Queue(name=name)

@@ -35,6 +35,10 @@ class QueueTable:
     def names(self) -> Iterable[str]:
         return self._records.keys()
 
+    def paused(self) -> set[str]:
+        """The queues paused now."""
+        return {name for name, record in self._records.items() if record.paused}
+
     def update(
         self,
         name: str,

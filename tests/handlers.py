@@ -143,3 +143,12 @@ def width(range_: Any, ctx: Any) -> int:
 def key_per_leaf(range_: Any, ctx: Any) -> dict[str, int]:
     """A key of its own per leaf: a merge whose result grows with the range."""
     return {f"leaf-{range_.start:012d}": 1}
+
+
+def nap(range_: Any, ctx: Any) -> int:
+    """Sleep ``params['sleep']`` seconds; the first attempt of the leaf at ``params['fail_start']``
+    fails (retried). Returns the leaf's width, for a job with ``reduce sum``."""
+    time.sleep(float(ctx.params.get("sleep", 0)))
+    if range_.start == ctx.params.get("fail_start") and ctx.attempt == 1:
+        raise RuntimeError("a transient failure, for the dashboard to show")
+    return int(range_.end - range_.start)

@@ -27,7 +27,15 @@ from rich.live import Live
 
 from parcelo import defaults, progress
 from parcelo.channel import TLS
-from parcelo.cli_options import parse_duration, target_option, tls_from_flags, tls_options, token_option
+from parcelo.cli_options import (
+    log_options,
+    parse_duration,
+    setup_logging,
+    target_option,
+    tls_from_flags,
+    tls_options,
+    token_option,
+)
 from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client
 from parcelo.errors import ConfigError, PermissionDenied, RpcError, Unauthenticated, Unavailable
 from parcelo.options import REDUCES, JobOptions, RetryPolicy
@@ -163,6 +171,7 @@ Uint64 = click.IntRange(0, 2**64 - 1)
 @target_option
 @tls_options
 @token_option
+@log_options("WARNING")
 @click.version_option(package_name="parcelo")
 @click.pass_context
 def cli(
@@ -172,12 +181,15 @@ def cli(
     tls_cert: Path | None,
     tls_key: Path | None,
     token: str | None,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Administer jobs of a Parcelo coordinator.
 
     Exit codes: 0 ok; 1 coordinator error, unreachable coordinator, (wait/watch) job failed or
     cancelled, or (health) not serving; 2 bad command line; 3 wait timed out.
     """
+    setup_logging(log_level, log_format)
     ctx.obj = _Obj(target, tls_from_flags(tls_ca, tls_cert, tls_key), token)
 
 
@@ -614,6 +626,30 @@ def events(obj: _Obj, job_id: str, follow: bool, after: int, as_json: bool) -> N
                 echo_json(to_dict(event), compact=True)
             else:
                 click.echo(progress.event_line(event))
+
+
+@cli.group()
+def worker() -> None:
+    """See the workers connected to the coordinator."""
+
+
+@worker.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of WorkerInfo messages.")
+@pass_obj
+def worker_list(obj: _Obj, as_json: bool) -> None:
+    """List connected workers: address, queues, concurrency, leases held, leaves done and failed.
+
+    With --json the output is a JSON array (possibly empty) of WorkerInfo objects, field names
+    as in the proto.
+    """
+    with obj.client() as client:
+        workers = client.list_workers()
+    if as_json:
+        echo_json([to_dict(w) for w in workers])
+    elif workers:
+        obj.console.print(progress.workers_table(workers, progress.now_seconds()))
+    else:
+        click.echo("no workers connected", err=True)
 
 
 @cli.command("health")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 import re
 from collections.abc import Callable
 from datetime import timedelta
@@ -14,6 +13,8 @@ import click
 from parcelo import defaults
 from parcelo.channel import TLS, tls_of
 from parcelo.errors import ConfigError
+from parcelo.logs import FORMATS
+from parcelo.logs import setup_logging as setup_logging  # the CLIs' one import
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -71,17 +72,28 @@ token_option = click.option(
     "variable: command lines are visible to other users).",
 )
 
-log_level_option = click.option(
-    "--log-level",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
 
+def log_options(default_level: str = "INFO") -> Callable[[F], F]:
+    """``--log-level`` and ``--log-format text|json`` (env ``PARCELO_LOG_FORMAT``); the command
+    receives ``log_level`` and ``log_format`` for :func:`setup_logging`."""
 
-def setup_logging(level: str) -> None:
-    """Log lines with time, level and logger name to stderr, from ``level`` up."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    def add(command: F) -> F:
+        command = click.option(
+            "--log-format",
+            type=click.Choice(FORMATS),
+            default="text",
+            show_default=True,
+            envvar="PARCELO_LOG_FORMAT",
+            help="Log lines as text, or as JSON objects with job_id, fence and worker_id as fields.",
+        )(command)
+        return click.option(
+            "--log-level",
+            default=default_level,
+            show_default=True,
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+        )(command)
+
+    return add
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")

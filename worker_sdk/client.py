@@ -1,4 +1,5 @@
-"""Synchronous client of the coordinator's admin API (``parcelo.v1.JobService``).
+"""Synchronous client of the coordinator's admin API (``parcelo.v1.JobService``, and
+``WorkerService.ListWorkers``).
 
 The client is a thin, typed layer over the generated stub: it builds requests from Python values
 (a job's options as :class:`parcelo.options.JobOptions`), returns the protobuf messages unchanged,
@@ -33,7 +34,15 @@ from parcelo.channel import TLS, open_channel, token_metadata
 from parcelo.errors import ConfigError, JobNotCompleted, RpcError, from_grpc
 from parcelo.options import JobOptions
 from parcelo.options import encode_params as encode_params  # moved to parcelo.options; still importable here
-from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, queues_pb2, queues_pb2_grpc, types_pb2
+from parcelo.v1 import (
+    jobs_pb2,
+    jobs_pb2_grpc,
+    queues_pb2,
+    queues_pb2_grpc,
+    types_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -305,6 +314,12 @@ class Client:
             self._queues.ResumeQueue, queues_pb2.ResumeQueueRequest(name=name)
         )
         return queue
+
+    def list_workers(self) -> list[worker_pb2.WorkerInfo]:
+        """The workers connected now (``WorkerService.ListWorkers``), by worker id."""
+        stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
+        answer: worker_pb2.ListWorkersResponse = self._call(stub.ListWorkers, worker_pb2.ListWorkersRequest())
+        return list(answer.workers)
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The coordinator's standard ``grpc.health.v1`` status for ``service`` (``""``: the server).

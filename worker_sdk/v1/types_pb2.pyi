@@ -501,6 +501,7 @@ class Job(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     RESULT_JSON_FIELD_NUMBER: _builtins.int
     RESULT_PARTIAL_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     status: Global___JobStatus.ValueType
     reason: _builtins.str
@@ -513,6 +514,12 @@ class Job(_message.Message):
     """
     result_partial: _builtins.bool
     """True unless the job completed: result_json covers only part of the range."""
+    traceparent: _builtins.str
+    """The job's trace context, a W3C traceparent header value
+    ("00-<trace id>-<span id>-<flags>"): the span of the CreateJob call that
+    created it when the coordinator traces, else the trace context that call
+    carried, else empty. Workers give it to their handler spans as parent.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -543,10 +550,11 @@ class Job(_message.Message):
         reason: _builtins.str = ...,
         result_json: _builtins.str = ...,
         result_partial: _builtins.bool = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at", "stats", b"stats", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "reason", b"reason", "result_json", b"result_json", "result_partial", b"result_partial", "spec", b"spec", "started_at", b"started_at", "stats", b"stats", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "reason", b"reason", "result_json", b"result_json", "result_partial", b"result_partial", "spec", b"spec", "started_at", b"started_at", "stats", b"stats", "status", b"status", "traceparent", b"traceparent", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
