@@ -2,7 +2,8 @@
 
 The tick arithmetic is pure, over whole seconds since the epoch with the clock passed in:
 :func:`next_tick`, :func:`due_ticks` and :func:`job_id_of`. :class:`ScheduleTable` holds the
-records durably (the store writes what :meth:`ScheduleTable.take_changes` hands over); the core
+records durably (the store writes what :meth:`ScheduleTable.take_changes` hands over), and
+:class:`ScheduleViews` what readers see once it is written. The core
 fires the ticks that come due (:meth:`parcelo.coordinator.core.Core.tick`), so a tick's job and the
 record saying it fired are written in one batch: a restart never fires a tick twice.
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -302,3 +303,30 @@ class ScheduleTable:
             self._records[record.id] = record
             self._changed(record)
         self._dirty = set()
+
+
+class ScheduleViews:
+    """The schedules as written to disk: what readers see (as :class:`~parcelo.coordinator.views.JobViews`
+    for jobs), so a schedule never names a job a reader cannot find yet."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, schedules_pb2.Schedule] = {}
+
+    def written(self, changes: Mapping[str, schedules_pb2.Schedule | None]) -> None:
+        """These records are on disk now (None: deleted)."""
+        for key, record in changes.items():
+            if record is None:
+                self._records.pop(key, None)
+            else:
+                self._records[key] = record
+
+    def get(self, schedule_id: str) -> schedules_pb2.Schedule:
+        """The schedule; :class:`NotFound` when there is none."""
+        record = self._records.get(schedule_id)
+        if record is None:
+            raise NotFound(f"schedule '{schedule_id[:128]}' not found")
+        return record
+
+    def all(self) -> list[schedules_pb2.Schedule]:
+        """Every schedule, by id."""
+        return [self._records[key] for key in sorted(self._records)]

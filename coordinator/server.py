@@ -32,6 +32,7 @@ from parcelo.coordinator.listen import exposed, host_of
 from parcelo.coordinator.queue_service import QueueServicer
 from parcelo.coordinator.registry import WorkerRegistry
 from parcelo.coordinator.schedule_service import ScheduleServicer
+from parcelo.coordinator.schedules import ScheduleViews
 from parcelo.coordinator.service import JobServicer, WorkerServicer
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.telemetry import Telemetry
@@ -240,6 +241,9 @@ class Coordinator:
             gc.enable()
         self.views = JobViews()
         self.views.written((item.job for item in stored), ())
+        self.schedule_views = ScheduleViews()
+        # Records of their own: the core's change in place, before they are written.
+        self.schedule_views.written({s.id: s for s in self.store.load_schedules()})
         _tune_gc()
         self.health = health.aio.HealthServicer()
         self.committer = Committer(
@@ -276,7 +280,7 @@ class Coordinator:
             QueueServicer(self.core, self.committer, self.dispatcher), self.server
         )
         schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(
-            ScheduleServicer(self.core, self.committer), self.server
+            ScheduleServicer(self.core, self.schedule_views, self.committer), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         # grpcurl and other tools read the API from the server itself, without the .proto files.
@@ -339,6 +343,7 @@ class Coordinator:
         """A batch is on disk: its fences may be used, its events and job records shown."""
         self.core.written(changes)
         self.views.written(changes.jobs.values(), changes.deleted_jobs)
+        self.schedule_views.written(changes.schedules)
         if changes.fence_limit is not None:
             self.dispatcher.credit_changed()
 
