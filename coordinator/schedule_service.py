@@ -56,7 +56,7 @@ class ScheduleServicer(schedules_pb2_grpc.ScheduleServiceServicer):
             request.id,
             time.time(),
             cron=request.cron if request.HasField("cron") else None,
-            every=request.every.seconds if request.HasField("every") else None,
+            every=request.every if request.HasField("every") else None,
             timezone=request.timezone if request.HasField("timezone") else None,
             overlap=request.overlap if request.HasField("overlap") else None,
             catch_up=request.catch_up if request.HasField("catch_up") else None,

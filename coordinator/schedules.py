@@ -20,6 +20,7 @@ from datetime import UTC, datetime
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from croniter import CroniterBadCronError, croniter
+from google.protobuf.duration_pb2 import Duration
 
 from parcelo import defaults
 from parcelo.coordinator.errors import AlreadyExists, InvalidArgument, NotFound
@@ -65,7 +66,7 @@ def check(record: schedules_pb2.Schedule) -> None:
         raise InvalidArgument("overlap", f"unknown value {record.overlap}")
 
 
-def catch_up(record: schedules_pb2.Schedule) -> int:
+def catch_up_of(record: schedules_pb2.Schedule) -> int:
     """How many due ticks fire at once (after downtime): the newest ones."""
     return record.catch_up if record.HasField("catch_up") else defaults.SCHEDULE_CATCH_UP
 
@@ -111,7 +112,7 @@ def due_ticks(record: schedules_pb2.Schedule, now: float) -> tuple[list[int], in
     on time (at most :data:`LATE` seconds late) fires. The newest due tick is None when none is.
     """
     since = record.last_fired_at.seconds if record.HasField("last_fired_at") else record.created_at.seconds
-    wanted = catch_up(record)
+    wanted = catch_up_of(record)
     ticks = _ticks_back(record, now, since, max(wanted, 1))
     if not ticks:
         return [], None
@@ -192,7 +193,7 @@ class ScheduleTable:
         now: float,
         *,
         cron: str | None = None,
-        every: int | None = None,
+        every: Duration | None = None,
         timezone: str | None = None,
         overlap: schedules_pb2.Overlap.ValueType | None = None,
         catch_up: int | None = None,
@@ -205,7 +206,7 @@ class ScheduleTable:
             record.cron = cron
             record.ClearField("every")
         if every is not None:
-            record.every.FromSeconds(every)
+            record.every.CopyFrom(every)
             record.cron = ""
         if timezone is not None:
             record.timezone = timezone

@@ -25,10 +25,10 @@ from rich.console import Console
 
 from parcelo import progress
 from parcelo.cli import cli, exit_code_for, parse_labels
-from parcelo.client import Client
+from parcelo.client import OVERLAPS, Client
 from parcelo.errors import ConfigError, NotFound
 from parcelo.options import encode_params
-from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, schedules_pb2, types_pb2
 
 
 def _job(job_id: str = "j1", status: int = types_pb2.JOB_STATUS_RUNNING, done: int = 0) -> types_pb2.Job:
@@ -199,6 +199,14 @@ def test_schedule_create_rejects_bad_input_before_calling(args: list[str], messa
     result = CliRunner().invoke(cli, base + args)
     assert result.exit_code == 2
     assert result.stderr.strip().startswith(message)
+
+
+def test_overlap_names_mirror_the_proto_enum() -> None:
+    assert OVERLAPS == {
+        "skip": schedules_pb2.OVERLAP_SKIP,
+        "allow": schedules_pb2.OVERLAP_ALLOW,
+        "cancel-previous": schedules_pb2.OVERLAP_CANCEL_PREVIOUS,
+    }
 
 
 def test_schedule_create_takes_every_job_create_option_but_the_ids() -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import click
 from rich.table import Table
 
+from parcelo import defaults
 from parcelo.cli import (
     BadInput,
     _Obj,
@@ -72,7 +73,7 @@ def _table(schedules: list[schedules_pb2.Schedule]) -> Table:
             when,
             s.timezone or "UTC",
             _overlap_name(s.overlap),
-            str(s.catch_up if s.HasField("catch_up") else 1),
+            str(s.catch_up if s.HasField("catch_up") else defaults.SCHEDULE_CATCH_UP),
             "yes" if s.paused else "",
             format_time(s.last_fired_at, short=True),
             format_time(s.next_fire_at, short=True),
