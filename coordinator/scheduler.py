@@ -26,7 +26,7 @@ from collections import deque
 from collections.abc import Callable
 from enum import IntEnum
 
-QUANTUM = 16
+QUANTUM = 64
 """Leases one turn of a fairness key takes when other keys of its priority wait: small enough that
 shares hold over a window of a few dozen leases, large enough that a choice is rare per lease."""
 

@@ -16,7 +16,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from parcelo.coordinator.core import Core
 from parcelo.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from parcelo.coordinator.leases import Failure, Lease
-from parcelo.coordinator.scheduler import TokenBucket
+from parcelo.coordinator.scheduler import QUANTUM, TokenBucket
 from parcelo.coordinator.store import Store
 from parcelo.v1 import types_pb2
 from tests.test_core import commit, new_core, raw
@@ -54,8 +54,8 @@ def test_keys_share_by_weight_and_jobs_of_a_key_round_robin() -> None:
     job(core, "b", fairness_key="tenant-b")  # ...gets what a tenant with one job gets
     got = by_job(core.lease(["default"], 2000, 1.0))
     a = sum(n for name, n in got.items() if name.startswith("a"))
-    assert abs(a - got["b"]) <= 16 * 2  # within a quantum or two of an even split
-    assert all(abs(got[f"a{i}"] - a / 10) <= 16 for i in range(10))  # round robin inside the key
+    assert abs(a - got["b"]) <= QUANTUM * 2  # within a quantum or two of an even split
+    assert all(abs(got[f"a{i}"] - a / 10) <= QUANTUM for i in range(10))  # round robin inside the key
     core = new_core()
     job(core, "heavy", weight=3, fairness_key="x")
     job(core, "light", weight=1, fairness_key="y")
