@@ -65,6 +65,10 @@ class StoreFormatError(Exception):
     """Raised when a data dir was written in a format this coordinator cannot read."""
 
 
+class StoreInUseError(Exception):
+    """Raised when another process (a coordinator) holds the data dir's RocksDB lock."""
+
+
 @dataclass
 class Batch:
     """What one group commit writes, atomically."""
@@ -192,7 +196,17 @@ class Store:
         self._nosync = WriteOptions()
         self._wal_fds: dict[str, int] = {}
         self._wal_synced_from = ""
-        self._db = self._open()
+        try:
+            self._db = self._open()
+        except Exception as err:
+            # RocksDB's words for a lock held elsewhere: "While lock file: DIR/LOCK: Resource
+            # temporarily unavailable" (another process), "lock hold by current process" (this one).
+            if "/LOCK:" not in str(err):
+                raise
+            raise StoreInUseError(
+                f"data dir {self.path} is in use by another coordinator (RocksDB lock {self.path / 'LOCK'}); "
+                "stop that one first, or give another --data-dir"
+            ) from None
         self._check_format()
 
     def _open(self) -> Rdict:

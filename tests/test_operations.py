@@ -1,4 +1,4 @@
-"""Operations: online backup (SIGUSR1), offline backup, health service, metrics."""
+"""Operations: online backup (SIGUSR1), offline backup, one coordinator per data dir, health service, metrics."""
 
 from __future__ import annotations
 
@@ -61,3 +61,45 @@ def test_health_and_prometheus_metrics(
     text = wait_for(jobs_metric, 20, "metrics")
     assert 'status="pending"' in text
     assert coord.stop() == 0
+
+
+def test_a_second_coordinator_on_the_same_data_dir_exits_at_once_with_one_line(
+    coordinator: CoordinatorProcess,
+) -> None:
+    data_dir = coordinator.data_dir
+    coordinator.create_job(JobOptions(0, 100, max_range_size=10, job_id="mine"))
+    second = subprocess.run(
+        [
+            str(BIN / "parcelo-coordinator"),
+            "--data-dir",
+            str(data_dir),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert second.returncode == 1 and "Traceback" not in second.stderr
+    assert [line for line in second.stderr.splitlines() if line.startswith("error:")] == [
+        f"error: data dir {data_dir} is in use by another coordinator (RocksDB lock {data_dir / 'LOCK'}); "
+        "stop that one first, or give another --data-dir"
+    ]
+    assert second.stderr.strip().splitlines()[-1].startswith("error:")
+    # An offline backup of the same dir is refused too, and points at the online one.
+    offline = subprocess.run(
+        [
+            str(BIN / "parcelo-coordinator"),
+            "--data-dir",
+            str(data_dir),
+            "--backup-to",
+            str(data_dir) + "-copy",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert offline.returncode == 1 and "Traceback" not in offline.stderr
+    assert "SIGUSR1" in offline.stderr.strip().splitlines()[-1]
+    # The first one never noticed.
+    assert coordinator.get_job("mine").spec.max_range_size == 10
