@@ -42,6 +42,9 @@ SERVED = (
 )
 """Descriptors of every service the server serves: the token check has a rule for each of their RPCs."""
 
+QUIET = 0.1
+"""Seconds without a new result after which a stopping coordinator ends the Work streams."""
+
 GC_THRESHOLD = 100_000
 """Allocations between young-generation collections (Python's default is 700): see ``_tune_gc``."""
 
@@ -206,9 +209,8 @@ class Coordinator:
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
             JobServicer(self.core, self.views, self.store, self.committer, self.dispatcher), self.server
         )
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(
-            WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms), self.server
-        )
+        self.workers = WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms)
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(self.workers, self.server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         try:
             if self.certificates is not None:
@@ -274,8 +276,35 @@ class Coordinator:
         log.info("backup written to %s", dest)
         return dest
 
+    def stop_granting(self) -> None:
+        """Hand out no more leases: the first step of a shutdown, taken at once on SIGTERM.
+
+        Grants queued but not yet sent are taken back; results are still taken and answered.
+        """
+        self.dispatcher.stop()
+
+    async def _answer_results_in_hand(self) -> None:
+        """Wait until the results workers send have stopped coming and every one is written and its
+        answer queued, or the grace is over (a store that keeps failing, workers that keep sending).
+
+        Results sent just before SIGTERM may still be on their way, and results read while a
+        commit is being written join the next one: so the streams stay open until no result came
+        for :data:`QUIET` seconds after a commit. Once no lease is granted, workers run out of
+        results to send soon.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.grace
+        while loop.time() < deadline:
+            taken = self.workers.results_taken
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.committer.durable(), deadline - loop.time())
+            if self.workers.results_taken == taken:
+                await asyncio.sleep(max(0.0, min(QUIET, deadline - loop.time())))
+                if self.workers.results_taken == taken:
+                    return
+
     async def stop(self) -> None:
-        """Stop accepting, let in-flight calls finish, write everything, close the store.
+        """Stop granting and accepting calls, answer in-flight results, write everything, close the store.
 
         Work streams are ended once every answer owed to them is written and queued, so workers
         reconnect (to the next coordinator) at once rather than after the grace period. Calling
@@ -284,11 +313,11 @@ class Coordinator:
         if self._stopping:
             return
         self._stopping = True
+        self.stop_granting()
         for name in SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         stopping = asyncio.create_task(self.server.stop(self.config.grace))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.committer.durable(), self.config.grace)
+        await self._answer_results_in_hand()
         self.dispatcher.end_streams()
         await stopping
         for task in self._tasks[1:]:
@@ -309,8 +338,15 @@ async def serve(config: Config) -> None:
     await coordinator.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def shutdown() -> None:
+        # In the signal's own callback, not when the task awaiting ``stop`` next runs: a dispatch
+        # round scheduled in between would still grant leases.
+        coordinator.stop_granting()
+        stop.set()
+
     for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, shutdown)
     backups: set[asyncio.Task[Path]] = set()
 
     def backup() -> None:
@@ -321,6 +357,6 @@ async def serve(config: Config) -> None:
     loop.add_signal_handler(signal.SIGUSR1, backup)
     loop.add_signal_handler(signal.SIGHUP, coordinator.reload)
     await stop.wait()
-    log.info("stopping: finishing in-flight calls and writes")
+    log.info("stopping: granting no more leases; answering in-flight results, writing what is pending")
     await coordinator.stop()
     log.info("stopped")

@@ -222,6 +222,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._core = core
         self._committer = committer
         self._dispatcher = dispatcher
+        self.results_taken = 0
+        """Result messages (completions, failures) taken on Work streams so far; a shutdown ends the
+        streams once a commit went by without a new one, so every result in hand is answered."""
         self._welcome = worker_pb2.Welcome(coordinator_version=__version__)
         if heartbeat_ms:
             self._welcome.heartbeat_interval.FromMilliseconds(heartbeat_ms)
@@ -299,6 +302,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             reader.cancel()
 
     def _reply_when_durable(self, session: Session, response: worker_pb2.WorkResponse) -> None:
+        self.results_taken += 1
+
         def send(fut: asyncio.Future[None]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 # Not durable: end the stream so the worker reconnects and sends its results again.
