@@ -184,7 +184,7 @@ def _offline_backup(data_dir: Path, dest: Path) -> None:
     except StoreInUseError:
         click.echo(
             f"error: data dir {data_dir} is in use by a running coordinator: take an online backup "
-            "instead (send it SIGUSR1)",
+            "instead (parcelo admin backup --to DIR, or SIGUSR1)",
             err=True,
         )
         sys.exit(1)

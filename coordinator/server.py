@@ -15,6 +15,7 @@ from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 
 from parcelo import defaults
+from parcelo.coordinator.admin import AdminServicer, BackupInfo, Backups
 from parcelo.coordinator.auth import TokenAuth, load_tokens
 from parcelo.coordinator.changes import Changes
 from parcelo.coordinator.committer import Committer
@@ -28,16 +29,17 @@ from parcelo.coordinator.store import Store
 from parcelo.coordinator.telemetry import Telemetry
 from parcelo.coordinator.tls import ReloadableCredentials, ServerTLS
 from parcelo.coordinator.views import JobViews
-from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, worker_pb2, worker_pb2_grpc
+from parcelo.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("", "parcelo.v1.JobService", "parcelo.v1.WorkerService")
+SERVICES = ("", "parcelo.v1.JobService", "parcelo.v1.WorkerService", "parcelo.v1.AdminService")
 """Names the health service answers for: the server as a whole and each service."""
 
 SERVED = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
     worker_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
     health_pb2.DESCRIPTOR.services_by_name["Health"],
 )
 """Descriptors of every service the server serves: the token check has a rule for each of their RPCs."""
@@ -68,7 +70,7 @@ class Config:
 
     @property
     def backups(self) -> Path:
-        """Where SIGUSR1 writes online backups."""
+        """Where SIGUSR1 writes online backups (each in a new timestamped folder)."""
         return self.backup_dir or self.data_dir.with_name(self.data_dir.name + "-backups")
 
 
@@ -200,6 +202,7 @@ class Coordinator:
         )
         # Reserve the first block of fences before any lease can be handed out.
         self.committer.write_now()
+        self.backups = Backups(self.store, self.committer, cfg.backups)
         self.server = aio.server(
             # No tokens, no interceptor: an unauthenticated coordinator pays nothing per call.
             interceptors=[self.auth] if self.auth is not None else None,
@@ -211,6 +214,9 @@ class Coordinator:
         )
         self.workers = WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(self.workers, self.server)
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.backups, cfg.data_dir), self.server
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         try:
             if self.certificates is not None:
@@ -267,14 +273,10 @@ class Coordinator:
             self.dispatcher.poke()
             self.committer.kick()
 
-    async def backup(self) -> Path:
-        """A consistent online copy of the store (RocksDB checkpoint) in a new timestamped folder."""
-        await self.committer.durable()
-        dest = self.config.backups / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.get_running_loop().run_in_executor(None, self.store.backup, dest)
-        log.info("backup written to %s", dest)
-        return dest
+    async def backup(self) -> BackupInfo:
+        """A consistent online copy of the store in a new timestamped folder under the backup dir
+        (SIGUSR1; see :meth:`Backups.write`)."""
+        return await self.backups.write()
 
     def stop_granting(self) -> None:
         """Hand out no more leases: the first step of a shutdown, taken at once on SIGTERM.
@@ -347,14 +349,20 @@ async def serve(config: Config) -> None:
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, shutdown)
-    backups: set[asyncio.Task[Path]] = set()
+    backups: set[asyncio.Task[None]] = set()
 
-    def backup() -> None:
-        task = asyncio.create_task(coordinator.backup())
+    async def backup() -> None:
+        try:
+            await coordinator.backup()
+        except Exception as err:
+            log.error("backup failed: %s", err)
+
+    def start_backup() -> None:
+        task = asyncio.create_task(backup())
         backups.add(task)
         task.add_done_callback(backups.discard)
 
-    loop.add_signal_handler(signal.SIGUSR1, backup)
+    loop.add_signal_handler(signal.SIGUSR1, start_backup)
     loop.add_signal_handler(signal.SIGHUP, coordinator.reload)
     await stop.wait()
     log.info("stopping: granting no more leases; answering in-flight results, writing what is pending")

@@ -26,8 +26,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import struct
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -56,6 +57,10 @@ _U64 = struct.Struct(">Q")
 _SPAN = struct.Struct(">QQ")
 _MAX = (1 << 64) - 1
 _STATUSES = (None, *Status)
+_FLUSH_PROPERTIES = ("rocksdb.mem-table-flush-pending", "rocksdb.num-running-flushes")
+
+FLUSH_WAIT = 10.0
+"""Seconds a backup waits for its background flush before the checkpoint flushes what is left itself."""
 
 Op = tuple[bytes, bytes | None]
 """One write: (key, value) puts, (key, None) deletes."""
@@ -196,6 +201,9 @@ class Store:
         self._nosync = WriteOptions()
         self._wal_fds: dict[str, int] = {}
         self._wal_synced_from = ""
+        # Held by whatever closes or replaces the database (close, reopen) and by a backup, which
+        # runs in a thread of its own: a checkpoint must never read a database being closed.
+        self._lifecycle = threading.Lock()
         try:
             self._db = self._open()
         except Exception as err:
@@ -240,8 +248,9 @@ class Store:
             self.write(Batch(ops=[(FORMAT_KEY, _U32.pack(FORMAT_VERSION))]))
 
     def close(self) -> None:
-        self._close_wal_fds()
-        self._db.close()
+        with self._lifecycle:
+            self._close_wal_fds()
+            self._db.close()
 
     def _close_wal_fds(self) -> None:
         for fd in self._wal_fds.values():
@@ -254,11 +263,12 @@ class Store:
 
         Raises what opening raises (e.g. still no space); the caller retries later.
         """
-        self._close_wal_fds()
-        # Closing a database in error state reports that error again: nothing to learn from it.
-        with contextlib.suppress(Exception):
-            self._db.close()
-        self._db = self._open()
+        with self._lifecycle:
+            self._close_wal_fds()
+            # Closing a database in error state reports that error again: nothing to learn from it.
+            with contextlib.suppress(Exception):
+                self._db.close()
+            self._db = self._open()
 
     def encode(self, changes: Changes) -> Batch:
         """The keys and bytes of ``changes``, as one batch (cheap: run it where the changes are made)."""
@@ -403,9 +413,25 @@ class Store:
             it.next()
         return events
 
-    def backup(self, dest: Path | str) -> None:
-        """A consistent copy of the database in ``dest`` (a RocksDB checkpoint: hard links)."""
-        dest = Path(dest)
+    def backup(self, dest: Path) -> None:
+        """A consistent copy of the database in the new folder ``dest`` (a RocksDB checkpoint: hard
+        links where ``dest`` is on the same filesystem, copies elsewhere). Blocking: call it in a thread.
+
+        Raises:
+            FileExistsError: ``dest`` exists (nothing is overwritten).
+            OSError: Its parent folder is missing or not writable.
+            Exception: RocksDB's own error when the checkpoint fails (e.g. no space for its flush).
+        """
         if dest.exists():
-            shutil.rmtree(dest)
-        Checkpoint(self._db).create_checkpoint(str(dest))
+            raise FileExistsError(f"{dest} exists")
+        with self._lifecycle:
+            # A checkpoint flushes the memtable first, holding the GIL throughout (rocksdict), which
+            # stalls the event loop for as long as that write takes. Flushed in RocksDB's background
+            # thread beforehand, the checkpoint is left with next to nothing to flush itself.
+            self._db.flush(False)
+            deadline = time.monotonic() + FLUSH_WAIT
+            while time.monotonic() < deadline and any(
+                self._db.property_int_value(name) for name in _FLUSH_PROPERTIES
+            ):
+                time.sleep(0.005)
+            Checkpoint(self._db).create_checkpoint(str(dest))

@@ -17,9 +17,17 @@ from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parcelo.coordinator.server import Config, Coordinator
+from parcelo.coordinator.server import SERVICES, Config, Coordinator
 from parcelo.coordinator.store import Batch, Op, Store
-from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
+from parcelo.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    types_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 from tests.support import (
     Stream,
     async_test,
@@ -90,8 +98,15 @@ async def test_a_failed_write_is_retried_until_written_and_nothing_runs_ahead(tm
         assert now.status == types_pb2.JOB_STATUS_RUNNING and now.stats.range_processed == 1000
         listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest())
         assert [j.status for j in listed.jobs] == [types_pb2.JOB_STATUS_RUNNING]
-        for service in ("", "parcelo.v1.WorkerService", "parcelo.v1.JobService"):
+        for service in SERVICES:
             assert await health_status(channel, service) == health_pb2.HealthCheckResponse.NOT_SERVING
+        # A backup would not hold what is in memory, and its flush would fail: refused, saying why.
+        with pytest.raises(aio.AioRpcError) as refused:
+            await admin_pb2_grpc.AdminServiceStub(channel).Backup(
+                admin_pb2.BackupRequest(to_dir=str(tmp_path / "backup"))
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "the store cannot write now" in str(refused.value.details())
 
         store.full.clear()  # space is back: the coordinator goes on by itself
         answer = await asyncio.wait_for(finishing, WAIT)

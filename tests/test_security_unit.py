@@ -20,13 +20,13 @@ from parcelo.coordinator.listen import exposed, host_of, is_loopback
 from parcelo.coordinator.server import SERVED
 from parcelo.coordinator.tls import ServerTLS, certificate_configuration
 from parcelo.errors import ConfigError
-from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
+from parcelo.v1 import admin_pb2, jobs_pb2, types_pb2, worker_pb2
 from tests.certs import Pki
 
 
 def proto_services() -> Iterator[ServiceDescriptor]:
     """Every service of Parcelo's proto files, and the health service the coordinator serves."""
-    for module in (jobs_pb2, types_pb2, worker_pb2, health_pb2):
+    for module in (jobs_pb2, types_pb2, worker_pb2, admin_pb2, health_pb2):
         yield from module.DESCRIPTOR.services_by_name.values()
 
 
@@ -73,6 +73,7 @@ def test_readers_read_jobs_workers_work_and_only_admins_change_jobs() -> None:
     }
     assert all(roles == auth.ADMINS or roles == auth.READERS for roles in jobs.values())
     assert set(callers("parcelo.v1.WorkerService.").values()) == {auth.WORKERS}
+    assert set(callers("parcelo.v1.AdminService.").values()) == {auth.ADMINS}
     assert set(callers("grpc.health.v1.Health.").values()) == {None}
 
 
