@@ -80,17 +80,20 @@ def test_online_backups_over_the_api_and_the_cli_during_a_job_restore_it_consist
 ) -> None:
     coord = make_coordinator(tmp_path / "data", log_dir).start()
     total = 40_000
+    # 2,048 leaves; the first one's first attempt hangs, so the job runs until the test ends (its
+    # worker heartbeats it), however fast the rest goes.
     job = coord.create_job(
         JobOptions(
             0,
             total,
             max_range_size=20,
             lease_ttl=timedelta(seconds=2),
-            params={"sleep": 0.002},
+            params={"stall_start": 0},
             job_id="live",
         )
-    )  # 2,048 leaves
-    start_recording_workers(coord, procs, log_dir, tmp_path / "runs.log", "record", "--concurrency", "4", n=2)
+    )
+    run_log = tmp_path / "runs.log"
+    start_recording_workers(coord, procs, log_dir, run_log, "stall_first", "--concurrency", "4", n=2)
     wait_for(lambda: coord.get_job(job.id).stats.range_processed > 2_000, 30, "the job to be under way")
 
     with Client(coord.target) as client:
@@ -119,21 +122,22 @@ def test_online_backups_over_the_api_and_the_cli_during_a_job_restore_it_consist
     assert coord.proc is not None and coord.proc.alive()
 
     # A coordinator started from a backup (beside the running one) has the job as it was, holding
-    # everything acknowledged before the backup, and runs it to the end with exact stats.
+    # everything acknowledged before the backup, and runs it to the end with exact stats (the hung
+    # leaf's lease, restored live, expires there and runs again).
     for backup in (tmp_path / "api", tmp_path / "cli"):
         restored = make_coordinator(backup, log_dir).start()
         found = restored.get_job("live")
         assert found.status == types_pb2.JOB_STATUS_RUNNING
         assert seen <= found.stats.range_processed < total
         assert found.stats.done_nodes < found.stats.total_nodes
-        run_log = tmp_path / f"runs-{backup.name}.log"
-        start_recording_workers(restored, procs, log_dir, run_log, "record", "--concurrency", "8")
+        restored_log = tmp_path / f"runs-{backup.name}.log"
+        start_recording_workers(restored, procs, log_dir, restored_log, "stall_first", "--concurrency", "8")
         done = restored.wait_status("live", {types_pb2.JOB_STATUS_COMPLETED}, timeout=60)
         stats = done.stats
         assert (stats.range_processed, stats.active_leases, stats.error_nodes) == (total, 0, 0)
         assert stats.done_nodes == stats.total_nodes
         # It ran exactly the leaves the backup did not hold as done: its stats and nodes agree.
-        ran = {(s, e) for s, e, _ in runs(run_log)}
+        ran = {(s, e) for s, e, _ in runs(restored_log)}
         assert ran <= set(reference_leaves(0, total, 20))
         assert sum(e - s for s, e in ran) == total - found.stats.range_processed
         assert restored.stop() == 0
