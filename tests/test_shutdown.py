@@ -20,10 +20,9 @@ import pytest
 from grpc import aio
 
 from parcelo import JobOptions
-from parcelo.client import Client
 from parcelo.testing import CoordinatorProcess
 from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
-from tests.support import RawWorker, reference_leaves
+from tests.support import RawWorker, completed_leaves, reference_leaves
 
 pytestmark = pytest.mark.integration
 
@@ -150,7 +149,9 @@ async def drive(target: str, sigterm: Callable[[], None]) -> list[Pipelined]:
 def test_sigterm_grants_nothing_more_answers_results_in_flight_and_exits_0(
     make_coordinator: type[CoordinatorProcess], log_dir: Path, tmp_path: Path
 ) -> None:
-    coord = make_coordinator(tmp_path / "data", log_dir, extra=["--grace", "10"]).start()
+    coord = make_coordinator(
+        tmp_path / "data", log_dir, extra=["--grace", "10", "--event-retention", "100000"]
+    ).start()
     job = coord.create_job(
         JobOptions(0, LEAVES * WIDTH, max_range_size=WIDTH, lease_ttl=timedelta(seconds=120), job_id="term")
     )
@@ -195,12 +196,7 @@ def test_sigterm_grants_nothing_more_answers_results_in_flight_and_exits_0(
     raw.close()
     assert done.stats.range_processed == LEAVES * WIDTH and done.stats.done_nodes == done.stats.total_nodes
 
-    with Client(coord.target) as client:
-        completed = [
-            (event.range.start, event.range.end)
-            for event in client.watch(job.id, types=[types_pb2.EVENT_TYPE_NODE_COMPLETED], timeout=30)
-            if event.type == types_pb2.EVENT_TYPE_NODE_COMPLETED
-        ]
+    completed = completed_leaves(coord.target, job.id)
     assert sorted(completed) == reference_leaves(0, LEAVES * WIDTH, WIDTH)  # each leaf once
     assert max(Counter(completed).values()) == 1
     # The completions the first coordinator wrote come first in the log, and hold every one it answered.
