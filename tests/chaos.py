@@ -296,6 +296,7 @@ class LoadReport:
     quiet_latency_ms: tuple[float, float, float]
     first_grant_ms: tuple[float, float, float]
     peak_rss_mb: float
+    cpu: float
     backup_seconds: float
     regranted: int
 
@@ -311,7 +312,8 @@ class LoadReport:
             f"{quiet99:.1f} ms, max {quiet_worst:.0f} ms",
             f"  a stream's first grant (connecting with {self.streams // self.processes - 1} others): "
             f"p50 {first50:.0f} ms, p99 {first99:.0f} ms",
-            f"  coordinator peak RSS {self.peak_rss_mb:.0f} MB; online backup during the load: "
+            f"  coordinator peak RSS {self.peak_rss_mb:.0f} MB, CPU {self.cpu:.0%} of a core; online backup "
+            "during the load: "
             f"{self.backup_seconds:.2f} s",
             "  no lease lost (every leaf completed once) or doubled (no leaf held by two live streams)",
         ]
@@ -364,7 +366,14 @@ def _wait_ready(holder: Holder) -> None:
     wait_for(ready, 60, "a stream holder's streams to be welcomed", interval=0.05)
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU time a process has used so far (Linux /proc)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 def _rss_mb(pid: int, field_name: str) -> float:
+    """A memory figure of a process's /proc status in MB: VmRSS now, VmHWM its peak."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith(field_name + ":"):
             return int(line.split()[1]) / 1024
@@ -401,6 +410,7 @@ def load(work: Path, plan: LoadPlan, say: Say = _quiet) -> LoadReport:
             _wait_ready(holder)
         say(f"  {per_process * plan.processes:,} streams up")
         began = time.time()
+        cpu_before = _cpu_seconds(coord.proc.pid)
         backup_seconds = float("nan")
         kill_at = [began + plan.seconds * (i + 1) / (plan.kills + 1) for i in range(plan.kills)]
         backup_at = began + plan.seconds / 2
@@ -422,6 +432,7 @@ def load(work: Path, plan: LoadPlan, say: Say = _quiet) -> LoadReport:
                 say(f"  online backup written ({answer.bytes:,} bytes) in {backup_seconds:.2f} s")
             time.sleep(0.05)
         ended = time.time()
+        cpu = (_cpu_seconds(coord.proc.pid) - cpu_before) / (ended - began)
         # Finish the job quickly: the holders complete at once from now on.
         for holder in slots.values():
             os.kill(holder.proc.pid, signal.SIGUSR1)
@@ -442,6 +453,7 @@ def load(work: Path, plan: LoadPlan, say: Say = _quiet) -> LoadReport:
             quiet_latency_ms=_percentiles(tally.quiet_latencies),
             first_grant_ms=_percentiles(tally.first_latencies),
             peak_rss_mb=peak,
+            cpu=cpu,
             backup_seconds=backup_seconds,
             regranted=tally.regranted,
         )
