@@ -10,6 +10,7 @@ import click
 
 from parcelo import defaults
 from parcelo.cli_options import log_level_option, setup_logging
+from parcelo.coordinator.limits import DEFAULT_LIMITS, Limits
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
 
@@ -85,6 +86,34 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Seconds in-flight calls get to finish on SIGTERM.",
 )
 @click.option(
+    "--max-message-bytes",
+    type=click.IntRange(min=64 << 10),
+    default=DEFAULT_LIMITS.message_bytes,
+    show_default=True,
+    help="Largest gRPC message received or sent.",
+)
+@click.option(
+    "--max-params-bytes",
+    type=click.IntRange(min=2),
+    default=DEFAULT_LIMITS.params_bytes,
+    show_default=True,
+    help="Largest params_json of a job (bytes of UTF-8).",
+)
+@click.option(
+    "--max-leases-per-request",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIMITS.leases_per_request,
+    show_default=True,
+    help="Most leases one Lease asks for, fences one Complete or Fail names, credit one stream holds.",
+)
+@click.option(
+    "--max-streams-per-worker",
+    type=click.IntRange(min=1),
+    default=DEFAULT_LIMITS.streams_per_worker,
+    show_default=True,
+    help="Most Work streams open at once under one worker id.",
+)
+@click.option(
     "--max-result-bytes",
     type=click.IntRange(min=1),
     default=defaults.MAX_RESULT_BYTES,
@@ -118,6 +147,10 @@ def main(
     grace: float,
     backup_dir: Path | None,
     backup_to: Path | None,
+    max_message_bytes: int,
+    max_params_bytes: int,
+    max_leases_per_request: int,
+    max_streams_per_worker: int,
     max_result_bytes: int,
     log_level: str,
 ) -> None:
@@ -150,6 +183,7 @@ def main(
         grace=grace,
         backup_dir=backup_dir,
         max_result_bytes=max_result_bytes,
+        limits=Limits(max_message_bytes, max_params_bytes, max_leases_per_request, max_streams_per_worker),
         tls=ServerTLS(tls_cert, tls_key, tls_client_ca) if tls_cert and tls_key else None,
         auth_tokens=auth_tokens,
         insecure_listen_anywhere=insecure_listen_anywhere,

@@ -109,6 +109,22 @@ def job_from_stored(stored: StoredJob, now: float) -> tuple[JobState, list[Lease
     return job, leases
 
 
+def depth_within(root: Node, max_depth: int, budget: int) -> int:
+    """The largest depth up to ``max_depth`` whose materialised nodes, the root's level down to
+    it, number at most ``budget`` (at least the root's own depth)."""
+    level = [root]
+    depth = root.depth
+    count = 1
+    while depth < max_depth:
+        below = [child for node in level for child in (node.left, node.right) if child is not None]
+        count += len(below)
+        if not below or count > budget:
+            break
+        level = below
+        depth += 1
+    return depth
+
+
 def tree_to_proto(node: Node, max_depth: int, out: types_pb2.TreeNode) -> None:
     """Fill ``out`` with ``node`` and its materialised descendants down to ``max_depth``."""
     out.range.start = node.start

@@ -33,6 +33,7 @@ from parcelo.coordinator.leases import (
     Reject,
     Rejection,
 )
+from parcelo.coordinator.limits import DEFAULT_LIMITS, MAX_REASON_BYTES, Limits
 from parcelo.coordinator.results import Reduce, ResultError, conflict, parse, reduce_of
 from parcelo.coordinator.tree import Node, RangeTree, Status
 from parcelo.v1 import types_pb2
@@ -68,6 +69,7 @@ class Core:
         work_available: Called when leases may have become available (new job, resume, release,
             retry due, probe answered, expiry). Must be cheap: it is called on the hot path.
         max_result_bytes: Largest leaf result accepted, and largest job result a merge may grow to.
+        limits: The bounds of one request (the params of a job).
     """
 
     def __init__(
@@ -78,8 +80,10 @@ class Core:
         seed: int | None = None,
         work_available: Callable[[], None] = _nothing,
         max_result_bytes: int = defaults.MAX_RESULT_BYTES,
+        limits: Limits = DEFAULT_LIMITS,
     ):
         self.max_result_bytes = max_result_bytes
+        self.limits = limits
         self.jobs: dict[str, JobState] = {}
         self.leases = LeaseTable()
         self.fences = FenceAllocator(fence_limit)
@@ -104,7 +108,7 @@ class Core:
         Specs are compared after defaults are filled in, labels included and ``request_id``
         excluded; the same key with a different spec is :class:`AlreadyExists`.
         """
-        validate_spec(spec)
+        validate_spec(spec, max_params_bytes=self.limits.params_bytes)
         full = normalized(spec)
         for key, job_id in (("request_id", self._requests.get(spec.request_id)), ("job_id", spec.job_id)):
             existing = self.jobs.get(job_id) if job_id else None
@@ -176,7 +180,7 @@ class Core:
 
     def cancel(self, job_id: str, now: float, reason: str = "") -> JobState:
         job = self.get(job_id)
-        job.cancel(now, reason)
+        job.cancel(now, clip(reason, MAX_REASON_BYTES))
         self._revoke_all(job, Action.CANCEL, "the job was cancelled", now)
         self._ended(job, EventType.JOB_CANCELLED, now)
         return job
@@ -294,6 +298,13 @@ class Core:
         self._dirty_jobs.add(job.id)
         self._stats_changed.add(job.id)
 
+    def _not_held(self, fence: int, holder: str | None) -> Rejection | None:
+        """The rejection of a result for a live lease that ``holder`` does not hold (None: any)."""
+        lease = self.leases.get(fence)
+        if lease is None or holder is None or lease.holder == holder:
+            return None
+        return Rejection(fence, Reject.NOT_HOLDER, "the lease is held by another worker")
+
     def _take(self, fence: int, success: bool) -> tuple[JobState, Lease] | Rejection | None:
         """The live lease of a result, a rejection, or None: the same result was accepted before."""
         lease = self.leases.take(fence, success)
@@ -315,12 +326,18 @@ class Core:
         return job, lease
 
     def complete(
-        self, fences: Sequence[int], skipped: Iterable[int], now: float, results: Sequence[str] = ()
+        self,
+        fences: Sequence[int],
+        skipped: Iterable[int],
+        now: float,
+        results: Sequence[str] = (),
+        holder: str | None = None,
     ) -> tuple[list[int], list[Rejection]]:
         """Apply completions (and skips); returns (accepted fences, rejections).
 
         ``results``: empty, or the JSON result of each of ``fences`` ("" for none). A result the
         job cannot take fails its leaf for good, and its fence is rejected as INVALID_RESULT.
+        ``holder``: the worker reporting; a live lease another worker holds is NOT_HOLDER.
         """
         accepted: list[int] = []
         rejected: list[Rejection] = []
@@ -332,6 +349,10 @@ class Core:
             if fence in seen:
                 continue  # answered once per request
             seen.add(fence)
+            foreign = self._not_held(fence, holder)
+            if foreign is not None:
+                rejected.append(foreign)
+                continue
             value: object = None
             size = 0
             text = results[i] if results and not skip else ""
@@ -415,8 +436,13 @@ class Core:
         self._revoke_all(job, Action.CANCEL, f"the job failed: {reason}", now)
         self._ended(job, EventType.JOB_FAILED, now)
 
-    def fail(self, failures: Iterable[Failure], now: float) -> tuple[list[int], list[Rejection]]:
-        """Apply failed or released attempts; returns (accepted fences, rejections)."""
+    def fail(
+        self, failures: Iterable[Failure], now: float, holder: str | None = None
+    ) -> tuple[list[int], list[Rejection]]:
+        """Apply failed or released attempts; returns (accepted fences, rejections).
+
+        ``holder``: the worker reporting; a live lease another worker holds is NOT_HOLDER.
+        """
         accepted: list[int] = []
         rejected: list[Rejection] = []
         seen: set[int] = set()
@@ -424,6 +450,10 @@ class Core:
             if failure.fence in seen:
                 continue
             seen.add(failure.fence)
+            foreign = self._not_held(failure.fence, holder)
+            if foreign is not None:
+                rejected.append(foreign)
+                continue
             taken = self._take(failure.fence, False)
             if taken is None:
                 accepted.append(failure.fence)
@@ -447,6 +477,8 @@ class Core:
     def _fail_node(
         self, job: JobState, node: Node, message: str, retryable: bool, now: float, *, backoff: bool = True
     ) -> None:
+        # Kept with the leaf and in the event log: bounded, so one huge message cannot break replays.
+        message = clip(message, MAX_ERROR_BYTES)
         attempt = node.attempts
         retry_at = None
         if retryable and attempt < job.retry.max_attempts:
@@ -461,14 +493,23 @@ class Core:
             attempt=attempt,
             message=message,
         )
-        if job.tree.fail(node, clip(message, MAX_ERROR_BYTES), retry_at=retry_at):
+        if job.tree.fail(node, message, retry_at=retry_at):
             self._finish(job, now)
 
-    def heartbeat(self, beats: Iterable[Beat], now: float) -> list[tuple[int, Action, str]]:
-        """Extend leases and record checkpoints; one directive per heartbeat."""
+    def heartbeat(
+        self, beats: Iterable[Beat], now: float, holder: str | None = None
+    ) -> list[tuple[int, Action, str]]:
+        """Extend leases and record checkpoints; one directive per heartbeat.
+
+        ``holder``: the worker heartbeating; a lease another worker holds is neither extended
+        nor checkpointed (LOST: it is not this worker's).
+        """
         out: list[tuple[int, Action, str]] = []
         for beat in beats:
             lease = self.leases.get(beat.fence)
+            if lease is not None and holder is not None and lease.holder != holder:
+                out.append((beat.fence, Action.LOST, "the lease is held by another worker"))
+                continue
             if lease is None:
                 tomb = self.leases.tombstone(beat.fence)
                 if tomb is not None:

@@ -32,10 +32,16 @@ class Session:
     out: asyncio.Queue[worker_pb2.WorkResponse | None] = field(default_factory=asyncio.Queue)
     credits: int = 0
     sent_jobs: set[str] = field(default_factory=set)
+    # Whether the stream's hello came (and its worker id counts among the open streams).
+    said_hello: bool = False
 
 
 def _ignore(_: int) -> None:
     pass
+
+
+ROUND_BUDGET = 4_096
+"""Leases one dispatch round grants at most, so one loop turn stays short (a few milliseconds)."""
 
 
 def _take_unsent(session: Session) -> list[int]:
@@ -59,10 +65,17 @@ class Dispatcher:
     Args:
         core: Where leases come from.
         on_grant: Telemetry: leases granted per round.
+        max_credit: Most credit one stream holds (credit asked for beyond it is not kept).
     """
 
-    def __init__(self, core: Core, *, on_grant: Callable[[int], None] = _ignore) -> None:
+    def __init__(
+        self, core: Core, *, on_grant: Callable[[int], None] = _ignore, max_credit: int = 10_000
+    ) -> None:
         self._core = core
+        self._max_credit = max_credit
+        # Where the next round starts among the sessions: a round that stops at its budget goes on
+        # with the next session next time, so no stream waits behind the others for ever.
+        self._next = 0
         self._sessions: dict[int, Session] = {}
         self._scheduled = False
         # Whether a round could grant something: work may have appeared, or credit did.
@@ -109,8 +122,8 @@ class Dispatcher:
             self._core.unsent(unsent)
 
     def credit(self, session: Session, count: int) -> None:
-        """``session`` wants ``count`` more leases."""
-        session.credits += count
+        """``session`` wants ``count`` more leases (it holds at most ``max_credit`` at once)."""
+        session.credits = min(session.credits + count, self._max_credit)
         self._want = True
         self.poke()
 
@@ -141,19 +154,34 @@ class Dispatcher:
         granted = 0
         # Jobs whose leases could not be encoded this round: passed over until the next one.
         broken: set[str] = set()
-        for session in list(self._sessions.values()):
+        sessions = list(self._sessions.values())
+        first = self._next % len(sessions) if sessions else 0
+        budget = ROUND_BUDGET
+        for turn, session in enumerate(sessions[first:] + sessions[:first]):
+            if budget <= 0:
+                # One loop turn does a bounded amount of work: the next round, soon, goes on
+                # from this session.
+                self._next = first + turn
+                self._want = True
+                self.poke()
+                break
             if session.credits <= 0:
                 continue
             grant = worker_pb2.LeaseGrant()
-            while session.credits > len(grant.leases):
-                wanted = session.credits - len(grant.leases)
+            while session.credits > len(grant.leases) and len(grant.leases) < budget:
+                wanted = min(session.credits, budget) - len(grant.leases)
                 leases = core.lease(session.queues, wanted, now, session.worker_id, broken)
                 if not leases or not self._add(session, grant, leases, broken):
                     break
             if grant.leases:
                 session.credits -= len(grant.leases)
                 granted += len(grant.leases)
+                budget -= len(grant.leases)
                 session.out.put_nowait(worker_pb2.WorkResponse(grant=grant))
+        else:
+            if budget <= 0:
+                self._want = True
+                self.poke()
         # Grants need no prompt write (a lost grant only re-runs a leaf): the ticker's write takes them.
         if granted:
             self._on_grant(granted)

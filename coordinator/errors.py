@@ -7,7 +7,8 @@ and the one that stops it from starting.
     ├── InvalidArgument      -> INVALID_ARGUMENT
     ├── NotFound             -> NOT_FOUND
     ├── AlreadyExists        -> ALREADY_EXISTS
-    └── FailedPrecondition   -> FAILED_PRECONDITION
+    ├── FailedPrecondition   -> FAILED_PRECONDITION
+    └── ResourceExhausted    -> RESOURCE_EXHAUSTED
     StartupError             -> one ``error:`` line at start, exit 1
 """
 
@@ -36,6 +37,10 @@ class AlreadyExists(CoordinatorError):
 
 class FailedPrecondition(CoordinatorError):
     """Raised when the job's status forbids the operation (e.g. resume a completed job)."""
+
+
+class ResourceExhausted(CoordinatorError):
+    """Raised when a request goes past one of the coordinator's limits; the message names it."""
 
 
 class StartupError(Exception):

@@ -14,15 +14,17 @@ Every transition is a :class:`JobState` method that checks it is allowed
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
-from typing import TypeVar
+from typing import NamedTuple, TypeVar
 
 from parcelo import defaults
 from parcelo.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
+from parcelo.coordinator.limits import MAX_ID_BYTES, MAX_LABELS_BYTES, MAX_PARAMS_BYTES
 from parcelo.coordinator.tree import RangeTree
 from parcelo.v1 import types_pb2
 
@@ -31,7 +33,13 @@ T = TypeVar("T")
 MAX_U64 = (1 << 64) - 1
 JOB_ID_RE = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 QUEUE_RE = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
-MAX_PARAMS_BYTES = 1 << 20
+MAX_ATTEMPTS = 10_000
+"""Most attempts a retry policy may allow."""
+MAX_MULTIPLIER = 1_000.0
+"""Largest backoff multiplier (a larger one reaches ``max_backoff`` at the second retry anyway)."""
+MAX_TIMESTAMP_SECONDS = 253_402_300_799
+"""9999-12-31T23:59:59Z: the last second google.protobuf.Timestamp may hold."""
+MIN_LEAF_TIMEOUT_MS = 1
 MAX_DURATION_MS = (1 << 31) - 1
 """Longest lease TTL or leaf timeout (about 24.8 days): what a worker's timer holds in common
 runtimes (JavaScript's ``setTimeout`` fires at once beyond it)."""
@@ -43,7 +51,8 @@ def find(jobs: Mapping[str, T], job_id: str) -> T:
         raise InvalidArgument("job_id", "is required")
     job = jobs.get(job_id)
     if job is None:
-        raise NotFound(f"job '{job_id}' not found")
+        # Echoed clipped: an id longer than any valid one says nothing more.
+        raise NotFound(f"job '{job_id[:MAX_ID_BYTES]}' not found")
     return job
 
 
@@ -74,7 +83,11 @@ class RetryPolicy:
 
     def delay(self, attempt: int, rng: random.Random) -> float:
         """Seconds to wait after failed attempt number ``attempt`` (1-based)."""
-        base = min(self.max_backoff, self.initial_backoff * self.multiplier ** max(0, attempt - 1))
+        try:
+            grown = self.initial_backoff * self.multiplier ** max(0, attempt - 1)
+        except OverflowError:
+            grown = math.inf  # past any max_backoff
+        base = min(self.max_backoff, grown)
         if self.jitter:
             base *= 1 + self.jitter * (2 * rng.random() - 1)
         return max(0.0, base)
@@ -84,12 +97,37 @@ def _seconds(duration: object) -> float:
     return duration.seconds + duration.nanos / 1e9  # type: ignore[attr-defined,no-any-return]
 
 
-def validate_spec(spec: types_pb2.JobSpec) -> None:
-    """Raise :class:`InvalidArgument` naming the first bad field of ``spec``."""
+def utf8_size(text: str) -> int:
+    """Bytes of ``text`` in UTF-8 (sizes are bounded in bytes, not characters)."""
+    return len(text) if text.isascii() else len(text.encode(errors="surrogatepass"))
+
+
+def _no_constant(name: str) -> object:
+    raise ValueError(f"{name} is not a JSON number")
+
+
+def _check_duration(name: str, value: object, *, at_most_ms: int = MAX_DURATION_MS) -> None:
+    seconds, nanos = value.seconds, value.nanos  # type: ignore[attr-defined]
+    if seconds < 0 or nanos < 0:
+        raise InvalidArgument(name, "must not be negative")
+    if nanos > 999_999_999:
+        raise InvalidArgument(name, "nanos must be at most 999,999,999")
+    if seconds * 1000 + nanos // 1_000_000 > at_most_ms:
+        raise InvalidArgument(name, f"must be at most {at_most_ms} ms (about 24.8 days)")
+
+
+def validate_spec(spec: types_pb2.JobSpec, *, max_params_bytes: int = MAX_PARAMS_BYTES) -> None:
+    """Raise :class:`InvalidArgument` naming the first bad field of ``spec``.
+
+    Every number is bounded, so nothing computed from a job later (a retry delay, a deadline)
+    can overflow.
+    """
     if spec.job_id and not JOB_ID_RE.match(spec.job_id):
         raise InvalidArgument("job_id", "must be 1-128 characters of letters, digits, '.', '_' or '-'")
     if spec.queue and not QUEUE_RE.match(spec.queue):
         raise InvalidArgument("queue", "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'")
+    if utf8_size(spec.request_id) > MAX_ID_BYTES:
+        raise InvalidArgument("request_id", f"must be at most {MAX_ID_BYTES} bytes")
     if not spec.HasField("range"):
         raise InvalidArgument("range", "is required")
     if spec.range.start >= spec.range.end:
@@ -99,32 +137,49 @@ def validate_spec(spec: types_pb2.JobSpec) -> None:
     if spec.max_range_size == 0:
         raise InvalidArgument("max_range_size", "must be greater than 0")
     if spec.params_json:
-        if len(spec.params_json) > MAX_PARAMS_BYTES:
-            raise InvalidArgument("params_json", f"is larger than {MAX_PARAMS_BYTES} bytes")
+        size = utf8_size(spec.params_json)
+        if size > max_params_bytes:
+            raise InvalidArgument(
+                "params_json",
+                f"is {size} bytes, over the coordinator's --max-params-bytes ({max_params_bytes})",
+            )
         try:
-            json.loads(spec.params_json)
+            json.loads(spec.params_json, parse_constant=_no_constant)
+        except RecursionError:
+            raise InvalidArgument("params_json", "is nested too deeply") from None
         except ValueError as err:
             raise InvalidArgument("params_json", f"is not valid JSON: {err}") from None
     for name in ("lease_ttl", "leaf_timeout"):
         if spec.HasField(name):
-            value = getattr(spec, name)
-            if value.seconds < 0 or value.nanos < 0:
-                raise InvalidArgument(name, "must not be negative")
-            if value.ToMilliseconds() > MAX_DURATION_MS:
-                raise InvalidArgument(name, f"must be at most {MAX_DURATION_MS} ms (about 24.8 days)")
+            _check_duration(name, getattr(spec, name))
     if spec.HasField("lease_ttl") and _seconds(spec.lease_ttl) < defaults.MIN_LEASE_TTL.total_seconds():
         raise InvalidArgument("lease_ttl", f"must be at least {defaults.MIN_LEASE_TTL.total_seconds()} s")
+    if spec.HasField("leaf_timeout") and spec.leaf_timeout.ToMilliseconds() < MIN_LEAF_TIMEOUT_MS:
+        # Below a millisecond it could not be sent as a timer to any worker; unset means no limit.
+        raise InvalidArgument("leaf_timeout", f"must be at least {MIN_LEAF_TIMEOUT_MS} ms (unset: no limit)")
     retry = spec.retry
-    if retry.backoff_multiplier < 0 or (0 < retry.backoff_multiplier < 1):
-        raise InvalidArgument("retry.backoff_multiplier", "must be 0 (default) or at least 1")
+    if retry.max_attempts > MAX_ATTEMPTS:
+        raise InvalidArgument("retry.max_attempts", f"must be at most {MAX_ATTEMPTS}")
+    multiplier = retry.backoff_multiplier
+    if not math.isfinite(multiplier) or multiplier < 0 or 0 < multiplier < 1 or multiplier > MAX_MULTIPLIER:
+        raise InvalidArgument(
+            "retry.backoff_multiplier", f"must be 0 (default) or between 1 and {MAX_MULTIPLIER:g}"
+        )
     if not 0 <= retry.jitter <= 1:
         raise InvalidArgument("retry.jitter", "must be between 0 and 1")
-    for name, value in (("initial_backoff", retry.initial_backoff), ("max_backoff", retry.max_backoff)):
-        if _seconds(value) < 0:
-            raise InvalidArgument(f"retry.{name}", "must not be negative")
-    for key in spec.labels:
+    for name in ("initial_backoff", "max_backoff"):
+        _check_duration(f"retry.{name}", getattr(retry, name))
+    if spec.HasField("deadline"):
+        deadline = spec.deadline
+        if not 0 <= deadline.seconds <= MAX_TIMESTAMP_SECONDS or not 0 <= deadline.nanos <= 999_999_999:
+            raise InvalidArgument("deadline", "must be between 1970-01-01 and 9999-12-31 (UTC)")
+    size = 0
+    for key, value in spec.labels.items():
         if not key:
             raise InvalidArgument("labels", "keys must not be empty")
+        size += utf8_size(key) + utf8_size(value)
+    if size > MAX_LABELS_BYTES:
+        raise InvalidArgument("labels", f"are {size} bytes, over {MAX_LABELS_BYTES}")
     if spec.reduce not in types_pb2.Reduce.values():
         raise InvalidArgument("reduce", f"{spec.reduce} is not a Reduce value")
 
@@ -280,3 +335,31 @@ class JobState:
         self.reason = ""
         self._set(JobStatus.RUNNING, now)
         return True
+
+
+class QueueDepth(NamedTuple):
+    """The work of one queue: leaves waiting to be leased, and leaf leases held by workers."""
+
+    pending: int
+    running: int
+
+
+def queue_depths(jobs: Iterable[JobState], leaf_leases: Mapping[str, int]) -> dict[str, QueueDepth]:
+    """Per queue of the given jobs: leaves waiting in its runnable jobs, and its live leaf leases.
+
+    ``leaf_leases`` is live leaf leases by job id. Waiting leaves count only in pending and
+    running jobs (a paused job hands out nothing); leases count whatever the job's status,
+    since their holders are busy. A queue whose jobs are all idle is there with zeros, so a
+    scaler sees its depth fall to 0 rather than a series vanish. O(frontier nodes): for metrics
+    scrapes, never the hot path.
+    """
+    depths: dict[str, QueueDepth] = {}
+    for job in jobs:
+        pending = job.tree.pending_leaves() if job.status in LEASABLE else 0
+        running = leaf_leases.get(job.id, 0)
+        was = depths.get(job.queue)
+        if was is not None:
+            pending += was.pending
+            running += was.running
+        depths[job.queue] = QueueDepth(pending, running)
+    return depths

@@ -58,6 +58,7 @@ class Reject(IntEnum):
     STALE_FENCE = 1
     JOB_GONE = 2
     INVALID_RESULT = 3
+    NOT_HOLDER = 4
 
 
 class Rejection(NamedTuple):
@@ -201,6 +202,14 @@ class LeaseTable:
     def count(self, job_id: str) -> int:
         """Live leases of one job."""
         return self._per_job.get(job_id, 0)
+
+    def leaf_counts(self) -> dict[str, int]:
+        """Live leaf leases (probes left out) per job id, for metrics: O(live leases), per call."""
+        counts: dict[str, int] = {}
+        for lease in self._live.values():
+            if lease.kind is LeaseKind.LEAF:
+                counts[lease.job_id] = counts.get(lease.job_id, 0) + 1
+        return counts
 
     def grant(
         self,

@@ -23,6 +23,7 @@ from parcelo.coordinator.core import Core
 from parcelo.coordinator.dispatcher import Dispatcher
 from parcelo.coordinator.errors import StartupError
 from parcelo.coordinator.events import MEMORY_WINDOW
+from parcelo.coordinator.limits import DEFAULT_LIMITS, Limits
 from parcelo.coordinator.listen import exposed
 from parcelo.coordinator.service import JobServicer, WorkerServicer
 from parcelo.coordinator.store import Store
@@ -64,6 +65,7 @@ class Config:
     grace: float = 10.0
     backup_dir: Path | None = None
     max_result_bytes: int = defaults.MAX_RESULT_BYTES
+    limits: Limits = DEFAULT_LIMITS
     tls: ServerTLS | None = None
     auth_tokens: Path | None = None
     insecure_listen_anywhere: bool = False
@@ -178,9 +180,12 @@ class Coordinator:
             event_retention=cfg.event_retention,
             work_available=lambda: self.dispatcher.work_available(),
             max_result_bytes=cfg.max_result_bytes,
+            limits=cfg.limits,
         )
         self.telemetry = Telemetry(self.core, cfg.metrics_port)
-        self.dispatcher = Dispatcher(self.core, on_grant=self.telemetry.on_grant)
+        self.dispatcher = Dispatcher(
+            self.core, on_grant=self.telemetry.on_grant, max_credit=cfg.limits.leases_per_request
+        )
         # A bulk load of long-lived objects (every frontier node and live lease): the cyclic
         # collector would rescan the growing heap again and again while it runs, for nothing.
         gc.disable()
@@ -206,13 +211,17 @@ class Coordinator:
         self.server = aio.server(
             # No tokens, no interceptor: an unauthenticated coordinator pays nothing per call.
             interceptors=[self.auth] if self.auth is not None else None,
-            options=[("grpc.so_reuseport", 0), ("grpc.max_receive_message_length", 16 << 20)],
+            options=[
+                ("grpc.so_reuseport", 0),
+                ("grpc.max_receive_message_length", cfg.limits.message_bytes),
+                ("grpc.max_send_message_length", cfg.limits.message_bytes),
+            ],
         )
         heartbeat_ms = cfg.heartbeat_interval_ms or 0
         jobs_pb2_grpc.add_JobServiceServicer_to_server(
             JobServicer(self.core, self.views, self.store, self.committer, self.dispatcher), self.server
         )
-        self.workers = WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms)
+        self.workers = WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms, cfg.limits)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(self.workers, self.server)
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.backups, cfg.data_dir), self.server

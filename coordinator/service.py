@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from functools import wraps
 from typing import Any, TypeVar
 
@@ -19,13 +19,22 @@ from grpc import aio
 
 from parcelo import __version__
 from parcelo.coordinator import errors
-from parcelo.coordinator.codec import tree_to_proto
+from parcelo.coordinator.codec import depth_within, tree_to_proto
 from parcelo.coordinator.committer import Committer
 from parcelo.coordinator.core import Core
 from parcelo.coordinator.dispatcher import Dispatcher, Session
 from parcelo.coordinator.events import Event, EventType
-from parcelo.coordinator.jobs import FINISHED, JobState, JobStatus
+from parcelo.coordinator.jobs import FINISHED, QUEUE_RE, JobState, JobStatus
 from parcelo.coordinator.leases import Beat, Failure, Rejection
+from parcelo.coordinator.limits import (
+    DEFAULT_LIMITS,
+    MAX_DETAILS_BYTES,
+    MAX_QUEUED_ANSWERS,
+    MAX_QUEUES_PER_WORKER,
+    MAX_TREE_NODES,
+    MAX_WATCH_PAGE,
+    Limits,
+)
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.views import JobViews
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
@@ -37,6 +46,7 @@ STATUS_OF: dict[type[errors.CoordinatorError], grpc.StatusCode] = {
     errors.NotFound: grpc.StatusCode.NOT_FOUND,
     errors.AlreadyExists: grpc.StatusCode.ALREADY_EXISTS,
     errors.FailedPrecondition: grpc.StatusCode.FAILED_PRECONDITION,
+    errors.ResourceExhausted: grpc.StatusCode.RESOURCE_EXHAUSTED,
 }
 """The one table from core errors to gRPC status codes."""
 
@@ -74,6 +84,30 @@ def rpc(method: F) -> F:
             )
 
     return wrapper  # type: ignore[return-value]
+
+
+def _holder(worker_id: str, context: Any) -> str:
+    """Who sends a unary worker call: its ``worker_id``, else its peer address (as the unary Lease)."""
+    return worker_id[:MAX_WORKER_ID] or str(context.peer())
+
+
+def _queues(names: Sequence[str], field: str) -> tuple[str, ...]:
+    """The queues a worker names (``default`` when none), checked."""
+    if len(names) > MAX_QUEUES_PER_WORKER:
+        raise errors.InvalidArgument(field, f"names {len(names)} queues, at most {MAX_QUEUES_PER_WORKER}")
+    for name in names:
+        if not QUEUE_RE.match(name):
+            raise errors.InvalidArgument(
+                field, "each must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+            )
+    return tuple(names) or ("default",)
+
+
+def _details(details: bytes) -> bytes:
+    """Checkpoint details, refused past MAX_DETAILS_BYTES (cut, they would mean nothing)."""
+    if len(details) > MAX_DETAILS_BYTES:
+        raise errors.InvalidArgument("details", f"is {len(details)} bytes, at most {MAX_DETAILS_BYTES}")
+    return details
 
 
 def _rejections(items: list[Rejection], out: Any) -> None:
@@ -148,9 +182,10 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         job = self._core.get(request.job_id)
         if request.max_depth > 64:
             raise errors.InvalidArgument("max_depth", "must be at most 64")
-        # The nodes are the live tree (they may run ahead of the job record by one commit).
+        # The nodes are the live tree (they may run ahead of the job record by one commit), to the
+        # depth that keeps the answer within MAX_TREE_NODES nodes.
         out = jobs_pb2.GetJobTreeResponse(job=record)
-        tree_to_proto(job.tree.root, request.max_depth, out.root)
+        tree_to_proto(job.tree.root, depth_within(job.tree.root, request.max_depth, MAX_TREE_NODES), out.root)
         return out
 
     async def WatchJob(
@@ -165,7 +200,12 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
         except errors.CoordinatorError as err:
             await context.abort(STATUS_OF[type(err)], str(err))
             return
-        types = {EventType(t) for t in request.types if t in EventType._value2member_map_}
+        unknown = [t for t in request.types if t not in EventType._value2member_map_]
+        if unknown:
+            # Dropped silently, a filter of only unknown types would become "every event".
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"types: {unknown[0]} is not an EventType")
+            return
+        types = {EventType(t) for t in request.types}
         live: asyncio.Queue[Event | None] = asyncio.Queue()
 
         def listen(event: Event) -> None:
@@ -179,12 +219,19 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
             last = request.after_seq
             backlog, covered = self._core.events.recent(job.id, last)
             if not covered:
-                # Older events are on disk only; make sure everything before the window is written.
+                # Older events are on disk only; make sure everything before the window is written,
+                # then read them a page at a time (bounded memory, whatever the retention).
                 await self._committer.durable()
                 first = backlog[0].seq if backlog else self._core.events.durable_seq(job.id) + 1
                 loop = asyncio.get_running_loop()
-                older = await loop.run_in_executor(None, self._store.read_events, job.id, last, first - 1)
-                backlog = older + backlog
+                while last < first - 1:
+                    page = await loop.run_in_executor(
+                        None, self._store.read_events, job.id, last, first - 1, MAX_WATCH_PAGE
+                    )
+                    for event in page:
+                        if not types or event.type in types:
+                            yield event.to_proto()
+                    last = page[-1].seq if len(page) == MAX_WATCH_PAGE else first - 1
             for event in backlog:
                 last = event.seq
                 if not types or event.type in types:
@@ -218,48 +265,63 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     """The worker API: the Work stream and its unary forms."""
 
-    def __init__(self, core: Core, committer: Committer, dispatcher: Dispatcher, heartbeat_ms: int) -> None:
+    def __init__(
+        self,
+        core: Core,
+        committer: Committer,
+        dispatcher: Dispatcher,
+        heartbeat_ms: int,
+        limits: Limits = DEFAULT_LIMITS,
+    ) -> None:
         self._core = core
         self._committer = committer
         self._dispatcher = dispatcher
+        self._limits = limits
+        # Work streams open per worker id (--max-streams-per-worker).
+        self._streams: dict[str, int] = {}
         self.results_taken = 0
-        """Result messages (completions, failures) taken on Work streams so far; a shutdown ends the
-        streams once a commit went by without a new one, so every result in hand is answered."""
+        """Result messages (completions, failures) taken on Work streams so far: a shutdown ends the
+        streams once none has come for a moment, so every result in hand is answered."""
         self._welcome = worker_pb2.Welcome(coordinator_version=__version__)
         if heartbeat_ms:
             self._welcome.heartbeat_interval.FromMilliseconds(heartbeat_ms)
 
     # -- shared by stream and unary -------------------------------------------------------------
 
-    def _heartbeat(self, request: worker_pb2.HeartbeatRequest) -> worker_pb2.HeartbeatResponse:
+    def _heartbeat(self, request: worker_pb2.HeartbeatRequest, holder: str) -> worker_pb2.HeartbeatResponse:
+        self._limits.check_count("leases", len(request.leases))
         beats = [
             Beat(
                 fence=h.fence,
                 cursor=h.cursor if h.HasField("cursor") else None,
-                details=h.details,
+                details=_details(h.details),
                 message=h.message,
             )
             for h in request.leases
         ]
         out = worker_pb2.HeartbeatResponse()
-        for fence, action, reason in self._core.heartbeat(beats, time.time()):
+        for fence, action, reason in self._core.heartbeat(beats, time.time(), holder):
             out.directives.add(fence=fence, action=int(action), reason=reason)
         return out
 
-    def _complete(self, request: worker_pb2.CompleteRequest) -> worker_pb2.CompleteResponse:
+    def _complete(self, request: worker_pb2.CompleteRequest, holder: str) -> worker_pb2.CompleteResponse:
+        self._limits.check_count("fences and skipped", len(request.fences) + len(request.skipped))
         results = request.results_json
         if results and len(results) != len(request.fences):
             raise errors.InvalidArgument(
                 "results_json",
                 f"has {len(results)} entries for {len(request.fences)} fences: give one per fence, or none",
             )
-        accepted, rejected = self._core.complete(request.fences, request.skipped, time.time(), results)
+        accepted, rejected = self._core.complete(
+            request.fences, request.skipped, time.time(), results, holder
+        )
         out = worker_pb2.CompleteResponse(accepted=accepted, request_id=request.request_id)
         _rejections(rejected, out.rejected)
         self._dispatcher.poke()
         return out
 
-    def _fail(self, request: worker_pb2.FailRequest) -> worker_pb2.FailResponse:
+    def _fail(self, request: worker_pb2.FailRequest, holder: str) -> worker_pb2.FailResponse:
+        self._limits.check_count("failures", len(request.failures))
         failures = [
             Failure(
                 fence=f.fence,
@@ -267,11 +329,11 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 message=f.message,
                 released=f.released,
                 cursor=f.cursor if f.HasField("cursor") else None,
-                details=f.details,
+                details=_details(f.details),
             )
             for f in request.failures
         ]
-        accepted, rejected = self._core.fail(failures, time.time())
+        accepted, rejected = self._core.fail(failures, time.time(), holder)
         out = worker_pb2.FailResponse(accepted=accepted, request_id=request.request_id)
         _rejections(rejected, out.rejected)
         self._dispatcher.poke()
@@ -300,6 +362,22 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         finally:
             self._dispatcher.remove(session)
             reader.cancel()
+            if session.said_hello:
+                self._stream_ended(session.worker_id)
+
+    def _stream_started(self, worker_id: str) -> None:
+        open_now = self._streams.get(worker_id, 0)
+        if open_now >= self._limits.streams_per_worker:
+            raise errors.ResourceExhausted(
+                f"worker {worker_id[:64]!r} has {open_now} Work streams open, the coordinator's "
+                f"--max-streams-per-worker ({self._limits.streams_per_worker})"
+            )
+        self._streams[worker_id] = open_now + 1
+
+    def _stream_ended(self, worker_id: str) -> None:
+        left = self._streams.pop(worker_id, 1) - 1
+        if left:
+            self._streams[worker_id] = left
 
     def _reply_when_durable(self, session: Session, response: worker_pb2.WorkResponse) -> None:
         self.results_taken += 1
@@ -314,25 +392,31 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._committer.durable().add_done_callback(send)
 
     async def _read(self, requests: AsyncIterator[worker_pb2.WorkRequest], session: Session) -> None:
-        hello_seen = False
         async for request in requests:
+            if session.out.qsize() > MAX_QUEUED_ANSWERS:
+                # Answers pile up only when the worker does not read them: do not hold more.
+                log.warning("worker %s does not read its answers: ending its stream", session.worker_id)
+                raise errors.ResourceExhausted(
+                    f"more than {MAX_QUEUED_ANSWERS} answers wait to be read on this stream: read them"
+                )
             kind = request.WhichOneof("msg")
             if kind == "hello":
-                if hello_seen:
+                if session.said_hello:
                     raise errors.InvalidArgument("hello", "a Work stream sends hello once, first")
                 hello = request.hello
                 session.worker_id = hello.worker_id[:MAX_WORKER_ID] or session.worker_id
-                session.queues = tuple(hello.queues) or ("default",)
-                hello_seen = True
+                session.queues = _queues(hello.queues, "hello.queues")
+                self._stream_started(session.worker_id)
+                session.said_hello = True
                 log.info(
                     "worker %s connected (%s; queues %s)",
                     session.worker_id,
-                    hello.sdk or "sdk not named",
+                    hello.sdk[:MAX_WORKER_ID] or "sdk not named",
                     ",".join(session.queues),
                 )
                 self._dispatcher.add(session)
                 session.out.put_nowait(worker_pb2.WorkResponse(welcome=self._welcome))
-            elif not hello_seen:
+            elif not session.said_hello:
                 raise errors.InvalidArgument("hello", "the first message of a Work stream must be hello")
             elif kind == "lease":
                 lease = request.lease
@@ -343,15 +427,17 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 elif not lease.count:
                     raise errors.InvalidArgument("lease.count", "must be greater than 0")
                 else:
+                    self._limits.check_count("lease.count", lease.count)
                     self._dispatcher.credit(session, lease.count)
             elif kind == "heartbeat":
-                session.out.put_nowait(worker_pb2.WorkResponse(heartbeat=self._heartbeat(request.heartbeat)))
+                beat = self._heartbeat(request.heartbeat, session.worker_id)
+                session.out.put_nowait(worker_pb2.WorkResponse(heartbeat=beat))
             elif kind == "complete":
-                self._reply_when_durable(
-                    session, worker_pb2.WorkResponse(complete=self._complete(request.complete))
-                )
+                done = self._complete(request.complete, session.worker_id)
+                self._reply_when_durable(session, worker_pb2.WorkResponse(complete=done))
             elif kind == "fail":
-                self._reply_when_durable(session, worker_pb2.WorkResponse(fail=self._fail(request.fail)))
+                failed = self._fail(request.fail, session.worker_id)
+                self._reply_when_durable(session, worker_pb2.WorkResponse(fail=failed))
         # Half-closed: nothing more comes from this worker. Grant it nothing more, then end the
         # stream once the answers it is owed are written and queued (they resolve in order).
         self._dispatcher.close(session)
@@ -363,9 +449,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def Lease(self, request: worker_pb2.LeaseRequest, context: Any) -> worker_pb2.LeaseGrant:
         if request.count == 0:
             raise errors.InvalidArgument("count", "must be greater than 0")
+        self._limits.check_count("count", request.count)
         session = Session(
-            worker_id=request.worker_id[:MAX_WORKER_ID] or context.peer(),
-            queues=tuple(request.queues) or ("default",),
+            worker_id=_holder(request.worker_id, context), queues=_queues(request.queues, "queues")
         )
         self._dispatcher.add(session)
         self._dispatcher.credit(session, request.count)
@@ -389,18 +475,18 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     async def Heartbeat(
         self, request: worker_pb2.HeartbeatRequest, context: Any
     ) -> worker_pb2.HeartbeatResponse:
-        return self._heartbeat(request)
+        return self._heartbeat(request, _holder(request.worker_id, context))
 
     @rpc
     async def Complete(
         self, request: worker_pb2.CompleteRequest, context: Any
     ) -> worker_pb2.CompleteResponse:
-        out = self._complete(request)
+        out = self._complete(request, _holder(request.worker_id, context))
         await self._committer.durable()
         return out
 
     @rpc
     async def Fail(self, request: worker_pb2.FailRequest, context: Any) -> worker_pb2.FailResponse:
-        out = self._fail(request)
+        out = self._fail(request, _holder(request.worker_id, context))
         await self._committer.durable()
         return out

@@ -392,8 +392,9 @@ class Store:
             jobs.append(stored)
         return jobs
 
-    def read_events(self, job_id: str, after_seq: int, upto_seq: int) -> list[Event]:
-        """Stored events with ``after_seq < seq <= upto_seq``, in order."""
+    def read_events(self, job_id: str, after_seq: int, upto_seq: int, limit: int = 0) -> list[Event]:
+        """Stored events with ``after_seq < seq <= upto_seq``, in order; the first ``limit`` of them
+        when ``limit`` is set."""
         prefix = event_prefix(job_id)
         it = self._db.iter()
         # The segment holding after_seq + 1 starts at or before it.
@@ -410,6 +411,8 @@ class Store:
                     return events
                 if event.seq > after_seq:
                     events.append(event)
+                    if len(events) == limit:
+                        return events
             it.next()
         return events
 

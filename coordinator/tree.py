@@ -40,6 +40,33 @@ def split_point(start: int, end: int) -> int:
     return start + (end - start) // 2
 
 
+def leaf_count(width: int, max_range_size: int) -> int:
+    """How many leaves a node ``width`` ids wide becomes under the split rule (1 if it is a leaf).
+
+    The halves of a width ``w`` are ``w // 2`` and ``w - w // 2``, so the nodes of one level have
+    at most two widths, ``low`` and ``low + 1``: the count is exact in one step per level (at
+    most 64), not one per leaf, so a scrape can count a job of 2^40 leaves.
+    """
+    low, n_low, n_high = width, 1, 0
+    leaves = 0
+    while n_low or n_high:
+        if low + 1 <= max_range_size:
+            return leaves + n_low + n_high
+        if low <= max_range_size:
+            # Only the wider nodes of this level split further.
+            leaves += n_low
+            n_low = 0
+        half = low // 2
+        if low % 2 == 0:
+            # low = 2h splits into h and h; low + 1 = 2h + 1 into h and h + 1.
+            n_low, n_high = 2 * n_low + n_high, n_high
+        else:
+            # low = 2h + 1 splits into h and h + 1; low + 1 = 2h + 2 into h + 1 and h + 1.
+            n_low, n_high = n_low, n_low + 2 * n_high
+        low = half
+    return leaves
+
+
 class Node:
     """One node of the range tree; a leaf when ``end - start <= max_range_size``.
 
@@ -206,6 +233,28 @@ class RangeTree:
         self._mark(node)
 
     # -- handing out work -----------------------------------------------------------------------
+
+    def pending_leaves(self) -> int:
+        """Leaves waiting to be leased, a pending node counted as the leaves it will split into.
+
+        Every pending node sits in exactly one of the pending heap, the retry heap (backoff) or
+        ``_held``; entries of nodes no longer pending are skipped. O(pending nodes), the
+        frontier: for metrics read every few seconds, never for the hot path.
+        """
+        size = self.max_range_size
+        total = 0
+        held = self._held
+        if held is not None and held.status is Status.PENDING:
+            total += leaf_count(held.width, size)
+        for entry in self._heap:
+            node = entry[3]
+            if node.status is Status.PENDING:
+                total += leaf_count(node.end - node.start, size)
+        for delayed in self._delayed:
+            node = delayed[2]
+            if node.status is Status.PENDING:
+                total += leaf_count(node.end - node.start, size)
+        return total
 
     def has_work(self, now: float) -> bool:
         """Whether :meth:`next_work` would return a node now."""

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Sequence
 from parcelo import defaults
 from parcelo.coordinator.errors import InvalidArgument
 from parcelo.coordinator.jobs import find
+from parcelo.coordinator.limits import MAX_LIST_BYTES
 from parcelo.v1 import types_pb2
 
 
@@ -45,7 +46,11 @@ class JobViews:
     def list(
         self, *, statuses: Sequence[int], queue: str, page_size: int, page_token: str
     ) -> tuple[list[types_pb2.Job], str]:
-        """A page of jobs, newest first, and the token of the next page ("" on the last)."""
+        """A page of jobs, newest first, and the token of the next page ("" on the last).
+
+        A page holds at most ``page_size`` jobs and, past its first job, at most
+        ``MAX_LIST_BYTES`` of them, so it fits a client's default 4 MiB message limit.
+        """
         if page_size > defaults.MAX_LIST_PAGE_SIZE:
             raise InvalidArgument("page_size", f"must be at most {defaults.MAX_LIST_PAGE_SIZE}")
         size = page_size or defaults.LIST_PAGE_SIZE
@@ -67,9 +72,14 @@ class JobViews:
             key=_order,
             reverse=True,
         )
-        more = len(page) > size
-        page = page[:size]
-        if not more:
-            return page, ""
-        created, last_id = _order(page[-1])
-        return page, f"{created}:{last_id}"
+        taken: list[types_pb2.Job] = []
+        total = 0
+        for job in page[:size]:
+            total += job.ByteSize()
+            if taken and total > MAX_LIST_BYTES:
+                break
+            taken.append(job)
+        if len(taken) == len(page):
+            return taken, ""
+        created, last_id = _order(taken[-1])
+        return taken, f"{created}:{last_id}"

@@ -146,7 +146,9 @@ class Witness:
                     leases = {lease.fence: (lease.start, lease.end) for lease in grant.leases}
                     self.leased.update(leases.values())
                     if leases:
-                        answer = stub.Complete(worker_pb2.CompleteRequest(fences=list(leases)), timeout=5)
+                        answer = stub.Complete(
+                            worker_pb2.CompleteRequest(fences=list(leases), worker_id="witness"), timeout=5
+                        )
                         self.acked.update((leases[fence], fence) for fence in answer.accepted)
                         if answer.accepted:
                             self._answered.set()

@@ -43,31 +43,41 @@ async def test_a_result_sent_again_is_accepted_again_even_after_a_restart(tmp_pa
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
         await jobs.CreateJob(jobs_pb2.CreateJobRequest(spec=raw_spec(400, 100, job_id="again")))
-        grant = await workers.Lease(worker_pb2.LeaseRequest(count=3, wait=Duration(seconds=2)))
+        grant = await workers.Lease(worker_pb2.LeaseRequest(count=3, worker_id="w", wait=Duration(seconds=2)))
         a, b, c = (lease.fence for lease in grant.leases)
-        assert list((await workers.Complete(worker_pb2.CompleteRequest(fences=[a]))).accepted) == [a]
+        assert list(
+            (await workers.Complete(worker_pb2.CompleteRequest(worker_id="w", fences=[a]))).accepted
+        ) == [a]
         failure = worker_pb2.Failure(fence=b, message="flaky")
-        assert list((await workers.Fail(worker_pb2.FailRequest(failures=[failure]))).accepted) == [b]
+        assert list(
+            (await workers.Fail(worker_pb2.FailRequest(worker_id="w", failures=[failure]))).accepted
+        ) == [b]
         before = (await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="again"))).stats
     # A new coordinator on the same data dir: what was accepted is still known.
     async with inprocess_coordinator(data, port=port) as coord, loopback_channel(coord.port) as channel:
         jobs = jobs_pb2_grpc.JobServiceStub(channel)
         workers = worker_pb2_grpc.WorkerServiceStub(channel)
-        again = await workers.Complete(worker_pb2.CompleteRequest(fences=[a], request_id=11))
+        again = await workers.Complete(worker_pb2.CompleteRequest(worker_id="w", fences=[a], request_id=11))
         assert list(again.accepted) == [a] and not again.rejected and again.request_id == 11
-        resent = await workers.Fail(worker_pb2.FailRequest(failures=[failure], request_id=12))
+        resent = await workers.Fail(worker_pb2.FailRequest(worker_id="w", failures=[failure], request_id=12))
         assert list(resent.accepted) == [b] and resent.request_id == 12
         # A different result for a lease whose failure counted did not count.
-        other = await workers.Complete(worker_pb2.CompleteRequest(fences=[b]))
+        other = await workers.Complete(worker_pb2.CompleteRequest(worker_id="w", fences=[b]))
         assert [(r.fence, r.reason) for r in other.rejected] == [(b, STALE)]
         assert "a failure of this lease was accepted before" in other.rejected[0].message
         # Nothing was counted twice; the lease still live from before the restart completes as usual.
         assert (await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="again"))).stats.failed_attempts == 1
-        assert list((await workers.Complete(worker_pb2.CompleteRequest(fences=[c]))).accepted) == [c]
+        # The worker named by the lease completes it, after the restart too (its peer address
+        # changed): results are accepted from the lease's holder only.
+        foreign = await workers.Complete(worker_pb2.CompleteRequest(worker_id="other", fences=[c]))
+        assert [(r.fence, r.reason) for r in foreign.rejected] == [(c, worker_pb2.REJECT_REASON_NOT_HOLDER)]
+        assert list(
+            (await workers.Complete(worker_pb2.CompleteRequest(worker_id="w", fences=[c]))).accepted
+        ) == [c]
         after = (await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="again"))).stats
         assert after.range_processed == before.range_processed + 100
         # A fence never granted is stale.
-        never = await workers.Complete(worker_pb2.CompleteRequest(fences=[10**12]))
+        never = await workers.Complete(worker_pb2.CompleteRequest(worker_id="w", fences=[10**12]))
         assert [(r.fence, r.reason) for r in never.rejected] == [(10**12, STALE)]
 
 

@@ -13,7 +13,7 @@ from parcelo import JobOptions, RetryPolicy
 from parcelo.coordinator.core import Core
 from parcelo.coordinator.errors import AlreadyExists, FailedPrecondition, InvalidArgument, NotFound
 from parcelo.coordinator.events import MEMORY_WINDOW, EventType
-from parcelo.coordinator.jobs import JobStatus
+from parcelo.coordinator.jobs import JobStatus, QueueDepth, queue_depths
 from parcelo.coordinator.leases import Action, Beat, Failure, Reject
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.tree import Node
@@ -175,6 +175,30 @@ def test_pause_with_release_asks_workers_to_give_leases_back() -> None:
     core.resume(job.id, 2)
     _, again = lease_one(core, 2)
     assert again is node and again.attempts == 1
+
+
+def test_queue_depths_count_waiting_leaves_of_runnable_jobs_and_leaf_leases() -> None:
+    core = new_core()
+
+    def depths() -> dict[str, QueueDepth]:
+        return queue_depths(core.jobs.values(), core.leases.leaf_counts())
+
+    a, _ = core.create_job(spec(end=1000, size=100), 0)  # 16 leaves (1000 -> 500 -> 250 -> 125 -> 62/63)
+    b, _ = core.create_job(spec(end=300, size=100, queue="gpu"), 0)  # 4 leaves: 150 -> 75/75
+    c, _ = core.create_job(spec(end=500, size=100, queue="gpu"), 0)  # 8 leaves: ... 125 -> 62/63
+    core.pause(c.id, 0)
+    assert depths() == {"default": QueueDepth(16, 0), "gpu": QueueDepth(4, 0)}
+    first = core.lease(["default"], 3, 1)
+    core.complete([first[0].fence], [], 1)
+    assert depths() == {"default": QueueDepth(13, 2), "gpu": QueueDepth(4, 0)}
+    # A paused job's leases still count (their holders are busy); its waiting leaves do not.
+    core.resume(c.id, 2)
+    [held] = core.lease(["gpu"], 1, 2)
+    assert held.job_id == b.id  # the older of two equal priorities
+    core.pause(b.id, 3)
+    assert depths()["gpu"] == QueueDepth(8, 1)
+    core.cancel(a.id, 4)
+    assert depths()["default"] == QueueDepth(0, 0)  # still listed, at zero
 
 
 def test_state_survives_a_round_trip_through_rocksdb(tmp_path: Path) -> None:

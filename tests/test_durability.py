@@ -82,7 +82,7 @@ async def test_a_failed_write_is_retried_until_written_and_nothing_runs_ahead(tm
         )
         fences = [lease.fence for lease in grant.leases]
         assert len(fences) == 32  # 2000 ids split in halves down to 62/63 wide: 32 leaves
-        first = await workers.Complete(worker_pb2.CompleteRequest(fences=fences[:16]))
+        first = await workers.Complete(worker_pb2.CompleteRequest(worker_id="w1", fences=fences[:16]))
         assert list(first.accepted) == fences[:16]
         watch = jobs.WatchJob(
             jobs_pb2.WatchJobRequest(job_id=job.id, types=[types_pb2.EVENT_TYPE_JOB_COMPLETED])
@@ -90,7 +90,9 @@ async def test_a_failed_write_is_retried_until_written_and_nothing_runs_ahead(tm
 
         store.full.set()
         # The completion that finishes the job is applied in memory, but not acknowledged...
-        finishing = asyncio.ensure_future(workers.Complete(worker_pb2.CompleteRequest(fences=fences[16:])))
+        finishing = asyncio.ensure_future(
+            workers.Complete(worker_pb2.CompleteRequest(worker_id="w1", fences=fences[16:]))
+        )
         await eventually(lambda: store.refused > 1, "the committer to retry the failed batch")
         assert not finishing.done()
         # ...nor shown: readers see what is on disk, and health says not serving.

@@ -193,15 +193,18 @@ async def test_unary_complete_and_fail(data_dir: Path) -> None:
         assert list(done.accepted) == [a.fence]
         assert [(r.fence, r.reason) for r in done.rejected] == [(never, worker_pb2.REJECT_REASON_STALE_FENCE)]
         # Sent again (as after a lost answer), twice in one request: accepted once, nothing counted twice.
-        again = await workers.Complete(worker_pb2.CompleteRequest(fences=[a.fence, a.fence], request_id=7))
+        again = await workers.Complete(
+            worker_pb2.CompleteRequest(worker_id="unary", fences=[a.fence, a.fence], request_id=7)
+        )
         assert list(again.accepted) == [a.fence] and not again.rejected and again.request_id == 7
 
         failed = await workers.Fail(
             worker_pb2.FailRequest(
+                worker_id="unary",
                 failures=[
                     worker_pb2.Failure(fence=b.fence, message="flaky"),
                     worker_pb2.Failure(fence=c.fence, permanent=True, message="corrupt"),
-                ]
+                ],
             )
         )
         assert list(failed.accepted) == [b.fence, c.fence] and not failed.rejected
@@ -228,15 +231,19 @@ async def test_unary_complete_and_fail(data_dir: Path) -> None:
         (b2,) = retried.leases
         assert (b2.start, b2.end, b2.attempt) == (b.start, b.end, 2) and b2.fence != b.fence
         # A completion under the failed attempt's fence did not count: stale.
-        stale = await workers.Complete(worker_pb2.CompleteRequest(fences=[b.fence]))
+        stale = await workers.Complete(worker_pb2.CompleteRequest(worker_id="unary", fences=[b.fence]))
         assert [(r.fence, r.reason) for r in stale.rejected] == [
             (b.fence, worker_pb2.REJECT_REASON_STALE_FENCE)
         ]
         # The same failure sent again is accepted again and counts no second attempt (see below).
-        resent = await workers.Fail(worker_pb2.FailRequest(failures=[worker_pb2.Failure(fence=b.fence)]))
+        resent = await workers.Fail(
+            worker_pb2.FailRequest(worker_id="unary", failures=[worker_pb2.Failure(fence=b.fence)])
+        )
         assert list(resent.accepted) == [b.fence] and not resent.rejected
 
-        last = await workers.Complete(worker_pb2.CompleteRequest(fences=[b2.fence, d.fence]))
+        last = await workers.Complete(
+            worker_pb2.CompleteRequest(worker_id="unary", fences=[b2.fence, d.fence])
+        )
         assert list(last.accepted) == [b2.fence, d.fence] and not last.rejected
         end = await get_job(jobs, job.id)
         assert end.status == types_pb2.JOB_STATUS_FAILED and "corrupt" in end.reason

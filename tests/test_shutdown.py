@@ -183,15 +183,19 @@ def test_sigterm_grants_nothing_more_answers_results_in_flight_and_exits_0(
     coord.start()
     on_disk = coord.get_job(job.id).stats.range_processed
     assert len(acknowledged) * WIDTH <= on_disk
+    # Each stream's completions sent again under its worker id (results count only from a lease's
+    # holder): on disk, accepted again; lost with an unanswered message, the lease came back live.
+    for stream in streams:
+        kept = [fence for fence in stream.ranges if fence not in released]
+        again = RawWorker(coord.channel, stream.name)
+        answer = again.complete(kept) if kept else worker_pb2.CompleteResponse()
+        again.close()
+        assert sorted(answer.accepted) == sorted(kept) and not answer.rejected, (stream.name, answer)
+    # Then the given-back leaves, leased anew.
     raw = RawWorker(coord.channel, "finisher")
-    # Completions sent again (on disk: accepted again; lost with an unanswered message: the lease
-    # came back live), then the given-back leaves, leased anew.
-    kept = [fence for fence in ranges if fence not in released]
-    answer = raw.complete(kept)
-    assert sorted(answer.accepted) == sorted(kept) and not answer.rejected
-    again = raw.lease(len(released))
-    assert sorted((lease.start, lease.end) for lease in again) == sorted(ranges[f] for f in released)
-    raw.complete([lease.fence for lease in again])
+    leased = raw.lease(len(released))
+    assert sorted((lease.start, lease.end) for lease in leased) == sorted(ranges[f] for f in released)
+    raw.complete([lease.fence for lease in leased])
     done = coord.wait_status(job.id, {types_pb2.JOB_STATUS_COMPLETED}, timeout=30)
     raw.close()
     assert done.stats.range_processed == LEAVES * WIDTH and done.stats.done_nodes == done.stats.total_nodes

@@ -11,7 +11,7 @@ from parcelo.coordinator.codec import StoredLease
 from parcelo.coordinator.events import STAT_FIELDS
 from parcelo.coordinator.leases import Lease
 from parcelo.coordinator.store import decode_node, encode_node
-from parcelo.coordinator.tree import Node, RangeTree, Status, split_point
+from parcelo.coordinator.tree import Node, RangeTree, Status, leaf_count, split_point
 from tests.support import reference_leaves
 
 
@@ -230,3 +230,78 @@ def test_restore_at_any_point_rebuilds_implied_nodes(width: int, max_size: int, 
         back.complete(node)
     assert back.root.status is Status.DONE and back.range_processed == width
     check_counters(back)
+
+
+def walked_pending_leaves(tree: RangeTree) -> int:
+    """Pending leaves counted the slow, obvious way: every materialised pending node."""
+    return sum(leaf_count(n.width, tree.max_range_size) for n in tree.walk() if n.status is Status.PENDING)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=1, max_value=100_000), st.integers(min_value=1, max_value=5_000))
+def test_leaf_count_is_the_number_of_leaves_of_the_split_rule(width: int, max_size: int) -> None:
+    assert leaf_count(width, max_size) == len(reference_leaves(0, width, max_size))
+
+
+def test_leaf_count_of_huge_ranges_without_enumerating_them() -> None:
+    assert leaf_count(1 << 62, 1 << 42) == 1 << 20
+    assert leaf_count((1 << 64) - 1, 1) == (1 << 64) - 1
+    assert leaf_count(10**15, 10**15) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(min_value=1, max_value=3000),
+    st.integers(min_value=1, max_value=200),
+    st.integers(min_value=0, max_value=2**32),
+)
+def test_pending_leaves_follows_leases_completions_failures_and_releases(
+    width: int, max_size: int, seed: int
+) -> None:
+    # A seeded generator rather than st.randoms(): a run takes hundreds of draws.
+    rnd = random.Random(seed)
+    tree = RangeTree(0, width, max_size)
+    total = len(reference_leaves(0, width, max_size))
+    assert tree.pending_leaves() == total
+    held: list[Node] = []
+    done = 0
+    now = 0.0
+    while not tree.finished:
+        held += lease_all(tree, now, limit=rnd.randint(0, 5))
+        rnd.shuffle(held)
+        for node in held[: rnd.randint(0, len(held))]:
+            roll = rnd.random()
+            if roll < 0.6:
+                tree.complete(node)
+                done += 1
+            elif roll < 0.8:
+                tree.release(node)
+            else:
+                tree.fail(node, "flaky", retry_at=now + rnd.choice([0.0, 1.0]))
+        held = [n for n in held if n.status is Status.RUNNING]
+        # Backoff (retry_at in the future) still counts as waiting: it is leased again later.
+        assert tree.pending_leaves() == walked_pending_leaves(tree) == total - done - len(held)
+        now += 0.5
+    assert tree.pending_leaves() == 0 and tree.finished
+
+
+def test_pending_leaves_after_restore() -> None:
+    tree = RangeTree(0, 10_000, 100)
+    leased = lease_all(tree, limit=10)
+    for node in leased[:5]:
+        tree.complete(node)
+    dirty, _ = tree.take_changes()
+    back = restore(tree, [(n.start, n.end, encode_node(n)) for n in dirty])
+    # 128 leaves: 5 done, 5 still leased, the rest waiting (most of them inside unsplit nodes).
+    assert back.pending_leaves() == walked_pending_leaves(back) == 128 - 10
+
+
+def test_pending_leaves_of_a_pruned_job_count_an_unprobed_node_as_all_its_leaves() -> None:
+    tree = RangeTree(0, 1000, 10, pruning=True)
+    assert tree.pending_leaves() == len(reference_leaves(0, 1000, 10)) == 128
+    probe = tree.next_work(0)
+    assert probe is not None
+    lease(tree, probe, 1)
+    assert tree.pending_leaves() == 0  # held by a probe, not waiting
+    tree.complete(probe)  # "process it": split on the next lease, its halves probed in turn
+    assert tree.pending_leaves() == 128

@@ -1,8 +1,8 @@
 """``parcelo``: the admin CLI of a Parcelo coordinator.
 
-Exit codes: 0 success; 1 the coordinator answered with an error or could not be reached, or the
-job waited on failed or was cancelled; 2 bad command line (click's usage errors and local checks);
-3 ``job wait`` timed out.
+Exit codes: 0 success; 1 the coordinator answered with an error or could not be reached, the
+job waited on failed or was cancelled, or ``health`` found it not serving; 2 bad command line
+(click's usage errors and local checks); 3 ``job wait`` timed out.
 """
 
 from __future__ import annotations
@@ -175,8 +175,8 @@ def cli(
 ) -> None:
     """Administer the jobs of a Parcelo coordinator, and the coordinator itself.
 
-    Exit codes: 0 ok; 1 coordinator error, unreachable coordinator, or (wait/watch) job failed or
-    cancelled; 2 bad command line; 3 wait timed out.
+    Exit codes: 0 ok; 1 coordinator error, unreachable coordinator, (wait/watch) job failed or
+    cancelled, or (health) not serving; 2 bad command line; 3 wait timed out.
     """
     ctx.obj = _Obj(target, tls_from_flags(tls_ca, tls_cert, tls_key), token)
 
@@ -593,6 +593,31 @@ def events(obj: _Obj, job_id: str, follow: bool, after: int, as_json: bool) -> N
                 echo_json(to_dict(event), compact=True)
             else:
                 click.echo(progress.event_line(event))
+
+
+@cli.command("health")
+@click.option("--service", default="", show_default=True, help='Service name to check ("": the server).')
+@click.option(
+    "--timeout",
+    type=PositiveSeconds,
+    default=5.0,
+    show_default=True,
+    metavar="SECONDS",
+    help="Give up after.",
+)
+@pass_obj
+def health(obj: _Obj, service: str, timeout: float) -> None:
+    """Check the coordinator's gRPC health service (for container health checks and scripts).
+
+    Prints the status; exits 0 when it is SERVING, 1 otherwise (NOT_SERVING, unknown service,
+    unreachable coordinator).
+    """
+    with obj.client() as client:
+        status = client.health(service, timeout=timeout)
+    name = f"service {service!r}" if service else "coordinator"
+    if status != "SERVING":
+        raise CliError(f"{name} at {obj.target} is {status}")
+    click.echo(f"{name} at {obj.target} is SERVING")
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -28,6 +28,7 @@ from types import TracebackType
 from typing import Any, TypeAlias
 
 import grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from parcelo import defaults
 from parcelo.channel import TLS, open_channel, token_metadata
@@ -243,6 +244,17 @@ class Client:
         request = jobs_pb2.RetryFailedRequest(job_id=job_id)
         job: types_pb2.Job = self._call(self._stub.RetryFailed, request)
         return job
+
+    def health(self, service: str = "", timeout: float | None = None) -> str:
+        """The coordinator's standard ``grpc.health.v1`` status for ``service`` (``""``: the server).
+
+        Returns the status name (``"SERVING"``, ``"NOT_SERVING"``, ...); a service the
+        coordinator does not know raises :class:`parcelo.errors.NotFound`.
+        """
+        stub = health_pb2_grpc.HealthStub(self._channel)
+        request = health_pb2.HealthCheckRequest(service=service)
+        answer = self._call(stub.Check, request, timeout)
+        return str(health_pb2.HealthCheckResponse.ServingStatus.Name(answer.status))
 
     def get_tree(self, job_id: str, max_depth: int = 0) -> jobs_pb2.GetJobTreeResponse:
         """Return a snapshot of the job's range tree down to ``max_depth`` (root is depth 0)."""

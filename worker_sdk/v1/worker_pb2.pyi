@@ -119,6 +119,10 @@ class _RejectReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_RejectRe
     the attempt counted as a permanent failure of the leaf, with the reason
     as its error.
     """
+    REJECT_REASON_NOT_HOLDER: _RejectReason.ValueType  # 4
+    """The lease is live but held by another worker (a different worker_id):
+    the result did not count. Heartbeats for it answer LOST.
+    """
 
 class RejectReason(_RejectReason, metaclass=_RejectReasonEnumTypeWrapper): ...
 
@@ -136,6 +140,10 @@ REJECT_REASON_INVALID_RESULT: RejectReason.ValueType  # 3
 """The completion's result was refused (see CompleteRequest.results_json):
 the attempt counted as a permanent failure of the leaf, with the reason
 as its error.
+"""
+REJECT_REASON_NOT_HOLDER: RejectReason.ValueType  # 4
+"""The lease is live but held by another worker (a different worker_id):
+the result did not count. Heartbeats for it answer LOST.
 """
 Global___RejectReason: _TypeAlias = RejectReason  # noqa: Y015
 
@@ -233,7 +241,9 @@ class Hello(_message.Message):
     worker_id: _builtins.str
     """Name of the worker process (host:pid by default), recorded as the holder
     of every lease this stream gets and shown in GetJobTree and the
-    coordinator's log. Empty: the peer address.
+    coordinator's log. Results and heartbeats for a lease are accepted only
+    from its holder (see REJECT_REASON_NOT_HOLDER), so keep it the same when
+    you reconnect. Empty: the peer address, which changes on reconnect.
     """
     sdk: _builtins.str
     """Worker SDK name and version (e.g. "parcelo-node/0.1.0"), logged when the
@@ -505,7 +515,10 @@ class HeartbeatRequest(_message.Message):
     LEASES_FIELD_NUMBER: _builtins.int
     WORKER_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
-    """Informative only: never checked against the lease's holder."""
+    """Unary calls: who sends it, checked against each lease's holder (the
+    worker_id of the unary Lease that got it; empty: the peer address). On a
+    Work stream this is ignored: the holder is the stream's Hello.worker_id.
+    """
     @_builtins.property
     def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeaseHeartbeat]: ...
     def __init__(
@@ -583,7 +596,10 @@ class CompleteRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESULTS_JSON_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
-    """Informative only: never checked against the lease's holder."""
+    """Unary calls: who sends it, checked against each lease's holder (the
+    worker_id of the unary Lease that got it; empty: the peer address). On a
+    Work stream this is ignored: the holder is the stream's Hello.worker_id.
+    """
     request_id: _builtins.int
     """Echoed in the answer, so a worker can match answers to requests (answers
     on a stream come in the order their writes finish, which is request order).
@@ -738,7 +754,10 @@ class FailRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
-    """Informative only: never checked against the lease's holder."""
+    """Unary calls: who sends it, checked against each lease's holder (the
+    worker_id of the unary Lease that got it; empty: the peer address). On a
+    Work stream this is ignored: the holder is the stream's Hello.worker_id.
+    """
     request_id: _builtins.int
     """Echoed in the answer."""
     @_builtins.property
