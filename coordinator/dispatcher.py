@@ -82,6 +82,7 @@ class Dispatcher:
         self._work = True
         self._want = False
         self._stopped = False
+        self._held = False
         self._ended = False
         self._on_grant = on_grant
 
@@ -132,6 +133,14 @@ class Dispatcher:
         self._work = True
         self.poke()
 
+    def hold(self, held: bool) -> None:
+        """Grant nothing while ``held`` (the store cannot write: a lease granted now could not be
+        recorded, and workers running ahead would only pile up results nobody can acknowledge);
+        go on as soon as it is released."""
+        self._held = held
+        if not held:
+            self.credit_changed()
+
     def credit_changed(self) -> None:
         """Something that limited the last round (fences running out) is gone: try again."""
         self._want = True
@@ -145,7 +154,7 @@ class Dispatcher:
 
     def _round(self) -> None:
         self._scheduled = False
-        if self._stopped or not (self._work or self._want):
+        if self._stopped or self._held or not (self._work or self._want):
             return
         self._work = False
         self._want = False

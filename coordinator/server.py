@@ -258,7 +258,8 @@ class Coordinator:
             self.dispatcher.credit_changed()
 
     def _set_healthy(self, healthy: bool) -> None:
-        """Health checks say SERVING only while the store takes writes (so nothing is acknowledged)."""
+        """Health checks say SERVING, and leases are granted, only while the store takes writes."""
+        self.dispatcher.hold(not healthy)
         status = (
             health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
         )

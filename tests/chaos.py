@@ -579,19 +579,21 @@ def disk_full(fs: Path, work: Path, *, leaves: int = 2048, width: int = 100, say
             # 1. The disk fills: writes fail, nothing more is acknowledged or shown, health says so.
             filler = fill(fs)
             wait_for(lambda: health(coord) == health_pb2.HealthCheckResponse.NOT_SERVING, 30, "NOT_SERVING")
-            frozen, acked = processed(coord, job.id), len(witness.acked)
+            frozen, acked, leased = processed(coord, job.id), len(witness.acked), len(witness.leased)
             assert 0 < frozen < total
-            # The workers and the witness go on running leaves and sending their results all along:
-            # none is shown, none is acknowledged (the witness's completions wait unanswered).
+            # The workers and the witness go on sending the results of the leaves they hold: none is
+            # shown, none is acknowledged (the witness's completions wait unanswered), and no lease
+            # is granted (it could not be recorded).
             watching = time.monotonic() + 1
             while time.monotonic() < watching:
                 assert processed(coord, job.id) == frozen, "progress was shown while the store failed"
                 assert len(witness.acked) == acked, "a completion was acknowledged while the store failed"
+                assert len(witness.leased) == leased, "a lease was granted while the store failed"
                 time.sleep(0.05)
             assert coord.proc is not None
             assert coord.proc.output().count("store write failed") == 1, "the cause is logged once"
             say(
-                f"  disk full at {frozen:,} ids: NOT_SERVING, nothing shown or acknowledged, cause logged once"
+                f"  disk full at {frozen:,} ids: NOT_SERVING, nothing shown, acknowledged or granted, cause logged once"
             )
             # 2. Space comes back: the coordinator reopens its store and goes on by itself.
             filler.unlink()
