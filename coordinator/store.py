@@ -333,7 +333,14 @@ class Store:
                 continue
             fd = self._wal_fds.get(name)
             if fd is None:
-                fd = self._wal_fds[name] = os.open(self.path / name, os.O_RDONLY)
+                try:
+                    fd = os.open(self.path / name, os.O_RDONLY)
+                except FileNotFoundError:
+                    # Deleted since the listing (a flush, a backup's among them, has just ended):
+                    # RocksDB removes a WAL file only once its contents are durable in a table
+                    # file, so there is nothing left to sync. Not a failed write.
+                    continue
+                self._wal_fds[name] = fd
                 fresh = True
             os.fdatasync(fd)
         if fresh:

@@ -7,6 +7,7 @@ writes the test can make fail, as a full disk would, driven through real gRPC ch
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
@@ -213,3 +214,18 @@ async def test_a_start_that_fails_closes_the_store(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="cannot listen"):
             await second.start()
         Store(tmp_path / "b").close()  # the data dir is not locked any more
+
+
+def test_a_wal_file_a_flush_removed_while_the_write_synced_is_no_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RocksDB deletes a WAL file once a flush (a backup's, or a full memtable's) made its contents
+    # durable; the sync after a write may have listed it a moment before.
+    store = Store(tmp_path / "data")
+    listed = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: [*listed(path), "999999.log"])
+    try:
+        assert store.write(Batch(ops=[(b"Mtest", b"1")]), sync=True) == 1
+    finally:
+        monkeypatch.undo()
+        store.close()

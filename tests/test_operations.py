@@ -151,6 +151,8 @@ def test_online_backups_over_the_api_and_the_cli_during_a_job_restore_it_consist
         assert ran <= set(reference_leaves(0, total, 20))
         assert sum(e - s for s, e in ran) == total - found.stats.range_processed
         assert restored.stop() == 0
+    # The backups' flushes never made a write of the running coordinator fail.
+    assert coord.proc is not None and "store write failed" not in coord.proc.output()
 
 
 def test_a_second_coordinator_on_the_same_data_dir_exits_at_once_with_one_line(
