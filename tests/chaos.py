@@ -549,7 +549,7 @@ class DiskReport:
     def lines(self) -> list[str]:
         return [
             f"disk full: {self.leaves:,} leaves through two full disks (one of them with a kill -9): "
-            "nothing shown or acknowledged while writes failed, the cause logged once each time, "
+            "nothing shown, acknowledged or granted while writes failed, the cause logged once each time, "
             "recovered by itself, every id covered by exactly one accepted completion"
         ]
 
