@@ -17,9 +17,10 @@ EDITABLE := $(wildcard build/__editable__.parcelo-*/parcelo/__init__.py)
 MISSING := $(strip $(filter-out $(wildcard $(BUILT)),$(BUILT)) \
 	$(if $(wildcard *__mypyc.*.so),,the-mypyc-runtime-library) $(if $(EDITABLE),,the-editable-tree))
 # The stamps change when dependencies, the module list or (compiled install) a compiled module change:
-# strict editable installs link files, so new modules need a reinstall, and compiled ones a recompile.
+# strict editable installs link files, so new modules (and dashboard files) need a reinstall, and
+# compiled ones a recompile.
 # Only one stamp exists at a time: it says which install .venv holds.
-MODULES := find worker_sdk coordinator -name "*.py" | sort
+MODULES := find worker_sdk coordinator -name "*.py" -o -path "coordinator/dashboard/*" | sort
 STAMP := $(VENV)/.installed-compiled-$(shell (cat pyproject.toml setup.py $(COMPILED); $(MODULES)) | cksum | cut -d" " -f1)
 DEV_STAMP := $(VENV)/.installed-dev-$(shell (cat pyproject.toml setup.py; $(MODULES)) | cksum | cut -d" " -f1)
 # The second install compiles the hot-path modules against the packages the first one installed.
@@ -78,10 +79,12 @@ lint: $(STAMP) $(BUF)
 	$(BUF) lint
 	$(BUF) breaking --against proto/baseline.binpb
 
-# The toolchains of the cross-language tests: Go and protoc from Debian (apt-get when missing, as
-# root). The Node worker's locked packages are installed by the tests' session fixture (npm ci).
+# The toolchains of the cross-language tests (Go and protoc) and the dashboard's browser test
+# (Chromium), from Debian (apt-get when missing, as root). The Node worker's locked packages are
+# installed by the tests' session fixture (npm ci).
 toolchains:
 	bash scripts/install-go-toolchain.sh
+	bash scripts/install-chromium.sh
 
 test: lint toolchains
 	PARCELO_EXPECT_COMPILED=1 $(PY) -m pytest $(PYTEST_ARGS)

@@ -65,6 +65,12 @@ ROLES: Mapping[str, frozenset[Role] | None] = {
     "parcelo.v1.JobService.RetryFailed": ADMINS,
     "parcelo.v1.JobService.GetJobTree": READERS,
     "parcelo.v1.JobService.WatchJob": READERS,
+    "parcelo.v1.JobService.UpdateJob": ADMINS,
+    "parcelo.v1.QueueService.ListQueues": READERS,
+    "parcelo.v1.QueueService.GetQueue": READERS,
+    "parcelo.v1.QueueService.UpdateQueue": ADMINS,
+    "parcelo.v1.QueueService.PauseQueue": ADMINS,
+    "parcelo.v1.QueueService.ResumeQueue": ADMINS,
     "parcelo.v1.WorkerService.Work": WORKERS,
     "parcelo.v1.WorkerService.Lease": WORKERS,
     "parcelo.v1.WorkerService.Heartbeat": WORKERS,
@@ -76,6 +82,10 @@ ROLES: Mapping[str, frozenset[Role] | None] = {
     "grpc.health.v1.Health.Check": None,
     "grpc.health.v1.Health.List": None,
     "grpc.health.v1.Health.Watch": None,
+    "parcelo.v1.WorkerService.ListWorkers": READERS,
+    # The API's own description (grpcurl without the .proto files): public in the protos, but
+    # like every call but health checks it answers only a known token.
+    "grpc.reflection.v1alpha.ServerReflection.ServerReflectionInfo": READERS,
 }
 """The roles that may call each RPC (by its full protobuf name); ``None``: anyone, without a token."""
 
@@ -202,6 +212,11 @@ class TokenAuth(aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no t
         """The number of tokens accepted."""
         return len(self._tokens)
 
+    def role_of(self, token: str) -> Role | None:
+        """The role of ``token``, None for an unknown one: the HTTP port's check, on the same
+        table (see :meth:`intercept_service` on why a lookup by digest leaks nothing)."""
+        return self._tokens.get(digest(token))
+
     def replace(self, tokens: Mapping[bytes, Role]) -> None:
         """Check new calls against ``tokens`` (SIGHUP). Calls already running, streams included, go on."""
         self._tokens = dict(tokens)
@@ -234,13 +249,18 @@ class TokenAuth(aio.ServerInterceptor):  # type: ignore[misc]  # grpc ships no t
         return await continuation(details)
 
 
+def bearer(value: str) -> str | None:
+    """The token of an ``authorization`` value ``Bearer TOKEN`` (the scheme is case-insensitive)."""
+    scheme, _, token = value.partition(" ")
+    token = token.strip()
+    return token if scheme.lower() == "bearer" and token else None
+
+
 def _bearer(metadata: Sequence[tuple[str, Any]]) -> str | None:
-    """The token of an ``authorization: Bearer TOKEN`` entry (the scheme is case-insensitive)."""
+    """The token of an ``authorization: Bearer TOKEN`` metadata entry."""
     for key, value in metadata:
         if key == "authorization" and isinstance(value, str):
-            scheme, _, token = value.partition(" ")
-            token = token.strip()
-            return token if scheme.lower() == "bearer" and token else None
+            return bearer(value)
     return None
 
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from parcelo.coordinator.events import Drained
 from parcelo.coordinator.tree import Node
-from parcelo.v1 import types_pb2
+from parcelo.v1 import queues_pb2, types_pb2
 
 
 @dataclass
@@ -35,6 +35,8 @@ class Changes:
     # Pages of the accepted-fence bitmap to write (page -> bits) and to delete.
     accepted_pages: dict[int, bytes] = field(default_factory=dict)
     dropped_pages: list[int] = field(default_factory=list)
+    # Queue settings (limits, paused) to write.
+    queues: dict[str, queues_pb2.Queue] = field(default_factory=dict)
     # A job changed status: worth a synced write even if no one waits for it.
     status_changed: bool = False
 
@@ -50,4 +52,5 @@ class Changes:
             or self.fence_limit is not None
             or self.accepted_pages
             or self.dropped_pages
+            or self.queues
         )

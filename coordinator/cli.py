@@ -9,7 +9,7 @@ from pathlib import Path
 import click
 
 from parcelo import defaults
-from parcelo.cli_options import log_level_option, setup_logging
+from parcelo.cli_options import log_options, setup_logging
 from parcelo.coordinator.limits import DEFAULT_LIMITS, Limits
 
 _FILE = click.Path(dir_okay=False, path_type=Path)
@@ -57,12 +57,26 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     help="Allow a --listen address other than loopback without tokens or client certificates.",
 )
 @click.option(
+    "--http-listen",
+    default=defaults.DEFAULT_HTTP_LISTEN,
+    show_default=True,
+    envvar="PARCELO_HTTP_LISTEN",
+    help="HOST:PORT of the HTTP port: dashboard at /, JSON API at /api/v1, /metrics, /healthz, "
+    "/readyz (port 0: any free one; off: none). Same TLS, tokens and loopback rule as --listen.",
+)
+@click.option(
+    "--public-metrics",
+    is_flag=True,
+    help="Serve /metrics without a token even with --auth-tokens (for a Prometheus that cannot "
+    "send one, e.g. discovering pods by annotation): counters and gauges, queue names and job ids.",
+)
+@click.option(
     "--metrics-port",
     type=int,
-    default=0,
-    show_default=True,
+    default=None,
+    hidden=True,
     envvar="PARCELO_METRICS_PORT",
-    help="Serve Prometheus metrics on this port (0: off).",
+    help="Gone: metrics are served at /metrics of --http-listen.",
 )
 @click.option(
     "--heartbeat-interval-ms",
@@ -132,7 +146,7 @@ _FILE = click.Path(dir_okay=False, path_type=Path)
     default=None,
     help="Do not serve: copy the (stopped) coordinator's data dir to this new folder and exit.",
 )
-@log_level_option
+@log_options()
 def main(
     data_dir: Path,
     listen: str,
@@ -141,7 +155,9 @@ def main(
     tls_client_ca: Path | None,
     auth_tokens: Path | None,
     insecure_listen_anywhere: bool,
-    metrics_port: int,
+    http_listen: str,
+    public_metrics: bool,
+    metrics_port: int | None,
     heartbeat_interval_ms: int,
     event_retention: int,
     grace: float,
@@ -153,9 +169,19 @@ def main(
     max_streams_per_worker: int,
     max_result_bytes: int,
     log_level: str,
+    log_format: str,
 ) -> None:
-    """Run a Parcelo coordinator: jobs and leases in RocksDB under DATA_DIR, gRPC on LISTEN."""
-    setup_logging(log_level)
+    """Run a Parcelo coordinator: jobs and leases in RocksDB under DATA_DIR, gRPC on LISTEN.
+
+    RPCs are traced when OTEL_TRACES_EXPORTER names an exporter (docs/operations.md).
+    """
+    setup_logging(log_level, log_format)
+    if metrics_port is not None:
+        raise click.UsageError(
+            "--metrics-port (or PARCELO_METRICS_PORT) is gone: metrics are at /metrics of the HTTP "
+            f"port, --http-listen (default {defaults.DEFAULT_HTTP_LISTEN}); e.g. --http-listen "
+            f"0.0.0.0:{metrics_port} with --auth-tokens (or --public-metrics)"
+        )
     try:
         from parcelo.coordinator.server import Config, serve
         from parcelo.coordinator.tls import ServerTLS
@@ -174,10 +200,19 @@ def main(
         raise click.UsageError("--tls-cert and --tls-key go together")
     if tls_client_ca is not None and tls_cert is None:
         raise click.UsageError("--tls-client-ca needs --tls-cert and --tls-key")
+    from parcelo.tracing import TracingError, configure_from_env
+
+    try:
+        tracer_provider = configure_from_env("parcelo-coordinator")
+    except TracingError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
     config = Config(
         data_dir=data_dir,
         listen=listen,
-        metrics_port=metrics_port,
+        http_listen=None if http_listen.strip().lower() == "off" else http_listen,
+        public_metrics=public_metrics,
+        tracer_provider=tracer_provider,
         heartbeat_interval_ms=heartbeat_interval_ms,
         event_retention=event_retention,
         grace=grace,

@@ -50,6 +50,8 @@ def _seconds(ts: Timestamp) -> float:
 def job_to_proto(job: JobState, stats: Stats) -> types_pb2.Job:
     """The ``Job`` message of a job (also its stored record)."""
     msg = types_pb2.Job(id=job.id, status=job.status.value, reason=job.reason)  # type: ignore[arg-type]
+    if job.traceparent:
+        msg.traceparent = job.traceparent
     msg.spec.CopyFrom(job.spec)
     tree = job.tree
     if tree.reduce is not Reduce.NONE:
@@ -83,7 +85,9 @@ def job_from_stored(stored: StoredJob, now: float) -> tuple[JobState, list[Lease
 
     def adopt(node: Node) -> Lease:
         held = stored.leases[node]
-        lease = Lease(held.fence, msg.id, node, held.holder, LeaseKind.LEAF, now, expires_at, timeout_at)
+        lease = Lease(
+            held.fence, msg.id, node, held.holder, LeaseKind.LEAF, now, expires_at, timeout_at, spec.queue
+        )
         leases.append(lease)
         return lease
 
@@ -106,6 +110,7 @@ def job_from_stored(stored: StoredJob, now: float) -> tuple[JobState, list[Lease
     job.started_at = _seconds(msg.started_at) if msg.HasField("started_at") else 0.0
     job.finished_at = _seconds(msg.finished_at) if msg.HasField("finished_at") else 0.0
     job.reason = msg.reason
+    job.traceparent = msg.traceparent
     return job, leases
 
 
@@ -156,6 +161,8 @@ def job_info(job: JobState) -> worker_pb2.JobInfo:
         job_id=job.id, queue=spec.queue, params_json=spec.params_json, max_range_size=spec.max_range_size
     )
     out.reduce = spec.reduce
+    if job.traceparent:
+        out.traceparent = job.traceparent
     out.lease_ttl.CopyFrom(spec.lease_ttl)
     if spec.HasField("leaf_timeout"):
         out.leaf_timeout.CopyFrom(spec.leaf_timeout)

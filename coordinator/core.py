@@ -9,7 +9,6 @@ format.
 
 from __future__ import annotations
 
-import bisect
 import logging
 import random
 import uuid
@@ -21,7 +20,17 @@ from parcelo.coordinator.changes import Changes
 from parcelo.coordinator.codec import StoredJob, job_from_stored, job_to_proto
 from parcelo.coordinator.errors import AlreadyExists, FailedPrecondition
 from parcelo.coordinator.events import EventLog, EventType, Stats
-from parcelo.coordinator.jobs import FINISHED, LEASABLE, JobState, JobStatus, find, normalized, validate_spec
+from parcelo.coordinator.jobs import (
+    FINISHED,
+    LEASABLE,
+    JobState,
+    JobStatus,
+    check_rate,
+    check_weight,
+    find,
+    normalized,
+    validate_spec,
+)
 from parcelo.coordinator.leases import (
     Action,
     Beat,
@@ -34,7 +43,9 @@ from parcelo.coordinator.leases import (
     Rejection,
 )
 from parcelo.coordinator.limits import DEFAULT_LIMITS, MAX_REASON_BYTES, Limits
+from parcelo.coordinator.queues import QueueTable
 from parcelo.coordinator.results import Reduce, ResultError, conflict, parse, reduce_of
+from parcelo.coordinator.scheduler import Entry, Scheduler, bucket
 from parcelo.coordinator.tree import Node, RangeTree, Status
 from parcelo.v1 import types_pb2
 
@@ -89,7 +100,8 @@ class Core:
         self.fences = FenceAllocator(fence_limit)
         self.events = EventLog(event_retention)
         self._requests: dict[str, str] = {}
-        self._queues: dict[str, list[JobState]] = {}
+        self.scheduler = Scheduler(self.leases.queue_leaf_count)
+        self.queues = QueueTable(self.scheduler)
         self._order = 0
         self._rng = random.Random(seed)
         self._dirty_jobs: set[str] = set()
@@ -101,12 +113,13 @@ class Core:
 
     # -- jobs -----------------------------------------------------------------------------------
 
-    def create_job(self, spec: types_pb2.JobSpec, now: float) -> tuple[JobState, bool]:
+    def create_job(self, spec: types_pb2.JobSpec, now: float, traceparent: str = "") -> tuple[JobState, bool]:
         """Create a job, or return the one an earlier request with the same ``job_id`` or
         ``request_id`` and the same spec created. Returns (job, created).
 
         Specs are compared after defaults are filled in, labels included and ``request_id``
-        excluded; the same key with a different spec is :class:`AlreadyExists`.
+        excluded; the same key with a different spec is :class:`AlreadyExists`. ``traceparent``:
+        the new job's trace context (kept with it; an existing job keeps its own).
         """
         validate_spec(spec, max_params_bytes=self.limits.params_bytes)
         full = normalized(spec)
@@ -133,30 +146,57 @@ class Core:
         )
         self._order += 1
         job = JobState(job_id, full, tree, now=now, order=self._order)
-        self._add(job)
+        job.traceparent = traceparent
+        self._add(job, now)
         self._event(job, EventType.JOB_CREATED, now)
         return job, True
 
-    def _add(self, job: JobState) -> None:
+    def _add(self, job: JobState, now: float) -> None:
         self.jobs[job.id] = job
         if job.spec.request_id:
             self._requests[job.spec.request_id] = job.id
         self._order = max(self._order, job.order)
         if job.status in LEASABLE:
-            self._enqueue(job)
+            self._enqueue(job, now)
         self._dirty_jobs.add(job.id)
 
-    def _enqueue(self, job: JobState) -> None:
-        jobs = self._queues.setdefault(job.queue, [])
-        if job not in jobs:
-            keys = [(-j.spec.priority, j.order) for j in jobs]
-            jobs.insert(bisect.bisect(keys, (-job.spec.priority, job.order)), job)
+    def _entry(self, job: JobState, now: float) -> Entry:
+        """How the scheduler sees ``job``: its place, its share and its limits."""
+        spec = job.spec
+        leases = self.leases
+        job_id = job.id
+        entry = Entry(
+            job_id,
+            job.queue,
+            spec.priority,
+            spec.fairness_key or job_id,
+            spec.weight if spec.HasField("weight") else 1,
+            job.tree.has_work,
+            job.tree.next_retry_at,
+            lambda: leases.leaf_count(job_id),
+        )
+        entry.max_concurrency = spec.max_concurrency
+        entry.bucket = bucket(spec.max_leases_per_second, spec.burst, now)
+        if spec.HasField("run_after"):
+            entry.run_after = spec.run_after.seconds + spec.run_after.nanos / 1e9
+        return entry
+
+    def _enqueue(self, job: JobState, now: float) -> None:
+        self.scheduler.add(self._entry(job, now), now)
         self._work_available()
 
     def _dequeue(self, job: JobState) -> None:
-        jobs = self._queues.get(job.queue)
-        if jobs and job in jobs:
-            jobs.remove(job)
+        self.scheduler.remove(job.id)
+
+    def _wake(self, job: JobState, now: float) -> None:
+        """The job may have something to lease again (a node back to pending, a retry scheduled)."""
+        self.scheduler.wake(job.id, now)
+        self._work_available()
+
+    def _lease_ended(self, job: JobState, now: float) -> None:
+        """A leaf lease of ``job`` ended: under a concurrency limit, room for another."""
+        if self.scheduler.ended(job.id, job.queue, now):
+            self._work_available()
 
     def get(self, job_id: str) -> JobState:
         """The job with this id; :class:`NotFound` otherwise."""
@@ -174,7 +214,7 @@ class Core:
     def resume(self, job_id: str, now: float) -> JobState:
         job = self.get(job_id)
         if job.resume(now):
-            self._enqueue(job)
+            self._enqueue(job, now)
             self._event(job, EventType.JOB_RESUMED, now)
         return job
 
@@ -205,9 +245,47 @@ class Core:
         if not count:
             raise FailedPrecondition(f"job '{job.id}' has no failed leaves to retry")
         if job.retried(now):
-            self._enqueue(job)
-        self._work_available()
+            self._enqueue(job, now)
+        self._wake(job, now)
         self._event(job, EventType.JOB_RESUMED, now, message=f"retrying {count} failed leaves")
+        return job
+
+    def update_job(
+        self,
+        job_id: str,
+        now: float,
+        *,
+        priority: int | None = None,
+        weight: int | None = None,
+        max_concurrency: int | None = None,
+        max_leases_per_second: float | None = None,
+        burst: int | None = None,
+    ) -> JobState:
+        """Change the job's priority, weight and limits (None: unchanged). Lowering a limit below
+        what runs lets the running leases finish."""
+        job = self.get(job_id)
+        if job.finished:
+            raise FailedPrecondition(f"cannot update job '{job.id}': it is {job.status.name.lower()}")
+        if weight is not None:
+            check_weight(weight)
+        if max_leases_per_second is not None:
+            check_rate("max_leases_per_second", max_leases_per_second)
+        spec = job.spec
+        if priority is not None:
+            spec.priority = priority
+        if weight is not None:
+            spec.weight = weight
+        if max_concurrency is not None:
+            spec.max_concurrency = max_concurrency
+        if max_leases_per_second is not None:
+            spec.max_leases_per_second = max_leases_per_second
+        if burst is not None:
+            spec.burst = burst
+        job.updated_at = now
+        self._touch(job)
+        if self.scheduler.get(job.id) is not None:
+            self.scheduler.update(self._entry(job, now), now)
+            self._work_available()
         return job
 
     def _revoke_all(self, job: JobState, action: Action, message: str, now: float) -> None:
@@ -240,49 +318,74 @@ class Core:
     def lease(
         self, queues: Iterable[str], count: int, now: float, holder: str = "", exclude: Collection[str] = ()
     ) -> list[Lease]:
-        """Up to ``count`` leases for ``holder`` from the given queues, best job first, deeper-first.
+        """Up to ``count`` leases for ``holder`` from the given queues, in the scheduler's order.
 
         Jobs named in ``exclude`` are passed over.
         """
         out: list[Lease] = []
-        grant = self.leases.grant
+        scheduler = self.scheduler
+        scheduler.tick(now)  # timers due by now (a retry, a rate token), ticker or not
+        passed: list[str] = []
+        # No fence left until the next commit: nothing more in this call.
+        short = False
         for queue in queues:
-            for job in tuple(self._queues.get(queue, ())):
-                if len(out) >= count:
-                    return out
+            while len(out) < count and not short:
+                choice = scheduler.choose(queue, now, count - len(out))
+                if choice is None:
+                    break
+                entry, quota = choice
+                job = self.jobs[entry.job_id]
                 if exclude and job.id in exclude:
+                    # Out of the choice for this call (woken again below).
+                    scheduler.served(entry, 0, now, drained=True)
+                    passed.append(job.id)
                     continue
-                tree = job.tree
-                before = len(out)
-                if job.status is JobStatus.PENDING and tree.has_work(now):
-                    job.start(now)
-                    self._event(job, EventType.JOB_STARTED, now)
-                started: list[tuple[int, int, int]] = []
-                allocate = self.fences.allocate
-                job_id = job.id
-                ttl, timeout = job.lease_ttl, job.leaf_timeout
-                while len(out) < count:
-                    node = tree.next_work(now)
-                    if node is None:
-                        break
-                    fence = allocate()
-                    if fence is None:
-                        break
-                    kind = tree.lease_kind(node)
-                    lease = grant(fence, job_id, node, holder, kind, now, ttl, timeout)
-                    tree.lease(node, lease)
-                    out.append(lease)
-                    if kind is LeaseKind.LEAF:
-                        started.append((node.start, node.end, node.attempts))
-                splits = tree.take_splits()
-                if splits:
-                    self.events.append_nodes(job_id, EventType.NODE_SPLIT, now, splits)
-                if len(out) > before:
-                    self.events.append_nodes(job_id, EventType.NODE_STARTED, now, started)
-                    self._touch(job)
+                granted, short = self._lease_from(job, quota, now, holder, out)
+                scheduler.served(entry, granted, now, drained=granted < quota and not short)
+        for job_id in passed:
+            scheduler.wake(job_id, now)
         return out
 
-    def unsent(self, fences: Iterable[int]) -> None:
+    def _lease_from(
+        self, job: JobState, quota: int, now: float, holder: str, out: list[Lease]
+    ) -> tuple[int, bool]:
+        """Lease up to ``quota`` nodes of ``job`` into ``out``; returns how many, and whether the
+        fences ran out."""
+        tree = job.tree
+        if job.status is JobStatus.PENDING and tree.has_work(now):
+            job.start(now)
+            self._event(job, EventType.JOB_STARTED, now)
+        started: list[tuple[int, int, int]] = []
+        allocate = self.fences.allocate
+        grant = self.leases.grant
+        job_id, queue = job.id, job.queue
+        ttl, timeout = job.lease_ttl, job.leaf_timeout
+        granted = 0
+        short = False
+        while granted < quota:
+            node = tree.next_work(now)
+            if node is None:
+                break
+            fence = allocate()
+            if fence is None:
+                short = True
+                break
+            kind = tree.lease_kind(node)
+            lease = grant(fence, job_id, node, holder, kind, now, ttl, timeout, queue)
+            tree.lease(node, lease)
+            out.append(lease)
+            granted += 1
+            if kind is LeaseKind.LEAF:
+                started.append((node.start, node.end, node.attempts))
+        splits = tree.take_splits()
+        if splits:
+            self.events.append_nodes(job_id, EventType.NODE_SPLIT, now, splits)
+        if granted:
+            self.events.append_nodes(job_id, EventType.NODE_STARTED, now, started)
+            self._touch(job)
+        return granted, short
+
+    def unsent(self, fences: Iterable[int], now: float) -> None:
         """Leases :meth:`lease` made that were never sent: as if never granted (attempts not counted)."""
         for fence in fences:
             lease = self.leases.discard(fence)
@@ -290,6 +393,7 @@ class Core:
             if lease is None or job is None:
                 continue
             job.tree.release(lease.node)
+            self.scheduler.wake(job.id, now)
             self._touch(job)
         # No work_available(): leasing again at once could fail the same way in a tight loop; the
         # ticker offers the work again within one tick.
@@ -385,9 +489,10 @@ class Core:
             else:
                 finished = tree.complete(node, value, size)
                 if lease.kind is LeaseKind.PROBE:
-                    self._work_available()
+                    self._wake(job, now)
                 else:
                     done.append((node.start, node.end, 0))
+                    self._lease_ended(job, now)
                 if value is not None and tree.result_size(self.max_result_bytes):
                     self.events.append_nodes(job.id, EventType.NODE_COMPLETED, now, done)
                     done = []
@@ -467,7 +572,7 @@ class Core:
                 job.tree.checkpoint(node, failure.cursor, failure.details)
             if failure.released:
                 job.tree.release(node)
-                self._work_available()
+                self._wake(job, now)
             else:
                 self._fail_node(job, node, failure.message, failure.retryable, now)
             self._touch(job)
@@ -483,7 +588,6 @@ class Core:
         retry_at = None
         if retryable and attempt < job.retry.max_attempts:
             retry_at = now + job.retry.delay(attempt, self._rng) if backoff else now
-            self._work_available()
         self.events.append(
             job.id,
             EventType.NODE_FAILED,
@@ -495,6 +599,10 @@ class Core:
         )
         if job.tree.fail(node, message, retry_at=retry_at):
             self._finish(job, now)
+        elif retry_at is not None:
+            self._wake(job, now)  # the retry comes due now (an expiry) or at retry_at (a timer)
+        else:
+            self._lease_ended(job, now)
 
     def heartbeat(
         self, beats: Iterable[Beat], now: float, holder: str | None = None
@@ -534,15 +642,20 @@ class Core:
 
     # -- time -----------------------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        """Expire leases, fail jobs past their deadline, emit coalesced stats events."""
+    def tick(self, now: float) -> tuple[int, int]:
+        """Expire leases, fail jobs past their deadline, emit coalesced stats events.
+
+        Returns the number of leases taken back: (expired without a heartbeat, timed out).
+        """
         expired: dict[tuple[str, str], int] = {}
+        timeouts = 0
         for lease, timed_out in self.leases.due(now):
             job = self.jobs.get(lease.job_id)
             if job is None:
                 continue
             node = lease.node
             if timed_out:
+                timeouts += 1
                 message = f"leaf timed out after {job.leaf_timeout:g} s"
                 self._fail_node(job, node, message, True, now)
             else:
@@ -553,17 +666,24 @@ class Core:
             key = (lease.holder, job.id)
             expired[key] = expired.get(key, 0) + 1
             self._touch(job)
-            self._work_available()
         for (holder, job_id), count in expired.items():
             # One line per worker and job: a dead worker with hundreds of prefetched leases is one event.
-            log.info("%d lease(s) of job %s held by %s expired or timed out", count, job_id, holder or "?")
+            log.info(
+                "%d lease(s) of job %s held by %s expired or timed out",
+                count,
+                job_id,
+                holder or "?",
+                extra={"job_id": job_id, "worker_id": holder},
+            )
         for job in self.jobs.values():
             if job.deadline and not job.finished and job.deadline <= now:
                 job.finish(JobStatus.FAILED, now, "deadline exceeded")
                 self._revoke_all(job, Action.CANCEL, "the job failed: deadline exceeded", now)
                 self._ended(job, EventType.JOB_FAILED, now)
-            elif job.status in LEASABLE and job.tree.has_work(now):
-                self._work_available()
+        # Timers that came due (retries, rate limits, run_after); and while jobs have work, a round
+        # per tick offers it again (grants given back unsent are not offered at once, see unsent).
+        if self.scheduler.tick(now) or self.scheduler.active:
+            self._work_available()
         self.leases.forget_tombstones(now)
         for job_id in tuple(self._stats_changed):
             if now - self._stats_sent.get(job_id, 0.0) >= STATS_INTERVAL:
@@ -573,6 +693,8 @@ class Core:
                 # A finished job's last event is the one that finished it, with its final stats.
                 if job is not None and not job.finished:
                     self.events.append(job.id, EventType.STATS_UPDATED, now, stats=self.stats(job))
+        taken = sum(expired.values())
+        return taken - timeouts, timeouts
 
     def stats(self, job: JobState) -> Stats:
         """The job's stats and status."""
@@ -625,6 +747,7 @@ class Core:
         changes.events = self.events.drain()
         changes.fence_limit = self.fences.pending_limit()
         changes.accepted_pages, changes.dropped_pages = self.leases.take_pages(self.fences.next)
+        changes.queues = self.queues.take_changes()
         return changes
 
     def written(self, changes: Changes) -> None:
@@ -644,7 +767,7 @@ class Core:
             self.leases.restore_accepted(accepted)
         for item in stored:
             job, leases = job_from_stored(item, now)
-            self._add(job)
+            self._add(job, now)
             self.events.restore(job.id, item.last_seq, item.events, item.segments)
             self.leases.restore(leases)
             if job.status in FINISHED:

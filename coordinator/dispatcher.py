@@ -34,9 +34,13 @@ class Session:
     sent_jobs: set[str] = field(default_factory=set)
     # Whether the stream's hello came (and its worker id counts among the open streams).
     said_hello: bool = False
+    # The peer address of the stream (worker_id may be replaced by hello's).
+    address: str = ""
+    # When the credit not yet granted was asked for (for the grant latency metric).
+    waiting_since: float = 0.0
 
 
-def _ignore(_: int) -> None:
+def _ignore(leases: int, waited: float) -> None:
     pass
 
 
@@ -64,12 +68,13 @@ class Dispatcher:
 
     Args:
         core: Where leases come from.
-        on_grant: Telemetry: leases granted per round.
+        on_grant: Telemetry: called per grant message with its leases and the seconds since the
+            credit it answers was asked for.
         max_credit: Most credit one stream holds (credit asked for beyond it is not kept).
     """
 
     def __init__(
-        self, core: Core, *, on_grant: Callable[[int], None] = _ignore, max_credit: int = 10_000
+        self, core: Core, *, on_grant: Callable[[int, float], None] = _ignore, max_credit: int = 10_000
     ) -> None:
         self._core = core
         self._max_credit = max_credit
@@ -95,6 +100,10 @@ class Dispatcher:
     def remove(self, session: Session) -> None:
         self._sessions.pop(id(session), None)
 
+    def queues(self) -> set[str]:
+        """The queues the connected workers take leases from."""
+        return {queue for session in self._sessions.values() for queue in session.queues}
+
     def end_streams(self) -> None:
         """End every stream and waiting unary call (shutdown), and any added later: each gets the end marker."""
         self._ended = True
@@ -111,7 +120,7 @@ class Dispatcher:
         self.remove(session)
         unsent = _take_unsent(session)
         if unsent:
-            self._core.unsent(unsent)
+            self._core.unsent(unsent, time.time())
             self.work_available()
 
     def stop(self) -> None:
@@ -120,10 +129,12 @@ class Dispatcher:
         self._stopped = True
         unsent = [fence for session in self._sessions.values() for fence in _take_unsent(session)]
         if unsent:
-            self._core.unsent(unsent)
+            self._core.unsent(unsent, time.time())
 
     def credit(self, session: Session, count: int) -> None:
         """``session`` wants ``count`` more leases (it holds at most ``max_credit`` at once)."""
+        if session.credits <= 0:
+            session.waiting_since = time.time()
         session.credits = min(session.credits + count, self._max_credit)
         self._want = True
         self.poke()
@@ -160,7 +171,6 @@ class Dispatcher:
         self._want = False
         core = self._core
         now = time.time()
-        granted = 0
         # Jobs whose leases could not be encoded this round: passed over until the next one.
         broken: set[str] = set()
         sessions = list(self._sessions.values())
@@ -184,16 +194,16 @@ class Dispatcher:
                     break
             if grant.leases:
                 session.credits -= len(grant.leases)
-                granted += len(grant.leases)
                 budget -= len(grant.leases)
                 session.out.put_nowait(worker_pb2.WorkResponse(grant=grant))
+                self._on_grant(len(grant.leases), max(0.0, now - session.waiting_since))
+                # Credit left over waits from now on.
+                session.waiting_since = now
         else:
             if budget <= 0:
                 self._want = True
                 self.poke()
         # Grants need no prompt write (a lost grant only re-runs a leaf): the ticker's write takes them.
-        if granted:
-            self._on_grant(granted)
 
     def _add(
         self,
@@ -224,5 +234,5 @@ class Dispatcher:
                 session.sent_jobs.add(job.id)
                 grant.jobs.append(job_info(job))
         if unsent:
-            self._core.unsent(unsent)
+            self._core.unsent(unsent, time.time())
         return bool(unsent)

@@ -17,7 +17,7 @@ import json
 import math
 import random
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
 from typing import NamedTuple, TypeVar
@@ -40,6 +40,9 @@ MAX_MULTIPLIER = 1_000.0
 MAX_TIMESTAMP_SECONDS = 253_402_300_799
 """9999-12-31T23:59:59Z: the last second google.protobuf.Timestamp may hold."""
 MIN_LEAF_TIMEOUT_MS = 1
+MAX_RATE = 1e9
+"""Largest ``max_leases_per_second`` (far above what one coordinator grants)."""
+MAX_WEIGHT = 1_000_000
 MAX_DURATION_MS = (1 << 31) - 1
 """Longest lease TTL or leaf timeout (about 24.8 days): what a worker's timer holds in common
 runtimes (JavaScript's ``setTimeout`` fires at once beyond it)."""
@@ -116,6 +119,24 @@ def _check_duration(name: str, value: object, *, at_most_ms: int = MAX_DURATION_
         raise InvalidArgument(name, f"must be at most {at_most_ms} ms (about 24.8 days)")
 
 
+def check_rate(field: str, rate: float) -> None:
+    """A leases-per-second limit: finite, not negative, at most :data:`MAX_RATE` (0: none)."""
+    if not math.isfinite(rate) or rate < 0 or rate > MAX_RATE:
+        raise InvalidArgument(field, f"must be a finite number between 0 (no limit) and {MAX_RATE:g}")
+
+
+def check_weight(weight: int) -> None:
+    if not 1 <= weight <= MAX_WEIGHT:
+        raise InvalidArgument("weight", f"must be between 1 and {MAX_WEIGHT} (unset: 1)")
+
+
+def check_timestamp(field: str, value: object) -> None:
+    """A google.protobuf.Timestamp between 1970 and 9999."""
+    seconds, nanos = value.seconds, value.nanos  # type: ignore[attr-defined]
+    if not 0 <= seconds <= MAX_TIMESTAMP_SECONDS or not 0 <= nanos <= 999_999_999:
+        raise InvalidArgument(field, "must be between 1970-01-01 and 9999-12-31 (UTC)")
+
+
 def validate_spec(spec: types_pb2.JobSpec, *, max_params_bytes: int = MAX_PARAMS_BYTES) -> None:
     """Raise :class:`InvalidArgument` naming the first bad field of ``spec``.
 
@@ -170,9 +191,16 @@ def validate_spec(spec: types_pb2.JobSpec, *, max_params_bytes: int = MAX_PARAMS
     for name in ("initial_backoff", "max_backoff"):
         _check_duration(f"retry.{name}", getattr(retry, name))
     if spec.HasField("deadline"):
-        deadline = spec.deadline
-        if not 0 <= deadline.seconds <= MAX_TIMESTAMP_SECONDS or not 0 <= deadline.nanos <= 999_999_999:
-            raise InvalidArgument("deadline", "must be between 1970-01-01 and 9999-12-31 (UTC)")
+        check_timestamp("deadline", spec.deadline)
+    if spec.HasField("run_after"):
+        check_timestamp("run_after", spec.run_after)
+    check_rate("max_leases_per_second", spec.max_leases_per_second)
+    if spec.HasField("weight"):
+        check_weight(spec.weight)
+    if spec.fairness_key and not QUEUE_RE.match(spec.fairness_key):
+        raise InvalidArgument(
+            "fairness_key", "must be 1-128 characters of letters, digits, '.', '_', ':' or '-'"
+        )
     size = 0
     for key, value in spec.labels.items():
         if not key:
@@ -225,6 +253,7 @@ class JobState:
         "spec",
         "started_at",
         "status",
+        "traceparent",
         "tree",
         "updated_at",
     )
@@ -245,6 +274,8 @@ class JobState:
         self.order = order
         # Set by PauseJob(release=True): heartbeats answer RELEASE until resumed.
         self.release_requested = False
+        # The job's W3C trace context ("" for none), handed to workers for their handler spans.
+        self.traceparent = ""
         self.lease_ttl = _seconds(spec.lease_ttl)
         self.leaf_timeout = _seconds(spec.leaf_timeout) if spec.HasField("leaf_timeout") else 0.0
         self.deadline = _seconds(spec.deadline) if spec.HasField("deadline") else 0.0
@@ -344,18 +375,22 @@ class QueueDepth(NamedTuple):
     running: int
 
 
-def queue_depths(jobs: Iterable[JobState], leaf_leases: Mapping[str, int]) -> dict[str, QueueDepth]:
+def queue_depths(
+    jobs: Iterable[JobState], leaf_leases: Mapping[str, int], paused: Collection[str] = ()
+) -> dict[str, QueueDepth]:
     """Per queue of the given jobs: leaves waiting in its runnable jobs, and its live leaf leases.
 
     ``leaf_leases`` is live leaf leases by job id. Waiting leaves count only in pending and
-    running jobs (a paused job hands out nothing); leases count whatever the job's status,
+    running jobs of queues not ``paused`` (a paused job or queue hands out nothing); leases count
+    whatever the job's status,
     since their holders are busy. A queue whose jobs are all idle is there with zeros, so a
     scaler sees its depth fall to 0 rather than a series vanish. O(frontier nodes): for metrics
     scrapes, never the hot path.
     """
     depths: dict[str, QueueDepth] = {}
     for job in jobs:
-        pending = job.tree.pending_leaves() if job.status in LEASABLE else 0
+        runnable = job.status in LEASABLE and not (paused and job.queue in paused)
+        pending = job.tree.pending_leaves() if runnable else 0
         running = leaf_leases.get(job.id, 0)
         was = depths.get(job.queue)
         if was is not None:

@@ -125,7 +125,17 @@ class Lease:
     A plain ``__slots__`` class: one is created per leaf run on the hot path.
     """
 
-    __slots__ = ("expires_at", "fence", "granted_at", "holder", "job_id", "kind", "node", "timeout_at")
+    __slots__ = (
+        "expires_at",
+        "fence",
+        "granted_at",
+        "holder",
+        "job_id",
+        "kind",
+        "node",
+        "queue",
+        "timeout_at",
+    )
 
     def __init__(
         self,
@@ -137,9 +147,12 @@ class Lease:
         granted_at: float,
         expires_at: float,
         timeout_at: float,
+        queue: str = "",
     ) -> None:
         self.fence = fence
         self.job_id = job_id
+        # The job's queue: the table counts leaf leases per queue (queue concurrency limits).
+        self.queue = queue
         self.node = node
         # The worker id its holder gave in Hello ("" when unknown, e.g. restored from an old record).
         self.holder = holder
@@ -174,6 +187,14 @@ class Tombstone(NamedTuple):
     forget_at: float
 
 
+def _decrement(counts: dict[str, int], key: str) -> None:
+    left = counts[key] - 1
+    if left:
+        counts[key] = left
+    else:
+        del counts[key]
+
+
 class LeaseTable:
     """Live leases by fence, per-job counts, tombstones, and a heap of due times.
 
@@ -184,6 +205,9 @@ class LeaseTable:
     def __init__(self) -> None:
         self._live: dict[int, Lease] = {}
         self._per_job: dict[str, int] = {}
+        # Live leaf leases (probes left out) per job and per queue: what concurrency limits count.
+        self._leaves_per_job: dict[str, int] = {}
+        self._leaves_per_queue: dict[str, int] = {}
         self._heap: list[tuple[float, int]] = []
         self._tombstones: dict[int, Tombstone] = {}
         # Fences whose result was accepted, as two bitmaps (successes, failures) in pages
@@ -204,11 +228,22 @@ class LeaseTable:
         return self._per_job.get(job_id, 0)
 
     def leaf_counts(self) -> dict[str, int]:
-        """Live leaf leases (probes left out) per job id, for metrics: O(live leases), per call."""
+        """Live leaf leases (probes left out) per job id (a copy: for metrics)."""
+        return dict(self._leaves_per_job)
+
+    def leaf_count(self, job_id: str) -> int:
+        """Live leaf leases of one job, probes left out."""
+        return self._leaves_per_job.get(job_id, 0)
+
+    def queue_leaf_count(self, queue: str) -> int:
+        """Live leaf leases of the jobs of one queue, probes left out."""
+        return self._leaves_per_queue.get(queue, 0)
+
+    def holder_counts(self) -> dict[str, int]:
+        """Live leases (leaves and probes) per holder, for the worker registry: O(live leases)."""
         counts: dict[str, int] = {}
         for lease in self._live.values():
-            if lease.kind is LeaseKind.LEAF:
-                counts[lease.job_id] = counts.get(lease.job_id, 0) + 1
+            counts[lease.holder] = counts.get(lease.holder, 0) + 1
         return counts
 
     def grant(
@@ -221,10 +256,11 @@ class LeaseTable:
         now: float,
         ttl: float,
         timeout: float,
+        queue: str = "",
     ) -> Lease:
         """Record a new lease of ``node`` under ``fence``; ``timeout`` 0 means no leaf timeout."""
         lease = Lease(
-            fence, job_id, node, holder, kind, now, now + ttl, now + timeout if timeout > 0 else 0.0
+            fence, job_id, node, holder, kind, now, now + ttl, now + timeout if timeout > 0 else 0.0, queue
         )
         self._add(lease)
         heap = self._heap
@@ -245,15 +281,18 @@ class LeaseTable:
 
     def _add(self, lease: Lease) -> None:
         self._live[lease.fence] = lease
-        self._per_job[lease.job_id] = self._per_job.get(lease.job_id, 0) + 1
+        job_id = lease.job_id
+        self._per_job[job_id] = self._per_job.get(job_id, 0) + 1
+        if lease.kind is LeaseKind.LEAF:
+            self._leaves_per_job[job_id] = self._leaves_per_job.get(job_id, 0) + 1
+            self._leaves_per_queue[lease.queue] = self._leaves_per_queue.get(lease.queue, 0) + 1
 
     def _remove(self, lease: Lease) -> None:
         del self._live[lease.fence]
-        left = self._per_job[lease.job_id] - 1
-        if left:
-            self._per_job[lease.job_id] = left
-        else:
-            del self._per_job[lease.job_id]
+        _decrement(self._per_job, lease.job_id)
+        if lease.kind is LeaseKind.LEAF:
+            _decrement(self._leaves_per_job, lease.job_id)
+            _decrement(self._leaves_per_queue, lease.queue)
 
     def get(self, fence: int) -> Lease | None:
         """The live lease with this fence, or None when it ended or never existed."""

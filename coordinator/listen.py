@@ -52,13 +52,15 @@ def is_loopback(address: str) -> bool:
     return ip.is_loopback
 
 
-def exposed(address: str, *, authenticated: bool, allow: bool) -> bool:
+def exposed(address: str, *, authenticated: bool, allow: bool, flag: str = "") -> bool:
     """Whether serving on ``address`` lets other hosts call without authentication.
 
     Args:
         address: The listen address.
         authenticated: Callers must present a token or a client certificate.
         allow: ``--insecure-listen-anywhere`` was given.
+        flag: The flag the address came from, named in the error (``--http-listen``); none for
+            ``--listen``.
 
     Returns:
         True when the address is exposed and ``allow`` permits it (the caller logs a warning).
@@ -70,7 +72,7 @@ def exposed(address: str, *, authenticated: bool, allow: bool) -> bool:
         return False
     if not allow:
         raise StartupError(
-            f"refusing to listen on {address} without --auth-tokens or --tls-client-ca: anyone who "
+            f"refusing to listen on {address}{f' ({flag})' if flag else ''} without --auth-tokens or --tls-client-ca: anyone who "
             "reaches it could run, cancel and delete every job; listen on loopback, secure the port "
             "(docs/security.md), or pass --insecure-listen-anywhere"
         )

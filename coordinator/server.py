@@ -7,15 +7,19 @@ import contextlib
 import gc
 import logging
 import signal
+import ssl
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from grpc import aio
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from parcelo import defaults
 from parcelo.coordinator.admin import AdminServicer, BackupInfo, Backups
+from parcelo.coordinator.api import Api
 from parcelo.coordinator.auth import TokenAuth, load_tokens
 from parcelo.coordinator.changes import Changes
 from parcelo.coordinator.committer import Committer
@@ -23,25 +27,46 @@ from parcelo.coordinator.core import Core
 from parcelo.coordinator.dispatcher import Dispatcher
 from parcelo.coordinator.errors import StartupError
 from parcelo.coordinator.events import MEMORY_WINDOW
+from parcelo.coordinator.http import HttpServer
 from parcelo.coordinator.limits import DEFAULT_LIMITS, Limits
-from parcelo.coordinator.listen import exposed
+from parcelo.coordinator.listen import exposed, host_of
+from parcelo.coordinator.queue_service import QueueServicer
+from parcelo.coordinator.registry import WorkerRegistry
 from parcelo.coordinator.service import JobServicer, WorkerServicer
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.telemetry import Telemetry
-from parcelo.coordinator.tls import ReloadableCredentials, ServerTLS
+from parcelo.coordinator.tls import ReloadableCredentials, ServerTLS, load_ssl_context, server_ssl_context
+from parcelo.coordinator.tracing import RpcSpans
 from parcelo.coordinator.views import JobViews
-from parcelo.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc, worker_pb2, worker_pb2_grpc
+from parcelo.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    queues_pb2,
+    queues_pb2_grpc,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 
 log = logging.getLogger(__name__)
 
-SERVICES = ("", "parcelo.v1.JobService", "parcelo.v1.WorkerService", "parcelo.v1.AdminService")
+SERVICES = (
+    "",
+    "parcelo.v1.JobService",
+    "parcelo.v1.WorkerService",
+    "parcelo.v1.QueueService",
+    "parcelo.v1.AdminService",
+)
 """Names the health service answers for: the server as a whole and each service."""
 
 SERVED = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
     worker_pb2.DESCRIPTOR.services_by_name["WorkerService"],
+    queues_pb2.DESCRIPTOR.services_by_name["QueueService"],
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
     health_pb2.DESCRIPTOR.services_by_name["Health"],
+    reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
 )
 """Descriptors of every service the server serves: the token check has a rule for each of their RPCs."""
 
@@ -60,7 +85,12 @@ class Config:
     listen: str = defaults.DEFAULT_LISTEN
     tick_interval: float = 0.05
     heartbeat_interval_ms: int = 0
-    metrics_port: int = 0
+    # The HTTP port (API, dashboard, metrics); None: off.
+    http_listen: str | None = defaults.DEFAULT_HTTP_LISTEN
+    # /metrics without a token even with auth_tokens.
+    public_metrics: bool = False
+    # An OpenTelemetry TracerProvider: a span per RPC (None: no tracing, nothing spent on it).
+    tracer_provider: Any = None
     event_retention: int = defaults.EVENT_RETENTION
     grace: float = 10.0
     backup_dir: Path | None = None
@@ -98,12 +128,16 @@ class Coordinator:
         self.config = config
         self._given_store = store
         self.port = 0
+        self.http_port = 0
+        self.serving = False
         self.auth: TokenAuth | None = None
         self.certificates: ReloadableCredentials | None = None
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
         self._stopping = False
         self._stopped = asyncio.Event()
+        self._ssl: ssl.SSLContext | None = None
+        self.http: HttpServer | None = None
 
     async def start(self) -> int:
         """Load the store, reserve fences, bind and serve. Returns the bound port.
@@ -133,14 +167,17 @@ class Coordinator:
         if cfg.tls is not None:
             self.certificates = ReloadableCredentials(cfg.tls)
         mutual = cfg.tls is not None and cfg.tls.mutual
-        if exposed(
-            cfg.listen, authenticated=self.auth is not None or mutual, allow=cfg.insecure_listen_anywhere
-        ):
-            log.warning(
-                "listening on %s without tokens or client certificates (--insecure-listen-anywhere): "
-                "anyone who reaches this port can run, cancel and delete every job",
-                cfg.listen,
-            )
+        authenticated = self.auth is not None or mutual
+        addresses = [(cfg.listen, "")]
+        if cfg.http_listen is not None:
+            addresses.append((cfg.http_listen, "--http-listen"))
+        for address, flag in addresses:
+            if exposed(address, authenticated=authenticated, allow=cfg.insecure_listen_anywhere, flag=flag):
+                log.warning(
+                    "listening on %s without tokens or client certificates (--insecure-listen-anywhere): "
+                    "anyone who reaches this port can run, cancel and delete every job",
+                    address,
+                )
         log.info(
             "security: %s, %s",
             ("mutual TLS" if mutual else "TLS") if cfg.tls is not None else "plaintext",
@@ -170,6 +207,11 @@ class Coordinator:
                 log.error("certificates not reloaded, the previous ones stay: %s", err)
             else:
                 log.info("reloaded the certificates; new connections use them")
+        if self._ssl is not None and cfg.tls is not None:
+            try:
+                load_ssl_context(self._ssl, cfg.tls)
+            except (StartupError, OSError) as err:
+                log.error("HTTPS certificates not reloaded, the previous ones stay: %s", err)
 
     async def _start(self) -> int:
         cfg = self.config
@@ -182,7 +224,10 @@ class Coordinator:
             max_result_bytes=cfg.max_result_bytes,
             limits=cfg.limits,
         )
-        self.telemetry = Telemetry(self.core, cfg.metrics_port)
+        self.telemetry = Telemetry(
+            self.core, cfg.data_dir, lambda: len(self.registry), export=cfg.http_listen is not None
+        )
+        self.registry = WorkerRegistry(on_results=self.telemetry.on_results)
         self.dispatcher = Dispatcher(
             self.core, on_grant=self.telemetry.on_grant, max_credit=cfg.limits.leases_per_request
         )
@@ -192,6 +237,7 @@ class Coordinator:
         try:
             stored = self.store.load(MEMORY_WINDOW)
             self.core.restore(stored, time.time(), accepted=self.store.load_accepted())
+            self.core.queues.restore(self.store.load_queues(), time.time())
         finally:
             gc.enable()
         self.views = JobViews()
@@ -208,9 +254,14 @@ class Coordinator:
         # Reserve the first block of fences before any lease can be handed out.
         self.committer.write_now()
         self.backups = Backups(self.store, self.committer, cfg.backups)
+        # No tokens, no tracing: no interceptor, and nothing paid per call for either.
+        interceptors: list[aio.ServerInterceptor] = []
+        if cfg.tracer_provider is not None:
+            interceptors.append(RpcSpans(cfg.tracer_provider))
+        if self.auth is not None:
+            interceptors.append(self.auth)
         self.server = aio.server(
-            # No tokens, no interceptor: an unauthenticated coordinator pays nothing per call.
-            interceptors=[self.auth] if self.auth is not None else None,
+            interceptors=interceptors or None,
             options=[
                 ("grpc.so_reuseport", 0),
                 ("grpc.max_receive_message_length", cfg.limits.message_bytes),
@@ -218,15 +269,22 @@ class Coordinator:
             ],
         )
         heartbeat_ms = cfg.heartbeat_interval_ms or 0
-        jobs_pb2_grpc.add_JobServiceServicer_to_server(
-            JobServicer(self.core, self.views, self.store, self.committer, self.dispatcher), self.server
+        jobs = JobServicer(self.core, self.views, self.store, self.committer, self.dispatcher)
+        workers = WorkerServicer(
+            self.core, self.committer, self.dispatcher, heartbeat_ms, cfg.limits, registry=self.registry
         )
-        self.workers = WorkerServicer(self.core, self.committer, self.dispatcher, heartbeat_ms, cfg.limits)
-        worker_pb2_grpc.add_WorkerServiceServicer_to_server(self.workers, self.server)
+        self.workers = workers
+        jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self.server)
+        worker_pb2_grpc.add_WorkerServiceServicer_to_server(workers, self.server)
+        queues_pb2_grpc.add_QueueServiceServicer_to_server(
+            QueueServicer(self.core, self.committer, self.dispatcher), self.server
+        )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.backups, cfg.data_dir), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
+        # grpcurl and other tools read the API from the server itself, without the .proto files.
+        reflection.enable_server_reflection([s.full_name for s in SERVED], self.server)
         try:
             if self.certificates is not None:
                 self.port = self.server.add_secure_port(cfg.listen, self.certificates.credentials)
@@ -234,6 +292,37 @@ class Coordinator:
                 self.port = self.server.add_insecure_port(cfg.listen)
         except RuntimeError as err:  # grpc's way of saying the bind failed
             raise OSError(f"cannot listen on {cfg.listen} (in use, or not an address of this host)") from err
+        if cfg.http_listen is not None:
+            api = Api(
+                jobs,
+                workers,
+                core=self.core,
+                views=self.views,
+                store=self.store,
+                durable=self.committer.durable,
+            )
+            self._ssl = server_ssl_context(cfg.tls) if cfg.tls is not None else None
+            self.http = HttpServer(
+                api.routes(),
+                auth=self.auth,
+                ssl_context=self._ssl,
+                ready=lambda: self.serving,
+                metrics=self.telemetry.render,
+                public_metrics=cfg.public_metrics,
+                on_stop=api.close,
+            )
+            try:
+                self.http_port = await self.http.start(cfg.http_listen)
+            except BaseException:
+                await self.server.stop(None)
+                raise
+            log.info(
+                "HTTP on port %d: dashboard, API and metrics at %s://%s:%d/",
+                self.http_port,
+                "https" if self._ssl is not None else "http",
+                host_of(cfg.http_listen) or "0.0.0.0",
+                self.http_port,
+            )
         await self.server.start()
         self._set_healthy(True)
         self._tasks = [
@@ -259,6 +348,7 @@ class Coordinator:
 
     def _set_healthy(self, healthy: bool) -> None:
         """Health checks say SERVING, and leases are granted, only while the store takes writes."""
+        self.serving = healthy and not self._stopping
         self.dispatcher.hold(not healthy)
         status = (
             health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
@@ -277,7 +367,7 @@ class Coordinator:
         while True:
             await asyncio.sleep(self.config.tick_interval)
             try:
-                self.core.tick(time.time())
+                self.telemetry.on_tick(*self.core.tick(time.time()))
             except Exception:
                 log.exception("tick failed")
             self.dispatcher.poke()
@@ -326,9 +416,12 @@ class Coordinator:
             return
         self._stopping = True
         self.stop_granting()
+        self.serving = False
         for name in SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         stopping = asyncio.create_task(self.server.stop(self.config.grace))
+        if self.http is not None:
+            await self.http.stop()
         await self._answer_results_in_hand()
         self.dispatcher.end_streams()
         await stopping

@@ -35,7 +35,9 @@ from parcelo.coordinator.limits import (
     MAX_WATCH_PAGE,
     Limits,
 )
+from parcelo.coordinator.registry import WorkerRegistry
 from parcelo.coordinator.store import Store
+from parcelo.coordinator.tracing import job_traceparent
 from parcelo.coordinator.views import JobViews
 from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
 
@@ -135,7 +137,7 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
 
     @rpc
     async def CreateJob(self, request: jobs_pb2.CreateJobRequest, context: Any) -> types_pb2.Job:
-        job, _ = self._core.create_job(request.spec, time.time())
+        job, _ = self._core.create_job(request.spec, time.time(), job_traceparent(context))
         return await self._changed(job)
 
     @rpc
@@ -173,6 +175,22 @@ class JobServicer(jobs_pb2_grpc.JobServiceServicer):
     @rpc
     async def RetryFailed(self, request: jobs_pb2.RetryFailedRequest, context: Any) -> types_pb2.Job:
         return await self._changed(self._core.retry_failed(request.job_id, time.time()))
+
+    @rpc
+    async def UpdateJob(self, request: jobs_pb2.UpdateJobRequest, context: Any) -> types_pb2.Job:
+        def given(name: str) -> Any:
+            return getattr(request, name) if request.HasField(name) else None  # type: ignore[arg-type]
+
+        job = self._core.update_job(
+            request.job_id,
+            time.time(),
+            priority=given("priority"),
+            weight=given("weight"),
+            max_concurrency=given("max_concurrency"),
+            max_leases_per_second=given("max_leases_per_second"),
+            burst=given("burst"),
+        )
+        return await self._changed(job)
 
     @rpc
     async def GetJobTree(
@@ -272,11 +290,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         dispatcher: Dispatcher,
         heartbeat_ms: int,
         limits: Limits = DEFAULT_LIMITS,
+        registry: WorkerRegistry | None = None,
     ) -> None:
         self._core = core
         self._committer = committer
         self._dispatcher = dispatcher
         self._limits = limits
+        self._registry = registry if registry is not None else WorkerRegistry()
         # Work streams open per worker id (--max-streams-per-worker).
         self._streams: dict[str, int] = {}
         self.results_taken = 0
@@ -300,8 +320,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             for h in request.leases
         ]
         out = worker_pb2.HeartbeatResponse()
-        for fence, action, reason in self._core.heartbeat(beats, time.time(), holder):
+        now = time.time()
+        for fence, action, reason in self._core.heartbeat(beats, now, holder):
             out.directives.add(fence=fence, action=int(action), reason=reason)
+        self._registry.heartbeat(holder, now)
         return out
 
     def _complete(self, request: worker_pb2.CompleteRequest, holder: str) -> worker_pb2.CompleteResponse:
@@ -318,6 +340,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         out = worker_pb2.CompleteResponse(accepted=accepted, request_id=request.request_id)
         _rejections(rejected, out.rejected)
         self._dispatcher.poke()
+        self._registry.completed(holder, request, out)
         return out
 
     def _fail(self, request: worker_pb2.FailRequest, holder: str) -> worker_pb2.FailResponse:
@@ -337,6 +360,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         out = worker_pb2.FailResponse(accepted=accepted, request_id=request.request_id)
         _rejections(rejected, out.rejected)
         self._dispatcher.poke()
+        self._registry.failed(holder, request, out)
         return out
 
     # -- stream ---------------------------------------------------------------------------------
@@ -345,7 +369,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self, request_iterator: AsyncIterator[worker_pb2.WorkRequest], context: Any
     ) -> AsyncIterator[worker_pb2.WorkResponse]:
         """One worker's stream: a reader task applies requests; this generator writes responses."""
-        session = Session(worker_id=context.peer(), queues=("default",))
+        peer = context.peer()
+        session = Session(worker_id=peer, queues=("default",), address=peer)
         reader = asyncio.create_task(self._read(request_iterator, session))
         reader.add_done_callback(lambda _: session.out.put_nowait(None))
         try:
@@ -364,6 +389,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             reader.cancel()
             if session.said_hello:
                 self._stream_ended(session.worker_id)
+                self._registry.disconnected(session)
 
     def _stream_started(self, worker_id: str) -> None:
         open_now = self._streams.get(worker_id, 0)
@@ -408,11 +434,13 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 session.queues = _queues(hello.queues, "hello.queues")
                 self._stream_started(session.worker_id)
                 session.said_hello = True
+                self._registry.connected(session, hello, time.time())
                 log.info(
                     "worker %s connected (%s; queues %s)",
                     session.worker_id,
                     hello.sdk[:MAX_WORKER_ID] or "sdk not named",
                     ",".join(session.queues),
+                    extra={"worker_id": session.worker_id},
                 )
                 self._dispatcher.add(session)
                 session.out.put_nowait(worker_pb2.WorkResponse(welcome=self._welcome))
@@ -490,3 +518,10 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         out = self._fail(request, _holder(request.worker_id, context))
         await self._committer.durable()
         return out
+
+    @rpc
+    async def ListWorkers(
+        self, request: worker_pb2.ListWorkersRequest, context: Any
+    ) -> worker_pb2.ListWorkersResponse:
+        workers = self._registry.workers(self._core.leases.holder_counts())
+        return worker_pb2.ListWorkersResponse(workers=workers)

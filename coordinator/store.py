@@ -11,6 +11,7 @@ Key layout (all keys bytes; integers big-endian so keys sort numerically)::
     A <page * 2 + success>       -> 1 KiB bitmap: which fences of page * 2^13 + [0, 2^13) had
                                    a success (1) or a failure (0) accepted (``LeaseTable.take_pages``)
     J <job_id>                   -> parcelo.v1.Job (spec, status, stats, timestamps)
+    Q <queue>                    -> parcelo.v1.Queue: the queue's limits and paused flag
     N <job_id> 0x00 <start><~end> -> node record (see ``encode_node``); ~end = 2^64-1-end, so
                                    key order is pre-order (parents before children)
     E <job_id> 0x00 <first seq>  -> event segment (``events.encode_segment``)
@@ -40,7 +41,7 @@ from parcelo.coordinator.codec import StoredJob, StoredLease
 from parcelo.coordinator.events import Event, decode_segment, encode_segment
 from parcelo.coordinator.leases import LeaseKind
 from parcelo.coordinator.tree import Node, Status
-from parcelo.v1 import types_pb2
+from parcelo.v1 import queues_pb2, types_pb2
 
 FORMAT_VERSION = 3
 """Version of the key layout and records. 1: before the format key existed (node records had no holder);
@@ -51,6 +52,7 @@ READABLE_VERSIONS = (2, FORMAT_VERSION)
 FORMAT_KEY = b"Mformat"
 FENCE_KEY = b"Mfence"
 ACCEPTED_PREFIX = b"A"
+QUEUE_PREFIX = b"Q"
 _NODE = struct.Struct(">BBHIQQdIHH")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -293,6 +295,8 @@ class Store:
             ops.append((event_key(job_id, first), None))
         if changes.fence_limit is not None:
             ops.append((FENCE_KEY, _U64.pack(changes.fence_limit)))
+        for name, settings in changes.queues.items():
+            ops.append((QUEUE_PREFIX + name.encode(), settings.SerializeToString()))
         for page, bits in changes.accepted_pages.items():
             ops.append((ACCEPTED_PREFIX + _U64.pack(page), bits))
         for page in changes.dropped_pages:
@@ -365,6 +369,10 @@ class Store:
         """The durable fence high-water mark (1 on a new store: fence 0 means "no lease")."""
         value = self._db.get(FENCE_KEY)
         return _U64.unpack(value)[0] if value else 1
+
+    def load_queues(self) -> list[queues_pb2.Queue]:
+        """The stored queue settings."""
+        return [queues_pb2.Queue.FromString(value) for _, value in self._scan(QUEUE_PREFIX)]
 
     def load_accepted(self) -> dict[int, bytes]:
         """The stored pages of the accepted-fence bitmap, by page number."""

@@ -85,6 +85,28 @@ def certificate_configuration(tls: ServerTLS) -> grpc.ServerCertificateConfigura
     return grpc.ssl_server_certificate_configuration([(key, cert)], root_certificates=client_ca)
 
 
+def load_ssl_context(context: ssl.SSLContext, tls: ServerTLS) -> None:
+    """Load the certificate chain (and client CAs) of ``tls`` into ``context``: the HTTP port's
+    TLS, from the same files as gRPC's. Loading again (SIGHUP) gives new connections the new
+    certificate; a client CA added stays trusted until a restart (an SSL context cannot forget one).
+
+    Raises:
+        StartupError: The files are unusable (checked first by :func:`certificate_configuration`).
+    """
+    certificate_configuration(tls)
+    context.load_cert_chain(tls.cert, tls.key, password=_no_password)
+    if tls.client_ca is not None:
+        context.load_verify_locations(cafile=tls.client_ca)
+        context.verify_mode = ssl.CERT_REQUIRED
+
+
+def server_ssl_context(tls: ServerTLS) -> ssl.SSLContext:
+    """A server SSL context over the files of ``tls`` (see :func:`load_ssl_context`)."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    load_ssl_context(context, tls)
+    return context
+
+
 class ReloadableCredentials:
     """gRPC server credentials over :class:`ServerTLS` whose files can be read again while serving.
 

@@ -256,6 +256,10 @@ class RangeTree:
                 total += leaf_count(node.end - node.start, size)
         return total
 
+    def next_retry_at(self) -> float:
+        """When the earliest leaf in retry backoff comes due (0: none; possibly one leased since)."""
+        return self._delayed[0][0] if self._delayed else 0.0
+
     def has_work(self, now: float) -> bool:
         """Whether :meth:`next_work` would return a node now."""
         return (

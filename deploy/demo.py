@@ -4,7 +4,8 @@ Everything runs on this machine: the coordinator on a free loopback port (so,
 reachable from this host only, it needs neither TLS nor tokens; see
 docs/security.md to serve other hosts) over the embedded data dir
 ``.parcelo/demo``, two ``parcelo-worker`` processes with the example handler
-``parcelo.examples:count_primes``, which returns each leaf's count. The job
+``parcelo.examples:count_primes``, which returns each leaf's count (the dashboard's address
+is printed: the job's range map fills in live while it runs). The job
 adds them up (``reduce="sum"``) as its range tree collapses; its result, the
 number of primes below END, is checked against a direct count, then every
 process is stopped with SIGTERM.
@@ -38,8 +39,9 @@ def main() -> int:
     logs = DATA.parent / "demo-logs"
     logs.mkdir(exist_ok=True)
     console.print(f"[bold]Parcelo demo[/]: coordinator over [cyan]{DATA}[/], logs in [cyan]{logs}[/]")
-    coordinator = CoordinatorProcess(DATA, logs).start()
+    coordinator = CoordinatorProcess(DATA, logs, http=True).start()
     console.print(f"coordinator serving on {coordinator.target} (loopback only: no TLS or tokens needed)")
+    console.print(f"dashboard: [bold cyan]{coordinator.http_url}/[/] (open it to watch the range fill in)")
     workers: list[Proc] = [
         start_worker(
             coordinator.target, "parcelo.examples:count_primes", logs, "--concurrency", "2", name=f"worker{i}"

@@ -153,3 +153,25 @@ def width(range_: Any, ctx: Any) -> int:
 def key_per_leaf(range_: Any, ctx: Any) -> dict[str, int]:
     """A key of its own per leaf: a merge whose result grows with the range."""
     return {f"leaf-{range_.start:012d}": 1}
+
+
+def nap(range_: Any, ctx: Any) -> int:
+    """Sleep ``params['sleep']`` seconds; the first attempt of the leaf at ``params['fail_start']``
+    fails (retried). Returns the leaf's width, for a job with ``reduce sum``."""
+    time.sleep(float(ctx.params.get("sleep", 0)))
+    if range_.start == ctx.params.get("fail_start") and ctx.attempt == 1:
+        raise RuntimeError("a transient failure, for the dashboard to show")
+    return int(range_.end - range_.start)
+
+
+def span(range_: Any, ctx: Any) -> None:
+    """Sleep ``params['sleep']`` seconds, logging ``span start end t0 t1`` (wall-clock start and end
+    of the handler) in one line, so a test can tell how many ran at once."""
+    began = time.time()
+    time.sleep(float(ctx.params.get("sleep", 0)))
+    line = f"span {range_.start} {range_.end} {began:.6f} {time.time():.6f} {ctx.job_id}\n".encode()
+    fd = os.open(os.environ["PARCELO_TEST_LOG"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        os.write(fd, line)
+    finally:
+        os.close(fd)

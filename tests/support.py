@@ -313,7 +313,9 @@ class InProcessCoordinator:
 
     Port 0 binds any free port (see :attr:`port` once started); give a former coordinator's port to
     restart on it. Workers are told to heartbeat every ``heartbeat_interval_ms`` so directives
-    arrive quickly; ``grace`` bounds how long :meth:`stop` waits for open Work streams.
+    arrive quickly; ``grace`` bounds how long :meth:`stop` waits for open Work streams. ``http``:
+    serve the HTTP port on a free loopback port (:attr:`http_port` once started); ``tracer_provider``:
+    an OpenTelemetry provider for the coordinator's RPC spans.
     """
 
     def __init__(
@@ -324,6 +326,8 @@ class InProcessCoordinator:
         heartbeat_interval_ms: int = 50,
         grace: float = 0.2,
         store: Store | None = None,
+        http: bool = False,
+        tracer_provider: Any = None,
     ) -> None:
         self.coordinator = Coordinator(
             Config(
@@ -332,6 +336,8 @@ class InProcessCoordinator:
                 heartbeat_interval_ms=heartbeat_interval_ms,
                 grace=grace,
                 tick_interval=0.02,
+                http_listen="127.0.0.1:0" if http else None,
+                tracer_provider=tracer_provider,
             ),
             store=store,
         )
@@ -342,6 +348,10 @@ class InProcessCoordinator:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def http_port(self) -> int:
+        return self.coordinator.http_port
 
     async def start(self) -> int:
         """Start serving; returns the bound port."""
@@ -372,13 +382,22 @@ async def inprocess_coordinator(
     heartbeat_interval_ms: int = 50,
     grace: float = 0.2,
     store: Store | None = None,
+    http: bool = False,
+    tracer_provider: Any = None,
 ) -> AsyncIterator[InProcessCoordinator]:
     """Start an :class:`InProcessCoordinator`; stop it on the way out (unless the test already did).
 
-    ``store``: an open store to serve from instead of opening ``data_dir`` (to inject faults).
+    ``store``: an open store to serve from instead of opening ``data_dir`` (to inject faults);
+    ``http`` and ``tracer_provider`` as for :class:`InProcessCoordinator`.
     """
     coord = InProcessCoordinator(
-        data_dir, port=port, heartbeat_interval_ms=heartbeat_interval_ms, grace=grace, store=store
+        data_dir,
+        port=port,
+        heartbeat_interval_ms=heartbeat_interval_ms,
+        grace=grace,
+        store=store,
+        http=http,
+        tracer_provider=tracer_provider,
     )
     try:
         await coord.start()

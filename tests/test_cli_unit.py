@@ -234,7 +234,9 @@ class _FakeJobs(jobs_pb2_grpc.JobServiceServicer):
         context.abort(grpc.StatusCode.UNIMPLEMENTED, "not in the fake")
         raise AssertionError("abort raises")
 
-    CreateJob = PauseJob = ResumeJob = CancelJob = DeleteJob = RetryFailed = GetJobTree = _unimplemented
+    CreateJob = PauseJob = ResumeJob = CancelJob = DeleteJob = RetryFailed = GetJobTree = UpdateJob = (
+        _unimplemented
+    )
 
 
 @pytest.fixture

@@ -222,7 +222,7 @@ def test_dockerfile_final_stage_runs_unprivileged_with_a_volume_and_a_healthchec
     env = {k: v for value in final.all("ENV") for k, v in key_values(value).items()}
     volumes = [v for value in final.all("VOLUME") for v in exec_form(value)]
     assert any(env["PARCELO_DATA_DIR"].startswith(v + "/") for v in volumes), "the data dir is on a volume"
-    assert {"50051", "9464"} <= set(" ".join(final.all("EXPOSE")).split())
+    assert {"50051", "50052"} <= set(" ".join(final.all("EXPOSE")).split())
     check = healthcheck_argv(final)
     assert program(check) == "parcelo" and "health" in check
     assert program(exec_form(final.last("CMD") or "[]")) == "parcelo-coordinator"
@@ -389,6 +389,13 @@ def test_coordinator_keeps_its_volume_probes_health_and_outlives_its_grace(rende
     assert service["spec"]["selector"].items() <= labels.items()
     assert spec["serviceName"] == service["metadata"]["name"]
     assert port in [p["port"] for p in service["spec"]["ports"]]
+    # Prometheus finds /metrics of the HTTP port by the pod's annotations, without a token.
+    http = int(flag_value(argv, "--http-listen").rsplit(":", 1)[1])
+    annotations = spec["template"]["metadata"]["annotations"]
+    assert (annotations["prometheus.io/port"], annotations["prometheus.io/path"]) == (str(http), "/metrics")
+    assert "--public-metrics" in argv
+    assert http in [p["containerPort"] for p in container["ports"]]
+    assert http in [p["port"] for p in service["spec"]["ports"]]
     # Workers reach it by the Service's name, and drain within their grace period.
     workers = by_kind(objects, "Deployment")
     [worker] = containers(workers)
@@ -481,7 +488,8 @@ def test_compose_runs_a_coordinator_three_workers_and_prometheus() -> None:
     coordinator, worker = services["coordinator"], services["worker"]
     argv = service_argv(coordinator)
     port = int(flag_value(argv, "--listen").rsplit(":", 1)[1])
-    metrics = int(flag_value(argv, "--metrics-port"))
+    http = int(flag_value(argv, "--http-listen").rsplit(":", 1)[1])
+    assert "--public-metrics" in argv, "Prometheus scrapes without a token"
     assert seconds(coordinator["stop_grace_period"]) > 2 * float(flag_value(argv, "--grace"))
     [volume] = coordinator["volumes"]
     assert volume.split(":")[0] in compose["volumes"] and volume.split(":")[1] == "/var/lib/parcelo"
@@ -494,7 +502,8 @@ def test_compose_runs_a_coordinator_three_workers_and_prometheus() -> None:
     assert "build" in coordinator and coordinator["build"]["dockerfile"] == "deploy/docker/Dockerfile"
     prometheus = load_one(DEPLOY / "prometheus.yml")
     targets = [t for job in prometheus["scrape_configs"] for c in job["static_configs"] for t in c["targets"]]
-    assert targets == [f"coordinator:{metrics}"]
+    assert targets == [f"coordinator:{http}"]
+    assert f"127.0.0.1:{http}:{http}" in coordinator["ports"], "the dashboard on this host only"
     mounted = [v for v in services["prometheus"]["volumes"] if v.startswith("./prometheus.yml:")]
     assert mounted, "Prometheus reads deploy/prometheus.yml"
 

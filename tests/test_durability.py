@@ -210,7 +210,7 @@ async def test_shutdown_answers_then_ends_work_streams_and_stops_once(tmp_path: 
 async def test_a_start_that_fails_closes_the_store(tmp_path: Path) -> None:
     async with inprocess_coordinator(tmp_path / "a") as first:
         taken = f"127.0.0.1:{first.port}"
-        second = Coordinator(Config(data_dir=tmp_path / "b", listen=taken))
+        second = Coordinator(Config(data_dir=tmp_path / "b", listen=taken, http_listen=None))
         with pytest.raises(OSError, match="cannot listen"):
             await second.start()
         Store(tmp_path / "b").close()  # the data dir is not locked any more

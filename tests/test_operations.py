@@ -48,10 +48,10 @@ def test_online_and_offline_backups_restore_the_jobs(
         restored.stop()
 
 
-def scrape(port: int) -> str:
-    """The coordinator's Prometheus text, or "" while the metrics port does not answer."""
+def scrape(coord: CoordinatorProcess) -> str:
+    """The coordinator's Prometheus text (its HTTP port's /metrics), or "" while it does not answer."""
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
+        with urllib.request.urlopen(f"{coord.http_url}/metrics", timeout=2) as response:
             return str(response.read().decode())
     except OSError:
         return ""
@@ -70,14 +70,13 @@ def samples(text: str, name: str) -> dict[str, float]:
 def test_health_and_prometheus_metrics(
     make_coordinator: type[CoordinatorProcess], log_dir: Path, tmp_path: Path
 ) -> None:
-    port = free_port()
-    coord = make_coordinator(tmp_path / "data", log_dir, extra=["--metrics-port", str(port)]).start()
+    coord = make_coordinator(tmp_path / "data", log_dir, http=True).start()
     coord.create_job(JobOptions(0, 100, max_range_size=10))
     health = health_pb2_grpc.HealthStub(coord.channel)
     assert health.Check(health_pb2.HealthCheckRequest()).status == health_pb2.HealthCheckResponse.SERVING
 
     def jobs_metric() -> str:
-        text = scrape(port)
+        text = scrape(coord)
         return text if "parcelo_jobs" in text else ""
 
     text = wait_for(jobs_metric, 20, "metrics")
@@ -167,6 +166,9 @@ def test_a_second_coordinator_on_the_same_data_dir_exits_at_once_with_one_line(
             str(data_dir),
             "--listen",
             f"127.0.0.1:{free_port()}",
+            # Its own HTTP port would be refused first if another coordinator held the default one.
+            "--http-listen",
+            "off",
         ],
         capture_output=True,
         text=True,
@@ -201,8 +203,7 @@ def test_queue_depth_gauges_count_waiting_leaves_and_held_leases(
     make_coordinator: type[CoordinatorProcess], log_dir: Path, tmp_path: Path
 ) -> None:
     """What the autoscaler reads: exact per-queue numbers, unsplit nodes counted as their leaves."""
-    port = free_port()
-    coord = make_coordinator(tmp_path / "data", log_dir, extra=["--metrics-port", str(port)]).start()
+    coord = make_coordinator(tmp_path / "data", log_dir, http=True).start()
     leaves = len(reference_leaves(0, 10_000, 10))  # 1,024 leaves, nearly all inside unsplit nodes
     coord.create_job(JobOptions(0, 10_000, max_range_size=10))
     coord.create_job(JobOptions(0, 300, max_range_size=100, queue="gpu"))  # 4 leaves
@@ -215,7 +216,7 @@ def test_queue_depth_gauges_count_waiting_leaves_and_held_leases(
         want_running = {"default": 3, "gpu": 0}
 
         def exact() -> str:
-            text = scrape(port)
+            text = scrape(coord)
             pending = samples(text, "parcelo_pending_leaves")
             running = samples(text, "parcelo_running_leases")
             return text if (pending, running) == (want_pending, want_running) else ""

@@ -41,6 +41,12 @@ FULL = JobOptions(
     start_paused=True,
     labels={"team": "search"},
     reduce="merge",
+    max_concurrency=3,
+    max_leases_per_second=2.5,
+    burst=4,
+    weight=2,
+    fairness_key="tenant-a",
+    run_after=datetime(2029, 5, 6, 7, 8, 9, tzinfo=UTC),
 )
 FULL_PARAMS = '{"k":[1,2]}'
 
@@ -239,7 +245,9 @@ def test_job_create_flags_build_the_options(monkeypatch: pytest.MonkeyPatch) -> 
     args += ["--max-attempts", "7", "--initial-backoff", "0.25", "--max-backoff", "120"]
     args += ["--backoff-multiplier", "1.5", "--jitter", "0.25", "--pruning", "--leaf-timeout", "3600"]
     args += ["--deadline", "2030-01-02T03:04:05.678+00:00", "--priority=-3", "--paused"]
-    args += ["--label", "team=search", "--reduce", "merge"]
+    args += ["--label", "team=search", "--reduce", "merge", "--max-concurrency", "3"]
+    args += ["--max-leases-per-second", "2.5", "--burst", "4", "--weight", "2", "--fairness-key", "tenant-a"]
+    args += ["--run-after", "2029-05-06T07:08:09+00:00"]
     result = CliRunner().invoke(cli, ["--target", "127.0.0.1:1", "job", "create", *args])
     assert (result.exit_code, result.stdout) == (0, "made\n"), result.output
     assert seen == [dataclasses.replace(FULL, params=FULL_PARAMS)]

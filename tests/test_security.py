@@ -45,7 +45,7 @@ TOKENS = {role: f"{role}-{secrets.token_urlsafe(16)}" for role in ROLES}
 """This session's token of each role: random, so finding one in a log can only mean it leaked."""
 WRONG = f"wrong-{secrets.token_urlsafe(16)}"
 
-READ_ONLY = frozenset({"GetJob", "ListJobs", "GetJobTree", "WatchJob"})
+READ_ONLY = frozenset({"GetJob", "ListJobs", "GetJobTree", "WatchJob", "ListQueues", "GetQueue"})
 """The JobService calls a reader may make, stated here again to check the coordinator's table."""
 
 
@@ -96,6 +96,7 @@ def secured(pki: Pki, tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict
                 listen=f"0.0.0.0:{port}" if name == "tls" else None,
                 tls=client_tls(pki, mutual=mutual),
                 token=TOKENS["admin"],
+                http=True,
             ).start()
         yield coords
     finally:
@@ -158,10 +159,13 @@ def expected(who: str, service: str, method: str) -> str:
         return "allowed"
     if who not in ROLES:
         return "UNAUTHENTICATED"
+    read = (
+        service in ("parcelo.v1.JobService", "parcelo.v1.QueueService") and method in READ_ONLY
+    ) or method == "ListWorkers"
     allowed = (
         who == "admin"
-        or (who == "worker" and service == "parcelo.v1.WorkerService")
-        or (who == "reader" and service == "parcelo.v1.JobService" and method in READ_ONLY)
+        or (who == "worker" and service == "parcelo.v1.WorkerService" and method != "ListWorkers")
+        or (who == "reader" and (read or service.startswith("grpc.reflection.")))
     )
     return "allowed" if allowed else "PERMISSION_DENIED"
 
@@ -414,3 +418,85 @@ def test_sighup_reloads_certificates_and_tokens_without_dropping_streams(
         stream.close()
     assert logged_tokens(log_of(coord)) == [] and new_worker not in log_of(coord)
     assert coord.stop() == 0
+
+
+# -- the HTTP port under the same TLS and tokens -------------------------------------------------
+
+
+def https(
+    coord: CoordinatorProcess,
+    path: str,
+    token: str | None = None,
+    *,
+    method: str = "GET",
+    pki: Pki,
+    certificate: bool = True,
+) -> tuple[int, dict[str, Any]]:
+    """An HTTPS request to the coordinator's HTTP port: (status, JSON body)."""
+    import http.client
+    import json
+
+    context = ssl.create_default_context(cafile=str(pki.ca))
+    if certificate:
+        context.load_cert_chain(pki.client.cert, pki.client.key)
+    connection = http.client.HTTPSConnection("127.0.0.1", coord.http_port, context=context, timeout=10)
+    try:
+        headers = {"Authorization": f"Bearer {token}"} if token else {}
+        connection.request(method, path, body=b"{}" if method == "POST" else None, headers=headers)
+        response = connection.getresponse()
+        data = response.read()
+        if response.getheader("Content-Type", "").startswith("application/json"):
+            return response.status, json.loads(data)
+        return response.status, {"text": data.decode()}
+    finally:
+        connection.close()
+
+
+@pytest.mark.parametrize("transport", ["tls", "mtls"])
+def test_the_http_port_takes_the_same_tokens_and_roles_over_https(
+    secured: dict[str, CoordinatorProcess], pki: Pki, transport: str
+) -> None:
+    coord = secured[transport]
+    assert https(coord, "/healthz", pki=pki)[0] == 200, "health needs no token"
+    assert https(coord, "/readyz", pki=pki) == (200, {"status": "SERVING"})
+    status, body = https(coord, "/api/v1/jobs", pki=pki)
+    assert (status, body["code"]) == (401, "UNAUTHENTICATED")
+    assert https(coord, "/api/v1/jobs", WRONG, pki=pki)[0] == 401
+    assert https(coord, "/api/v1/jobs", TOKENS["reader"], pki=pki)[0] == 200
+    assert https(coord, "/api/v1/workers", TOKENS["reader"], pki=pki)[0] == 200
+    assert https(coord, "/metrics", TOKENS["reader"], pki=pki)[0] == 200
+    status, body = https(coord, "/api/v1/jobs", TOKENS["worker"], pki=pki)
+    assert (status, body["code"]) == (403, "PERMISSION_DENIED")
+    # Readers read; steering a job is an admin's (a missing job: the admin got through).
+    assert https(coord, "/api/v1/jobs/nope/cancel", TOKENS["reader"], method="POST", pki=pki)[0] == 403
+    status, body = https(coord, "/api/v1/jobs/nope/cancel", TOKENS["admin"], method="POST", pki=pki)
+    assert (status, body["code"]) == (404, "NOT_FOUND")
+    assert logged_tokens(log_of(coord)) == []
+
+
+def test_the_http_port_of_a_mutual_tls_coordinator_wants_a_client_certificate(
+    secured: dict[str, CoordinatorProcess], pki: Pki
+) -> None:
+    with pytest.raises((ssl.SSLError, ConnectionError, OSError)):
+        https(secured["mtls"], "/healthz", pki=pki, certificate=False)
+    assert https(secured["tls"], "/healthz", pki=pki, certificate=False)[0] == 200
+
+
+def test_an_exposed_http_port_is_refused_without_authentication(tmp_path: Path, log_dir: Path) -> None:
+    result = subprocess.run(
+        [
+            str(BIN / "parcelo-coordinator"),
+            "--data-dir",
+            str(tmp_path / "data"),
+            "--listen",
+            f"127.0.0.1:{free_port()}",
+            "--http-listen",
+            "0.0.0.0:0",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert line.startswith("error: refusing to listen on 0.0.0.0:0 (--http-listen) without --auth-tokens")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 from google.protobuf.descriptor import ServiceDescriptor
 from grpc_health.v1 import health_pb2
+from grpc_reflection.v1alpha import reflection_pb2
 
 from parcelo.channel import TLS, tls_of, token_metadata
 from parcelo.coordinator import auth
@@ -20,13 +21,14 @@ from parcelo.coordinator.listen import exposed, host_of, is_loopback
 from parcelo.coordinator.server import SERVED
 from parcelo.coordinator.tls import ServerTLS, certificate_configuration
 from parcelo.errors import ConfigError
-from parcelo.v1 import admin_pb2, jobs_pb2, types_pb2, worker_pb2
+from parcelo.v1 import admin_pb2, jobs_pb2, queues_pb2, types_pb2, worker_pb2
 from tests.certs import Pki
 
 
 def proto_services() -> Iterator[ServiceDescriptor]:
-    """Every service of Parcelo's proto files, and the health service the coordinator serves."""
-    for module in (jobs_pb2, types_pb2, worker_pb2, admin_pb2, health_pb2):
+    """Every service of Parcelo's proto files, and the health and reflection services the
+    coordinator serves."""
+    for module in (jobs_pb2, types_pb2, worker_pb2, queues_pb2, admin_pb2, health_pb2, reflection_pb2):
         yield from module.DESCRIPTOR.services_by_name.values()
 
 
@@ -72,9 +74,19 @@ def test_readers_read_jobs_workers_work_and_only_admins_change_jobs() -> None:
         "WatchJob",
     }
     assert all(roles == auth.ADMINS or roles == auth.READERS for roles in jobs.values())
-    assert set(callers("parcelo.v1.WorkerService.").values()) == {auth.WORKERS}
+    queues = callers("parcelo.v1.QueueService.")
+    assert {name for name, roles in queues.items() if roles == auth.READERS} == {"ListQueues", "GetQueue"}
+    assert {name for name, roles in queues.items() if roles == auth.ADMINS} == {
+        "UpdateQueue",
+        "PauseQueue",
+        "ResumeQueue",
+    }
+    workers = callers("parcelo.v1.WorkerService.")
+    assert workers.pop("ListWorkers") == auth.READERS, "dashboards list workers"
+    assert set(workers.values()) == {auth.WORKERS}
     assert set(callers("parcelo.v1.AdminService.").values()) == {auth.ADMINS}
     assert set(callers("grpc.health.v1.Health.").values()) == {None}
+    assert set(callers("grpc.reflection.").values()) == {auth.READERS}
 
 
 # -- the tokens file -----------------------------------------------------------------------------

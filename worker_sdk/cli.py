@@ -27,7 +27,15 @@ from rich.live import Live
 
 from parcelo import defaults, progress
 from parcelo.channel import TLS
-from parcelo.cli_options import target_option, tls_from_flags, tls_options, token_option
+from parcelo.cli_options import (
+    log_options,
+    parse_duration,
+    setup_logging,
+    target_option,
+    tls_from_flags,
+    tls_options,
+    token_option,
+)
 from parcelo.client import POLL_INTERVAL, TERMINAL_STATUSES, Client
 from parcelo.errors import ConfigError, PermissionDenied, RpcError, Unauthenticated, Unavailable
 from parcelo.options import REDUCES, JobOptions, RetryPolicy
@@ -163,6 +171,7 @@ Uint64 = click.IntRange(0, 2**64 - 1)
 @target_option
 @tls_options
 @token_option
+@log_options("WARNING")
 @click.version_option(package_name="parcelo")
 @click.pass_context
 def cli(
@@ -172,12 +181,15 @@ def cli(
     tls_cert: Path | None,
     tls_key: Path | None,
     token: str | None,
+    log_level: str,
+    log_format: str,
 ) -> None:
     """Administer the jobs of a Parcelo coordinator, and the coordinator itself.
 
     Exit codes: 0 ok; 1 coordinator error, unreachable coordinator, (wait/watch) job failed or
     cancelled, or (health) not serving; 2 bad command line; 3 wait timed out.
     """
+    setup_logging(log_level, log_format)
     ctx.obj = _Obj(target, tls_from_flags(tls_ca, tls_cert, tls_key), token)
 
 
@@ -221,6 +233,27 @@ def _labels_flag(ctx: click.Context, param: click.Parameter, value: tuple[str, .
 
 def _deadline_flag(ctx: click.Context, param: click.Parameter, value: str | None) -> datetime | None:
     return parse_deadline(value)
+
+
+def parse_run_after(text: str | None) -> datetime | timedelta | None:
+    """``--run-after``: an ISO 8601 time (local without an offset) or ``+DURATION`` from now."""
+    if text is None:
+        return None
+    if text.startswith("+"):
+        try:
+            return parse_duration(text[1:])
+        except ValueError as err:
+            raise BadInput(f"--run-after: {err}") from None
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError as err:
+        raise BadInput(f"--run-after is neither an ISO 8601 time nor +DURATION: {err}") from None
+
+
+def _run_after_flag(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> datetime | timedelta | None:
+    return parse_run_after(value)
 
 
 # `job create`'s flags are named (their Python names) for the fields of JobOptions, RetryPolicy's
@@ -316,6 +349,31 @@ def flag_message(err: ConfigError, flags: Mapping[str, str]) -> str:
     callback=_labels_flag,
     metavar="KEY=VALUE",
     help="A label (repeatable).",
+)
+@click.option(
+    "--max-concurrency",
+    type=click.IntRange(0, 2**32 - 1),
+    default=0,
+    help="Leaf leases held at once across all workers [default: 0, no limit].",
+)
+@click.option(
+    "--max-leases-per-second",
+    type=click.FloatRange(min=0),
+    default=0.0,
+    help="Leases granted per second at most [default: 0, no limit].",
+)
+@click.option(
+    "--burst", type=click.IntRange(0, 2**32 - 1), default=0, help="Rate limit's burst [default: the rate]."
+)
+@click.option("--weight", type=click.IntRange(1, 2**32 - 1), help="Share of its fairness key [default: 1].")
+@click.option(
+    "--fairness-key", help="Jobs of one key share one share (e.g. a tenant) [default: the job's id]."
+)
+@click.option(
+    "--run-after",
+    callback=_run_after_flag,
+    metavar="ISO8601|+DURATION",
+    help="No lease before then (e.g. 2030-01-01T00:00:00Z, +15m, +2h).",
 )
 @click.option(
     "--reduce",
@@ -595,6 +653,30 @@ def events(obj: _Obj, job_id: str, follow: bool, after: int, as_json: bool) -> N
                 click.echo(progress.event_line(event))
 
 
+@cli.group()
+def worker() -> None:
+    """See the workers connected to the coordinator."""
+
+
+@worker.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON array of WorkerInfo messages.")
+@pass_obj
+def worker_list(obj: _Obj, as_json: bool) -> None:
+    """List connected workers: address, queues, concurrency, leases held, leaves done and failed.
+
+    With --json the output is a JSON array (possibly empty) of WorkerInfo objects, field names
+    as in the proto.
+    """
+    with obj.client() as client:
+        workers = client.list_workers()
+    if as_json:
+        echo_json([to_dict(w) for w in workers])
+    elif workers:
+        obj.console.print(progress.workers_table(workers, progress.now_seconds()))
+    else:
+        click.echo("no workers connected", err=True)
+
+
 @cli.command("health")
 @click.option("--service", default="", show_default=True, help='Service name to check ("": the server).')
 @click.option(
@@ -618,6 +700,10 @@ def health(obj: _Obj, service: str, timeout: float) -> None:
     if status != "SERVING":
         raise CliError(f"{name} at {obj.target} is {status}")
     click.echo(f"{name} at {obj.target} is SERVING")
+
+
+# The scheduling commands build on the helpers above and add themselves to the groups.
+import parcelo.cli_scheduling  # noqa: E402, F401
 
 
 def main(argv: list[str] | None = None) -> NoReturn:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import logging
+import re
 from collections.abc import Callable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -12,6 +13,8 @@ import click
 from parcelo import defaults
 from parcelo.channel import TLS, tls_of
 from parcelo.errors import ConfigError
+from parcelo.logs import FORMATS
+from parcelo.logs import setup_logging as setup_logging  # the CLIs' one import
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -69,14 +72,48 @@ token_option = click.option(
     "variable: command lines are visible to other users).",
 )
 
-log_level_option = click.option(
-    "--log-level",
-    default="INFO",
-    show_default=True,
-    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
-)
+
+def log_options(default_level: str = "INFO") -> Callable[[F], F]:
+    """``--log-level`` and ``--log-format text|json`` (env ``PARCELO_LOG_FORMAT``); the command
+    receives ``log_level`` and ``log_format`` for :func:`setup_logging`."""
+
+    def add(command: F) -> F:
+        command = click.option(
+            "--log-format",
+            type=click.Choice(FORMATS),
+            default="text",
+            show_default=True,
+            envvar="PARCELO_LOG_FORMAT",
+            help="Log lines as text, or as JSON objects with job_id, fence and worker_id as fields.",
+        )(command)
+        return click.option(
+            "--log-level",
+            default=default_level,
+            show_default=True,
+            type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+        )(command)
+
+    return add
 
 
-def setup_logging(level: str) -> None:
-    """Log lines with time, level and logger name to stderr, from ``level`` up."""
-    logging.basicConfig(level=level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_UNITS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> timedelta:
+    """``90s``, ``15m``, ``2h``, ``1h30m``, ``500ms``, ``1d`` (or plain seconds: ``90``) as a timedelta.
+
+    Raises:
+        ValueError: not a duration, or not more than zero.
+    """
+    body = text.strip()
+    try:
+        seconds = float(body)
+    except ValueError:
+        parts = _DURATION.findall(body)
+        if not parts or "".join(n + unit for n, unit in parts) != body:
+            raise ValueError(f"{text!r} is not a duration like 90s, 15m, 2h or 1h30m") from None
+        seconds = sum(float(n) * _UNITS[unit] for n, unit in parts)
+    if not seconds > 0 or seconds != seconds or seconds == float("inf"):
+        raise ValueError(f"{text!r} must be more than zero")
+    return timedelta(seconds=seconds)

@@ -1,4 +1,5 @@
-"""Synchronous client of the coordinator's admin API (``parcelo.v1.JobService`` and ``AdminService``).
+"""Synchronous client of the coordinator's admin API (``parcelo.v1.JobService``, ``AdminService``
+and ``WorkerService.ListWorkers``).
 
 The client is a thin, typed layer over the generated stub: it builds requests from Python values
 (a job's options as :class:`parcelo.options.JobOptions`), returns the protobuf messages unchanged,
@@ -35,7 +36,17 @@ from parcelo.channel import TLS, open_channel, token_metadata
 from parcelo.errors import ConfigError, JobNotCompleted, RpcError, from_grpc
 from parcelo.options import JobOptions
 from parcelo.options import encode_params as encode_params  # moved to parcelo.options; still importable here
-from parcelo.v1 import admin_pb2, admin_pb2_grpc, jobs_pb2, jobs_pb2_grpc, types_pb2
+from parcelo.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    queues_pb2,
+    queues_pb2_grpc,
+    types_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -117,6 +128,7 @@ class Client:
             channel = open_channel(target, tls.credentials() if tls is not None else None)
         self._channel: grpc.Channel = channel
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
+        self._queues = queues_pb2_grpc.QueueServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -244,6 +256,75 @@ class Client:
         request = jobs_pb2.RetryFailedRequest(job_id=job_id)
         job: types_pb2.Job = self._call(self._stub.RetryFailed, request)
         return job
+
+    def update_job(
+        self,
+        job_id: str,
+        *,
+        priority: int | None = None,
+        weight: int | None = None,
+        max_concurrency: int | None = None,
+        max_leases_per_second: float | None = None,
+        burst: int | None = None,
+    ) -> types_pb2.Job:
+        """Change a running job's priority, weight or limits (``None``: unchanged; a limit of 0:
+        none). Lowering a limit lets running leases finish."""
+        request = jobs_pb2.UpdateJobRequest(
+            job_id=job_id,
+            priority=priority,
+            weight=weight,
+            max_concurrency=max_concurrency,
+            max_leases_per_second=max_leases_per_second,
+            burst=burst,
+        )
+        job: types_pb2.Job = self._call(self._stub.UpdateJob, request)
+        return job
+
+    def list_queues(self) -> list[queues_pb2.Queue]:
+        """Every queue a job, a setting or a connected worker names: depth, limits, paused."""
+        answer: queues_pb2.ListQueuesResponse = self._call(
+            self._queues.ListQueues, queues_pb2.ListQueuesRequest()
+        )
+        return list(answer.queues)
+
+    def get_queue(self, name: str) -> queues_pb2.Queue:
+        queue: queues_pb2.Queue = self._call(self._queues.GetQueue, queues_pb2.GetQueueRequest(name=name))
+        return queue
+
+    def update_queue(
+        self,
+        name: str,
+        *,
+        max_concurrency: int | None = None,
+        max_leases_per_second: float | None = None,
+        burst: int | None = None,
+    ) -> queues_pb2.Queue:
+        """Change the limits that bound the sum over a queue's jobs (``None``: unchanged; 0: none)."""
+        request = queues_pb2.UpdateQueueRequest(
+            name=name,
+            max_concurrency=max_concurrency,
+            max_leases_per_second=max_leases_per_second,
+            burst=burst,
+        )
+        queue: queues_pb2.Queue = self._call(self._queues.UpdateQueue, request)
+        return queue
+
+    def pause_queue(self, name: str) -> queues_pb2.Queue:
+        """No lease from any job of the queue until :meth:`resume_queue`."""
+        queue: queues_pb2.Queue = self._call(self._queues.PauseQueue, queues_pb2.PauseQueueRequest(name=name))
+        return queue
+
+    def resume_queue(self, name: str) -> queues_pb2.Queue:
+        queue: queues_pb2.Queue = self._call(
+            self._queues.ResumeQueue, queues_pb2.ResumeQueueRequest(name=name)
+        )
+        return queue
+
+    def list_workers(self) -> list[worker_pb2.WorkerInfo]:
+        """The workers connected now (``WorkerService.ListWorkers``), by worker id."""
+        stub = worker_pb2_grpc.WorkerServiceStub(self._channel)
+        answer: worker_pb2.ListWorkersResponse = self._call(stub.ListWorkers, worker_pb2.ListWorkersRequest())
+        return list(answer.workers)
 
     def health(self, service: str = "", timeout: float | None = None) -> str:
         """The coordinator's standard ``grpc.health.v1`` status for ``service`` (``""``: the server).

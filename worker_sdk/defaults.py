@@ -13,6 +13,9 @@ DEFAULT_TARGET = "localhost:50051"
 DEFAULT_LISTEN = "127.0.0.1:50051"
 """Loopback: a coordinator reachable from other hosts must authenticate its callers (docs/security.md)."""
 
+DEFAULT_HTTP_LISTEN = "127.0.0.1:50052"
+"""The HTTP port (API, dashboard, metrics) beside the gRPC port, on loopback for the same reason."""
+
 DEFAULT_QUEUE = "default"
 """Queue of jobs and workers that name none."""
 

@@ -219,6 +219,13 @@ class JobOptions:
         priority: Higher runs first among the jobs of a queue (signed 32-bit).
         start_paused: Create the job paused; ``resume_job`` starts it.
         labels: Free-form labels shown with the job.
+        max_concurrency: Leaf leases held by workers at once, across all of them (0: no limit).
+        max_leases_per_second: Leases granted per second at most (0: no limit).
+        burst: Leases the rate limit lets through at once (0: the rate rounded up).
+        weight: The share of the job's fairness key among the keys of its priority (``None``: 1).
+        fairness_key: Jobs with one key share one share (``None``: the job's own id).
+        run_after: No lease before then: a datetime (naive is local time) or a delay from when the
+            options are sent.
         reduce: How the handlers' return values combine into the job's result: ``"sum"``,
             ``"min"``, ``"max"`` (numbers), ``"merge"`` (JSON objects, numbers summed key by key)
             or ``"none"``; ``None`` means ``"none"`` (results are not kept).
@@ -244,6 +251,12 @@ class JobOptions:
     start_paused: bool = False
     labels: Mapping[str, str] = field(default_factory=dict)
     reduce: ReduceName | None = None
+    max_concurrency: int = 0
+    max_leases_per_second: float = 0.0
+    burst: int = 0
+    weight: int | None = None
+    fairness_key: str | None = None
+    run_after: datetime | timedelta | None = None
 
     def __post_init__(self) -> None:
         _check_int("start", self.start, range(MAX_U64 + 1), "between 0 and 2**64 - 1")
@@ -272,6 +285,27 @@ class JobOptions:
                 raise _bad(
                     "labels", f"keys must be non-empty strings and values strings (got {key!r}: {value!r})"
                 )
+        _check_int("max_concurrency", self.max_concurrency, range(MAX_U32 + 1), "between 0 and 2**32 - 1")
+        _check_int("burst", self.burst, range(MAX_U32 + 1), "between 0 and 2**32 - 1")
+        rate = self.max_leases_per_second
+        if (
+            isinstance(rate, bool)
+            or not isinstance(rate, (int, float))
+            or not math.isfinite(rate)
+            or rate < 0
+        ):
+            raise _bad("max_leases_per_second", f"must be a finite number, 0 or more (got {rate!r})")
+        if self.weight is not None:
+            _check_int("weight", self.weight, range(1, MAX_U32 + 1), "between 1 and 2**32 - 1")
+        if self.fairness_key is not None and not (
+            isinstance(self.fairness_key, str) and QUEUE_PATTERN.match(self.fairness_key)
+        ):
+            raise _bad(
+                "fairness_key",
+                f"must be 1-128 characters matching {QUEUE_PATTERN.pattern} (got {self.fairness_key!r})",
+            )
+        if self.run_after is not None and not isinstance(self.run_after, (datetime, timedelta)):
+            raise _bad("run_after", f"must be a datetime or a timedelta, got {type(self.run_after).__name__}")
         if self.reduce is not None and self.reduce not in REDUCES:
             raise _bad("reduce", f"must be one of {', '.join(REDUCES)} (got {self.reduce!r})")
 
@@ -298,6 +332,12 @@ class JobOptions:
             start_paused=self.start_paused,
             labels=dict(self.labels),
             reduce=types_pb2.Reduce.Value(f"REDUCE_{(self.reduce or 'unspecified').upper()}"),
+            max_concurrency=self.max_concurrency,
+            max_leases_per_second=self.max_leases_per_second,
+            burst=self.burst,
+            weight=self.weight,
+            fairness_key=self.fairness_key or "",
+            run_after=None if self.run_after is None else _timestamp(_instant(self.run_after)),
         )
 
     @classmethod
@@ -327,7 +367,18 @@ class JobOptions:
             start_paused=spec.start_paused,
             labels=dict(spec.labels),
             reduce=_reduce_name(spec.reduce),
+            max_concurrency=spec.max_concurrency,
+            max_leases_per_second=spec.max_leases_per_second,
+            burst=spec.burst,
+            weight=spec.weight if spec.HasField("weight") else None,
+            fairness_key=spec.fairness_key or None,
+            run_after=spec.run_after.ToDatetime(tzinfo=UTC) if spec.HasField("run_after") else None,
         )
+
+
+def _instant(when: datetime | timedelta) -> datetime:
+    """A run_after as a time: a delay counts from now."""
+    return datetime.now(UTC) + when if isinstance(when, timedelta) else when
 
 
 def _reduce_name(value: types_pb2.Reduce.ValueType) -> ReduceName | None:

@@ -18,7 +18,7 @@ from rich.table import Table
 from rich.text import Text
 from rich.tree import Tree
 
-from parcelo.v1 import jobs_pb2, types_pb2
+from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
 
 RATE_WINDOW = 10.0
 """Seconds of stats samples the throughput is averaged over: smooth, yet quick to follow changes."""
@@ -220,6 +220,40 @@ def jobs_table(jobs: list[types_pb2.Job]) -> Table:
             f"{stats.done_nodes + stats.skipped_nodes}/{stats.total_nodes}",
             str(stats.error_nodes),
             format_time(job.created_at, short=True),
+        )
+    return table
+
+
+def workers_table(workers: list[worker_pb2.WorkerInfo], now: float) -> Table:
+    """The table printed by ``worker list``, one row per connected worker."""
+    table = Table(box=None, header_style="bold", pad_edge=False)
+    for name in (
+        "WORKER",
+        "ADDRESS",
+        "QUEUES",
+        "SDK",
+        "CONC",
+        "LEASES",
+        "DONE",
+        "FAILED",
+        "CONNECTED",
+        "BEAT",
+    ):
+        table.add_column(name, justify="right" if name in ("CONC", "LEASES", "DONE", "FAILED") else "left")
+    for info in workers:
+        beat = info.last_heartbeat_at
+        since = now - (beat.seconds + beat.nanos / 1e9)
+        table.add_row(
+            info.worker_id,
+            info.address,
+            ",".join(info.queues),
+            info.sdk or "-",
+            str(info.concurrency or "-"),
+            str(info.leases_held),
+            str(info.leaves_completed),
+            str(info.leaves_failed),
+            format_time(info.connected_at, short=True),
+            f"{format_duration(max(0.0, since))} ago" if beat.seconds else "-",
         )
     return table
 

@@ -18,6 +18,7 @@ import os
 import random
 import signal
 import socket
+import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -32,6 +33,7 @@ from parcelo import defaults
 from parcelo.channel import TLS, open_aio_channel, token_metadata
 from parcelo.context import Context, Handler, Range, ShouldProcess
 from parcelo.errors import PermanentError
+from parcelo.tracing import HandlerSpans, global_provider
 from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
 log = logging.getLogger(__name__)
@@ -61,6 +63,8 @@ class _Held:
     lease: worker_pb2.Lease
     ctx: Context | None = None
     task: asyncio.Future[Any] | None = None
+    # The handler's run time in microseconds, once it ran (sent with its completion).
+    run_us: int = 0
     # Set by directives: report nothing (cancel/lost), or give the lease back (release).
     dropped: bool = False
     release: bool = False
@@ -81,6 +85,8 @@ class _Results:
     complete: list[int] = field(default_factory=list)
     # The result (JSON) of each of ``complete``, "" for none.
     results: list[str] = field(default_factory=list)
+    # The handler run time (microseconds) of each of ``complete``, 0 when not measured.
+    run_us: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
     failures: list[worker_pb2.Failure] = field(default_factory=list)
     # By fence: ("complete", result JSON), ("skip", None) or ("fail", the failure).
@@ -105,6 +111,9 @@ class Worker:
         tls: Connect over TLS (see :class:`parcelo.channel.TLS`); plaintext when ``None``. The
             files are read once, here.
         token: Bearer token for a coordinator started with ``--auth-tokens`` (role ``worker``).
+        tracer_provider: An OpenTelemetry ``TracerProvider`` for the spans of handler runs, each a
+            child of its job's trace. Default: the global one, when the application (or
+            ``parcelo-worker``, from the ``OTEL_*`` variables) installed one; else no spans.
 
     Raises:
         ConfigError: A TLS file cannot be read or the token cannot be sent as metadata.
@@ -124,6 +133,7 @@ class Worker:
         drain_timeout: timedelta = defaults.DRAIN_TIMEOUT,
         tls: TLS | None = None,
         token: str | None = None,
+        tracer_provider: Any = None,
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
@@ -151,6 +161,10 @@ class Worker:
         self._ttls: dict[str, float] = {}
         # Jobs whose leaf results the coordinator keeps (a reduce): only theirs are encoded and sent.
         self._reducing: set[str] = set()
+        # Each job's trace context, from its JobInfo: the parent of its handler spans.
+        self._traceparents: dict[str, str] = {}
+        provider = tracer_provider if tracer_provider is not None else global_provider()
+        self._spans = HandlerSpans(provider) if provider is not None else None
         self._results = _Results()
         self._outstanding = 0  # credit asked for on this stream and not yet granted
         self._out: asyncio.Queue[worker_pb2.WorkRequest | None] | None = None
@@ -272,7 +286,9 @@ class Worker:
         ) as channel:
             # The token goes with the call, once: the whole stream is one call.
             call = worker_pb2_grpc.WorkerServiceStub(channel).Work(metadata=self._metadata)
-            hello = worker_pb2.Hello(worker_id=self.worker_id, queues=self.queues, sdk=SDK)
+            hello = worker_pb2.Hello(
+                worker_id=self.worker_id, queues=self.queues, sdk=SDK, concurrency=self.concurrency
+            )
             await call.write(worker_pb2.WorkRequest(hello=hello))
             welcome = await call.read()
             if welcome is aio.EOF or welcome.WhichOneof("msg") != "welcome":
@@ -359,7 +375,12 @@ class Worker:
             for rejection in answer.rejected:
                 self._results.unacked.pop(rejection.fence, None)
                 self.stats.rejected += 1
-                log.info("result for lease %d rejected: %s", rejection.fence, rejection.message)
+                log.info(
+                    "result for lease %d rejected: %s",
+                    rejection.fence,
+                    rejection.message,
+                    extra={"fence": rejection.fence, "worker_id": self.worker_id},
+                )
             self._notify()
 
     def _on_grant(self, grant: worker_pb2.LeaseGrant) -> None:
@@ -368,6 +389,8 @@ class Worker:
                 self._ttls[info.job_id] = info.lease_ttl.ToMilliseconds() / 1000
             if info.reduce not in (types_pb2.REDUCE_UNSPECIFIED, types_pb2.REDUCE_NONE):
                 self._reducing.add(info.job_id)
+            if info.traceparent:
+                self._traceparents[info.job_id] = info.traceparent
             try:
                 self._params[info.job_id] = json.loads(info.params_json or "{}")
             except ValueError:
@@ -441,21 +464,46 @@ class Worker:
         range_ = Range(ctx.cursor, ctx.leaf.end)
         error: BaseException | None = None
         result: Any = None
+        spans = self._spans
+        span = None
+        if spans is not None:
+            lease = held.lease
+            span = spans.start(
+                job_id=lease.job_id,
+                traceparent=self._traceparents.get(lease.job_id, ""),
+                fence=lease.fence,
+                start=range_.start,
+                end=range_.end,
+                attempt=lease.attempt,
+                worker_id=self.worker_id,
+            )
+        started = time.perf_counter()
         try:
             if self._is_async:
-                result = await self.handler(range_, ctx)
+                if spans is not None and span is not None:
+                    with spans.current(span):
+                        result = await self.handler(range_, ctx)
+                else:
+                    result = await self.handler(range_, ctx)
             else:
                 assert self._pool is not None
-                result = await asyncio.get_running_loop().run_in_executor(
-                    self._pool, self.handler, range_, ctx
-                )
+                call = self._traced(span, range_, ctx) if span is not None else None
+                if call is not None:
+                    result = await asyncio.get_running_loop().run_in_executor(self._pool, call)
+                else:
+                    result = await asyncio.get_running_loop().run_in_executor(
+                        self._pool, self.handler, range_, ctx
+                    )
         except asyncio.CancelledError:
             error = None if (held.dropped or held.release) else asyncio.CancelledError()
         except Exception as err:
             error = err
         finally:
             self._running -= 1
-        self._finish(held, error, result=result)
+            held.run_us = max(1, int((time.perf_counter() - started) * 1e6))
+        outcome = self._finish(held, error, result=result)
+        if spans is not None and span is not None:
+            spans.end(span, error, outcome)
         self._notify()
         self._pump()
 
@@ -476,16 +524,29 @@ class Worker:
         # grants held only probes would wait for ever.
         self._ask_for_leases()
 
+    def _traced(self, span: Any, range_: Range, ctx: Context) -> Any:
+        """The sync handler call, run in a pool thread with ``span`` current there."""
+        spans = self._spans
+        assert spans is not None
+
+        def call() -> Any:
+            with spans.current(span):
+                return self.handler(range_, ctx)
+
+        return call
+
     def _finish(
         self, held: _Held, error: BaseException | None, *, skip: bool = False, result: Any = None
-    ) -> None:
+    ) -> str:
+        """Queue the result of a lease; returns what became of it (completed, skipped, failed,
+        released or dropped), for its span."""
         fence = held.lease.fence
         if self._held.pop(fence, None) is None or held.dropped:
-            return
+            return "dropped"
         checkpoint = held.ctx.last_checkpoint if held.ctx is not None else None
         if held.release:
             self._give_back(held, checkpoint)
-            return
+            return "released"
         results = self._results
         text = ""
         if error is None and result is not None and held.lease.job_id in self._reducing:
@@ -499,16 +560,20 @@ class Worker:
             except (TypeError, ValueError, RecursionError) as err:
                 # Deterministic: the same handler would return the same value again.
                 error = PermanentError(f"the handler's result is not JSON: {err}")
+        outcome = "failed"
         if error is None:
             if skip:
                 results.skipped.append(fence)
                 results.unacked[fence] = ("skip", None)
                 self.stats.skipped += 1
+                outcome = "skipped"
             else:
                 results.complete.append(fence)
                 results.results.append(text)
+                results.run_us.append(held.run_us)
                 results.unacked[fence] = ("complete", text)
                 self.stats.completed += 1
+                outcome = "completed"
         else:
             failure = worker_pb2.Failure(
                 fence=fence,
@@ -526,8 +591,10 @@ class Worker:
                 held.lease.end,
                 held.lease.job_id,
                 failure.message,
+                extra={"job_id": held.lease.job_id, "fence": fence, "worker_id": self.worker_id},
             )
         self._schedule_flush()
+        return outcome
 
     def _give_back(self, held: _Held, checkpoint: tuple[int, bytes] | None = None) -> None:
         self._held.pop(held.lease.fence, None)
@@ -570,10 +637,11 @@ class Worker:
                         worker_id=self.worker_id,
                         # One per fence, or none at all when no leaf gave one.
                         results_json=results.results if any(results.results) else (),
+                        handler_us=results.run_us if any(results.run_us) else (),
                     )
                 )
             )
-            results.complete, results.results, results.skipped = [], [], []
+            results.complete, results.results, results.run_us, results.skipped = [], [], [], []
         if results.failures:
             self._send(
                 worker_pb2.WorkRequest(
@@ -585,10 +653,12 @@ class Worker:
     def _resend_unacked(self) -> None:
         results = self._results
         results.complete, results.results, results.skipped, results.failures = [], [], [], []
+        results.run_us = []
         for fence, (kind, item) in results.unacked.items():
             if kind == "complete":
                 results.complete.append(fence)
                 results.results.append(item if isinstance(item, str) else "")
+                results.run_us.append(0)  # counted when first sent
             elif kind == "skip":
                 results.skipped.append(fence)
             elif isinstance(item, worker_pb2.Failure):

@@ -11,7 +11,7 @@ import click
 
 from parcelo import defaults
 from parcelo.cli_options import (
-    log_level_option,
+    log_options,
     setup_logging,
     target_option,
     tls_from_flags,
@@ -20,6 +20,7 @@ from parcelo.cli_options import (
 )
 from parcelo.errors import ConfigError
 from parcelo.handlers import load, module_should_process
+from parcelo.tracing import TracingError, configure_from_env
 from parcelo.worker import Worker
 
 
@@ -60,7 +61,7 @@ from parcelo.worker import Worker
     help="On SIGTERM, how long running handlers get to finish.",
 )
 @click.option("--worker-id", default=None, help="Name shown to the coordinator [default: host:pid].")
-@log_level_option
+@log_options()
 def main(
     target: str,
     tls_ca: Path | None,
@@ -75,10 +76,19 @@ def main(
     drain_timeout: float,
     worker_id: str | None,
     log_level: str,
+    log_format: str,
 ) -> None:
-    """Pull leases from the coordinator at TARGET and run HANDLER on them until SIGTERM."""
-    setup_logging(log_level)
+    """Pull leases from the coordinator at TARGET and run HANDLER on them until SIGTERM.
+
+    Handler runs are traced when OTEL_TRACES_EXPORTER names an exporter (docs/operations.md).
+    """
+    setup_logging(log_level, log_format)
     tls = tls_from_flags(tls_ca, tls_cert, tls_key)
+    try:
+        configure_from_env("parcelo-worker")
+    except TracingError as err:
+        click.echo(f"error: {err}", err=True)
+        sys.exit(2)
     try:
         handler = load(handler_spec)
         should = load(should_spec) if should_spec else module_should_process(handler_spec)

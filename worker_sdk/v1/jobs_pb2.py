@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from parcelo.v1 import types_pb2 as parcelo_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15parcelo/v1/jobs.proto\x12\nparcelo.v1\x1a\x16parcelo/v1/types.proto\"5\n\x10\x43reateJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.parcelo.v1.JobSpec\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"p\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x08statuses\x18\x03 \x03(\x0e\x32\x15.parcelo.v1.JobStatus\x12\r\n\x05queue\x18\x04 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.parcelo.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x0fPauseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07release\x18\x02 \x01(\x08\"\"\n\x10ResumeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteJobResponse\"$\n\x12RetryFailedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x11GetJobTreeRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tmax_depth\x18\x02 \x01(\r\"V\n\x12GetJobTreeResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.parcelo.v1.Job\x12\"\n\x04root\x18\x02 \x01(\x0b\x32\x14.parcelo.v1.TreeNode\"j\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12$\n\x05types\x18\x04 \x03(\x0e\x32\x15.parcelo.v1.EventType2\x8f\x05\n\nJobService\x12:\n\tCreateJob\x12\x1c.parcelo.v1.CreateJobRequest\x1a\x0f.parcelo.v1.Job\x12\x34\n\x06GetJob\x12\x19.parcelo.v1.GetJobRequest\x1a\x0f.parcelo.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.parcelo.v1.ListJobsRequest\x1a\x1c.parcelo.v1.ListJobsResponse\x12\x38\n\x08PauseJob\x12\x1b.parcelo.v1.PauseJobRequest\x1a\x0f.parcelo.v1.Job\x12:\n\tResumeJob\x12\x1c.parcelo.v1.ResumeJobRequest\x1a\x0f.parcelo.v1.Job\x12:\n\tCancelJob\x12\x1c.parcelo.v1.CancelJobRequest\x1a\x0f.parcelo.v1.Job\x12H\n\tDeleteJob\x12\x1c.parcelo.v1.DeleteJobRequest\x1a\x1d.parcelo.v1.DeleteJobResponse\x12>\n\x0bRetryFailed\x12\x1e.parcelo.v1.RetryFailedRequest\x1a\x0f.parcelo.v1.Job\x12K\n\nGetJobTree\x12\x1d.parcelo.v1.GetJobTreeRequest\x1a\x1e.parcelo.v1.GetJobTreeResponse\x12?\n\x08WatchJob\x12\x1b.parcelo.v1.WatchJobRequest\x1a\x14.parcelo.v1.JobEvent0\x01\x42\x45\n\x0e\x64\x65v.parcelo.v1P\x01Z$parcelo.dev/gen/parcelo/v1;parcelov1\xaa\x02\nParcelo.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x15parcelo/v1/jobs.proto\x12\nparcelo.v1\x1a\x16parcelo/v1/types.proto\"\xf4\x01\n\x10UpdateJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x15\n\x08priority\x18\x02 \x01(\x05H\x00\x88\x01\x01\x12\x13\n\x06weight\x18\x03 \x01(\rH\x01\x88\x01\x01\x12\x1c\n\x0fmax_concurrency\x18\x04 \x01(\rH\x02\x88\x01\x01\x12\"\n\x15max_leases_per_second\x18\x05 \x01(\x01H\x03\x88\x01\x01\x12\x12\n\x05\x62urst\x18\x06 \x01(\rH\x04\x88\x01\x01\x42\x0b\n\t_priorityB\t\n\x07_weightB\x12\n\x10_max_concurrencyB\x18\n\x16_max_leases_per_secondB\x08\n\x06_burst\"5\n\x10\x43reateJobRequest\x12!\n\x04spec\x18\x01 \x01(\x0b\x32\x13.parcelo.v1.JobSpec\"\x1f\n\rGetJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"p\n\x0fListJobsRequest\x12\x11\n\tpage_size\x18\x01 \x01(\r\x12\x12\n\npage_token\x18\x02 \x01(\t\x12\'\n\x08statuses\x18\x03 \x03(\x0e\x32\x15.parcelo.v1.JobStatus\x12\r\n\x05queue\x18\x04 \x01(\t\"J\n\x10ListJobsResponse\x12\x1d\n\x04jobs\x18\x01 \x03(\x0b\x32\x0f.parcelo.v1.Job\x12\x17\n\x0fnext_page_token\x18\x02 \x01(\t\"2\n\x0fPauseJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0f\n\x07release\x18\x02 \x01(\x08\"\"\n\x10ResumeJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"2\n\x10\x43\x61ncelJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x0e\n\x06reason\x18\x02 \x01(\t\"\"\n\x10\x44\x65leteJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"\x13\n\x11\x44\x65leteJobResponse\"$\n\x12RetryFailedRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\"6\n\x11GetJobTreeRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tmax_depth\x18\x02 \x01(\r\"V\n\x12GetJobTreeResponse\x12\x1c\n\x03job\x18\x01 \x01(\x0b\x32\x0f.parcelo.v1.Job\x12\"\n\x04root\x18\x02 \x01(\x0b\x32\x14.parcelo.v1.TreeNode\"j\n\x0fWatchJobRequest\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\x11\n\tafter_seq\x18\x02 \x01(\x04\x12\x0e\n\x06\x66ollow\x18\x03 \x01(\x08\x12$\n\x05types\x18\x04 \x03(\x0e\x32\x15.parcelo.v1.EventType2\xcb\x05\n\nJobService\x12:\n\tCreateJob\x12\x1c.parcelo.v1.CreateJobRequest\x1a\x0f.parcelo.v1.Job\x12\x34\n\x06GetJob\x12\x19.parcelo.v1.GetJobRequest\x1a\x0f.parcelo.v1.Job\x12\x45\n\x08ListJobs\x12\x1b.parcelo.v1.ListJobsRequest\x1a\x1c.parcelo.v1.ListJobsResponse\x12\x38\n\x08PauseJob\x12\x1b.parcelo.v1.PauseJobRequest\x1a\x0f.parcelo.v1.Job\x12:\n\tResumeJob\x12\x1c.parcelo.v1.ResumeJobRequest\x1a\x0f.parcelo.v1.Job\x12:\n\tCancelJob\x12\x1c.parcelo.v1.CancelJobRequest\x1a\x0f.parcelo.v1.Job\x12H\n\tDeleteJob\x12\x1c.parcelo.v1.DeleteJobRequest\x1a\x1d.parcelo.v1.DeleteJobResponse\x12>\n\x0bRetryFailed\x12\x1e.parcelo.v1.RetryFailedRequest\x1a\x0f.parcelo.v1.Job\x12K\n\nGetJobTree\x12\x1d.parcelo.v1.GetJobTreeRequest\x1a\x1e.parcelo.v1.GetJobTreeResponse\x12?\n\x08WatchJob\x12\x1b.parcelo.v1.WatchJobRequest\x1a\x14.parcelo.v1.JobEvent0\x01\x12:\n\tUpdateJob\x12\x1c.parcelo.v1.UpdateJobRequest\x1a\x0f.parcelo.v1.JobBE\n\x0e\x64\x65v.parcelo.v1P\x01Z$parcelo.dev/gen/parcelo/v1;parcelov1\xaa\x02\nParcelo.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -33,32 +33,34 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parcelo.v1.jobs_pb2', _glob
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.parcelo.v1P\001Z$parcelo.dev/gen/parcelo/v1;parcelov1\252\002\nParcelo.V1'
-  _globals['_CREATEJOBREQUEST']._serialized_start=61
-  _globals['_CREATEJOBREQUEST']._serialized_end=114
-  _globals['_GETJOBREQUEST']._serialized_start=116
-  _globals['_GETJOBREQUEST']._serialized_end=147
-  _globals['_LISTJOBSREQUEST']._serialized_start=149
-  _globals['_LISTJOBSREQUEST']._serialized_end=261
-  _globals['_LISTJOBSRESPONSE']._serialized_start=263
-  _globals['_LISTJOBSRESPONSE']._serialized_end=337
-  _globals['_PAUSEJOBREQUEST']._serialized_start=339
-  _globals['_PAUSEJOBREQUEST']._serialized_end=389
-  _globals['_RESUMEJOBREQUEST']._serialized_start=391
-  _globals['_RESUMEJOBREQUEST']._serialized_end=425
-  _globals['_CANCELJOBREQUEST']._serialized_start=427
-  _globals['_CANCELJOBREQUEST']._serialized_end=477
-  _globals['_DELETEJOBREQUEST']._serialized_start=479
-  _globals['_DELETEJOBREQUEST']._serialized_end=513
-  _globals['_DELETEJOBRESPONSE']._serialized_start=515
-  _globals['_DELETEJOBRESPONSE']._serialized_end=534
-  _globals['_RETRYFAILEDREQUEST']._serialized_start=536
-  _globals['_RETRYFAILEDREQUEST']._serialized_end=572
-  _globals['_GETJOBTREEREQUEST']._serialized_start=574
-  _globals['_GETJOBTREEREQUEST']._serialized_end=628
-  _globals['_GETJOBTREERESPONSE']._serialized_start=630
-  _globals['_GETJOBTREERESPONSE']._serialized_end=716
-  _globals['_WATCHJOBREQUEST']._serialized_start=718
-  _globals['_WATCHJOBREQUEST']._serialized_end=824
-  _globals['_JOBSERVICE']._serialized_start=827
-  _globals['_JOBSERVICE']._serialized_end=1482
+  _globals['_UPDATEJOBREQUEST']._serialized_start=62
+  _globals['_UPDATEJOBREQUEST']._serialized_end=306
+  _globals['_CREATEJOBREQUEST']._serialized_start=308
+  _globals['_CREATEJOBREQUEST']._serialized_end=361
+  _globals['_GETJOBREQUEST']._serialized_start=363
+  _globals['_GETJOBREQUEST']._serialized_end=394
+  _globals['_LISTJOBSREQUEST']._serialized_start=396
+  _globals['_LISTJOBSREQUEST']._serialized_end=508
+  _globals['_LISTJOBSRESPONSE']._serialized_start=510
+  _globals['_LISTJOBSRESPONSE']._serialized_end=584
+  _globals['_PAUSEJOBREQUEST']._serialized_start=586
+  _globals['_PAUSEJOBREQUEST']._serialized_end=636
+  _globals['_RESUMEJOBREQUEST']._serialized_start=638
+  _globals['_RESUMEJOBREQUEST']._serialized_end=672
+  _globals['_CANCELJOBREQUEST']._serialized_start=674
+  _globals['_CANCELJOBREQUEST']._serialized_end=724
+  _globals['_DELETEJOBREQUEST']._serialized_start=726
+  _globals['_DELETEJOBREQUEST']._serialized_end=760
+  _globals['_DELETEJOBRESPONSE']._serialized_start=762
+  _globals['_DELETEJOBRESPONSE']._serialized_end=781
+  _globals['_RETRYFAILEDREQUEST']._serialized_start=783
+  _globals['_RETRYFAILEDREQUEST']._serialized_end=819
+  _globals['_GETJOBTREEREQUEST']._serialized_start=821
+  _globals['_GETJOBTREEREQUEST']._serialized_end=875
+  _globals['_GETJOBTREERESPONSE']._serialized_start=877
+  _globals['_GETJOBTREERESPONSE']._serialized_end=963
+  _globals['_WATCHJOBREQUEST']._serialized_start=965
+  _globals['_WATCHJOBREQUEST']._serialized_end=1071
+  _globals['_JOBSERVICE']._serialized_start=1074
+  _globals['_JOBSERVICE']._serialized_end=1789
 # @@protoc_insertion_point(module_scope)

@@ -85,6 +85,11 @@ class JobServiceStub:
                 request_serializer=parcelo_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
                 response_deserializer=parcelo_dot_v1_dot_types__pb2.JobEvent.FromString,
                 _registered_method=True)
+        self.UpdateJob = channel.unary_unary(
+                '/parcelo.v1.JobService/UpdateJob',
+                request_serializer=parcelo_dot_v1_dot_jobs__pb2.UpdateJobRequest.SerializeToString,
+                response_deserializer=parcelo_dot_v1_dot_types__pb2.Job.FromString,
+                _registered_method=True)
 
 
 class JobServiceServicer:
@@ -175,6 +180,15 @@ class JobServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def UpdateJob(self, request, context):
+        """Changes a job's priority, weight and limits while it runs (fields left
+        unset stay as they are). Lowering a limit below what runs lets running
+        leases finish; it never revokes them. FAILED_PRECONDITION when finished.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_JobServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -227,6 +241,11 @@ def add_JobServiceServicer_to_server(servicer, server):
                     servicer.WatchJob,
                     request_deserializer=parcelo_dot_v1_dot_jobs__pb2.WatchJobRequest.FromString,
                     response_serializer=parcelo_dot_v1_dot_types__pb2.JobEvent.SerializeToString,
+            ),
+            'UpdateJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.UpdateJob,
+                    request_deserializer=parcelo_dot_v1_dot_jobs__pb2.UpdateJobRequest.FromString,
+                    response_serializer=parcelo_dot_v1_dot_types__pb2.Job.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -499,6 +518,33 @@ class JobService:
             '/parcelo.v1.JobService/WatchJob',
             parcelo_dot_v1_dot_jobs__pb2.WatchJobRequest.SerializeToString,
             parcelo_dot_v1_dot_types__pb2.JobEvent.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def UpdateJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parcelo.v1.JobService/UpdateJob',
+            parcelo_dot_v1_dot_jobs__pb2.UpdateJobRequest.SerializeToString,
+            parcelo_dot_v1_dot_types__pb2.Job.FromString,
             options,
             channel_credentials,
             insecure,

@@ -74,6 +74,11 @@ class JobServiceStub:
     A watcher more than 50,000 events behind is ended with
     RESOURCE_EXHAUSTED; reconnect with after_seq = the last seq received.
     """
+    UpdateJob: _grpc.UnaryUnaryMultiCallable[_jobs_pb2.UpdateJobRequest, _types_pb2.Job]
+    """Changes a job's priority, weight and limits while it runs (fields left
+    unset stay as they are). Lowering a limit below what runs lets running
+    leases finish; it never revokes them. FAILED_PRECONDITION when finished.
+    """
 
 @_typing.type_check_only
 class JobServiceAsyncStub(JobServiceStub):
@@ -119,6 +124,11 @@ class JobServiceAsyncStub(JobServiceStub):
     received has seq > after_seq + 1, the ones in between were dropped.
     A watcher more than 50,000 events behind is ended with
     RESOURCE_EXHAUSTED; reconnect with after_seq = the last seq received.
+    """
+    UpdateJob: _aio.UnaryUnaryMultiCallable[_jobs_pb2.UpdateJobRequest, _types_pb2.Job]  # type: ignore[assignment]
+    """Changes a job's priority, weight and limits while it runs (fields left
+    unset stay as they are). Lowering a limit below what runs lets running
+    leases finish; it never revokes them. FAILED_PRECONDITION when finished.
     """
 
 class JobServiceServicer(metaclass=_abc_1.ABCMeta):
@@ -222,6 +232,17 @@ class JobServiceServicer(metaclass=_abc_1.ABCMeta):
         received has seq > after_seq + 1, the ones in between were dropped.
         A watcher more than 50,000 events behind is ended with
         RESOURCE_EXHAUSTED; reconnect with after_seq = the last seq received.
+        """
+
+    @_abc_1.abstractmethod
+    def UpdateJob(
+        self,
+        request: _jobs_pb2.UpdateJobRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_types_pb2.Job, _abc.Awaitable[_types_pb2.Job]]:
+        """Changes a job's priority, weight and limits while it runs (fields left
+        unset stay as they are). Lowering a limit below what runs lets running
+        leases finish; it never revokes them. FAILED_PRECONDITION when finished.
         """
 
 def add_JobServiceServicer_to_server(servicer: JobServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -361,6 +361,12 @@ class JobSpec(_message.Message):
     START_PAUSED_FIELD_NUMBER: _builtins.int
     LABELS_FIELD_NUMBER: _builtins.int
     REDUCE_FIELD_NUMBER: _builtins.int
+    MAX_CONCURRENCY_FIELD_NUMBER: _builtins.int
+    MAX_LEASES_PER_SECOND_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    WEIGHT_FIELD_NUMBER: _builtins.int
+    FAIRNESS_KEY_FIELD_NUMBER: _builtins.int
+    RUN_AFTER_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional caller-chosen id ([A-Za-z0-9._-], 1..128 chars). Creating a job
     with an id that exists and the same spec returns the existing job; a
@@ -390,6 +396,27 @@ class JobSpec(_message.Message):
     """Create the job paused; ResumeJob starts it."""
     reduce: Global___Reduce.ValueType
     """How leaf results combine into Job.result_json. Unset means REDUCE_NONE."""
+    max_concurrency: _builtins.int
+    """Scheduling (docs/architecture.md, "Choosing the next lease"). Limits are
+    enforced across every worker and stream; a worker asking for more than
+    they allow simply gets fewer leases. 0 means no limit.
+    Leaf leases held by workers at once, prefetched ones included (probes
+    are not counted).
+    """
+    max_leases_per_second: _builtins.float
+    """Leases granted per second at most: a token bucket. Finite, not negative."""
+    burst: _builtins.int
+    """What that bucket holds. 0: max_leases_per_second rounded up."""
+    weight: _builtins.int
+    """Among the jobs of equal priority on a queue, leases are shared between
+    fairness keys in proportion to their weights, then round robin between
+    the jobs of one key. Unset: 1 (0 is refused). When the jobs of one key
+    disagree, the largest weight counts.
+    """
+    fairness_key: _builtins.str
+    """The job's fairness key: empty means the job's own id; otherwise 1..128
+    of [A-Za-z0-9._:-] (e.g. a tenant).
+    """
     @_builtins.property
     def range(self) -> Global___Range:
         """Required; start < end. Ids go up to 2^64-2 (end is exclusive)."""
@@ -416,6 +443,12 @@ class JobSpec(_message.Message):
     def labels(self) -> _containers.ScalarMap[_builtins.str, _builtins.str]:
         """Free-form labels (keys not empty), shown by GetJob and ListJobs."""
 
+    @_builtins.property
+    def run_after(self) -> _timestamp_pb2.Timestamp:
+        """No lease before this time: the job stays pending until then. Not before
+        1970, not after 9999.
+        """
+
     def __init__(
         self,
         *,
@@ -434,12 +467,20 @@ class JobSpec(_message.Message):
         start_paused: _builtins.bool = ...,
         labels: _abc.Mapping[_builtins.str, _builtins.str] | None = ...,
         reduce: Global___Reduce.ValueType = ...,
+        max_concurrency: _builtins.int = ...,
+        max_leases_per_second: _builtins.float = ...,
+        burst: _builtins.int = ...,
+        weight: _builtins.int | None = ...,
+        fairness_key: _builtins.str = ...,
+        run_after: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "range", b"range", "retry", b"retry"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "deadline", b"deadline", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "range", b"range", "retry", b"retry", "run_after", b"run_after", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["deadline", b"deadline", "job_id", b"job_id", "labels", b"labels", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_range_size", b"max_range_size", "params_json", b"params_json", "priority", b"priority", "pruning", b"pruning", "queue", b"queue", "range", b"range", "reduce", b"reduce", "request_id", b"request_id", "retry", b"retry", "start_paused", b"start_paused"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "burst", b"burst", "deadline", b"deadline", "fairness_key", b"fairness_key", "job_id", b"job_id", "labels", b"labels", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_concurrency", b"max_concurrency", "max_leases_per_second", b"max_leases_per_second", "max_range_size", b"max_range_size", "params_json", b"params_json", "priority", b"priority", "pruning", b"pruning", "queue", b"queue", "range", b"range", "reduce", b"reduce", "request_id", b"request_id", "retry", b"retry", "run_after", b"run_after", "start_paused", b"start_paused", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
+    _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
 
@@ -460,6 +501,7 @@ class Job(_message.Message):
     REASON_FIELD_NUMBER: _builtins.int
     RESULT_JSON_FIELD_NUMBER: _builtins.int
     RESULT_PARTIAL_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     id: _builtins.str
     status: Global___JobStatus.ValueType
     reason: _builtins.str
@@ -472,6 +514,12 @@ class Job(_message.Message):
     """
     result_partial: _builtins.bool
     """True unless the job completed: result_json covers only part of the range."""
+    traceparent: _builtins.str
+    """The job's trace context, a W3C traceparent header value
+    ("00-<trace id>-<span id>-<flags>"): the span of the CreateJob call that
+    created it when the coordinator traces, else the trace context that call
+    carried, else empty. Workers give it to their handler spans as parent.
+    """
     @_builtins.property
     def spec(self) -> Global___JobSpec: ...
     @_builtins.property
@@ -502,10 +550,11 @@ class Job(_message.Message):
         reason: _builtins.str = ...,
         result_json: _builtins.str = ...,
         result_partial: _builtins.bool = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "spec", b"spec", "started_at", b"started_at", "stats", b"stats", "updated_at", b"updated_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "reason", b"reason", "result_json", b"result_json", "result_partial", b"result_partial", "spec", b"spec", "started_at", b"started_at", "stats", b"stats", "status", b"status", "updated_at", b"updated_at"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["created_at", b"created_at", "finished_at", b"finished_at", "id", b"id", "reason", b"reason", "result_json", b"result_json", "result_partial", b"result_partial", "spec", b"spec", "started_at", b"started_at", "stats", b"stats", "status", b"status", "traceparent", b"traceparent", "updated_at", b"updated_at"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -22,6 +22,7 @@ from collections import abc as _abc
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import duration_pb2 as _duration_pb2
 from google.protobuf import message as _message
+from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
 from parcelo.v1 import types_pb2 as _types_pb2
@@ -238,6 +239,7 @@ class Hello(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     QUEUES_FIELD_NUMBER: _builtins.int
     SDK_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Name of the worker process (host:pid by default), recorded as the holder
     of every lease this stream gets and shown in GetJobTree and the
@@ -249,6 +251,8 @@ class Hello(_message.Message):
     """Worker SDK name and version (e.g. "parcelo-node/0.1.0"), logged when the
     stream opens.
     """
+    concurrency: _builtins.int
+    """Handlers the worker runs at once, shown in ListWorkers (0: not said)."""
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Queues to take leases from, in order of preference. Empty means ["default"]."""
@@ -259,10 +263,11 @@ class Hello(_message.Message):
         worker_id: _builtins.str = ...,
         queues: _abc.Iterable[_builtins.str] | None = ...,
         sdk: _builtins.str = ...,
+        concurrency: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["queues", b"queues", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "queues", b"queues", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -410,6 +415,7 @@ class JobInfo(_message.Message):
     LEASE_TTL_FIELD_NUMBER: _builtins.int
     LEAF_TIMEOUT_FIELD_NUMBER: _builtins.int
     REDUCE_FIELD_NUMBER: _builtins.int
+    TRACEPARENT_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     queue: _builtins.str
     params_json: _builtins.str
@@ -418,6 +424,11 @@ class JobInfo(_message.Message):
     reduce: _types_pb2.Reduce.ValueType
     """How the job combines leaf results. REDUCE_NONE (or unspecified): results
     are ignored, so a worker need not encode them.
+    """
+    traceparent: _builtins.str
+    """The job's trace context (Job.traceparent): a W3C traceparent header
+    value, for the spans of the job's handler runs to join the job's trace.
+    Empty: the job has none.
     """
     @_builtins.property
     def lease_ttl(self) -> _duration_pb2.Duration:
@@ -439,10 +450,11 @@ class JobInfo(_message.Message):
         lease_ttl: _duration_pb2.Duration | None = ...,
         leaf_timeout: _duration_pb2.Duration | None = ...,
         reduce: _types_pb2.Reduce.ValueType = ...,
+        traceparent: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_range_size", b"max_range_size", "params_json", b"params_json", "queue", b"queue", "reduce", b"reduce"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["job_id", b"job_id", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_range_size", b"max_range_size", "params_json", b"params_json", "queue", b"queue", "reduce", b"reduce", "traceparent", b"traceparent"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -595,6 +607,7 @@ class CompleteRequest(_message.Message):
     WORKER_ID_FIELD_NUMBER: _builtins.int
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESULTS_JSON_FIELD_NUMBER: _builtins.int
+    HANDLER_US_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Unary calls: who sends it, checked against each lease's holder (the
     worker_id of the unary Lease that got it; empty: the peer address). On a
@@ -622,6 +635,13 @@ class CompleteRequest(_message.Message):
         REJECT_REASON_INVALID_RESULT and the leaf fails permanently.
         """
 
+    @_builtins.property
+    def handler_us(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """How long each handler ran, in microseconds, in the order of fences (0:
+        not measured, as for probes). For the coordinator's handler duration
+        histogram only: ignored unless empty or one per fence.
+        """
+
     def __init__(
         self,
         *,
@@ -630,10 +650,11 @@ class CompleteRequest(_message.Message):
         worker_id: _builtins.str = ...,
         request_id: _builtins.int = ...,
         results_json: _abc.Iterable[_builtins.str] | None = ...,
+        handler_us: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fences", b"fences", "request_id", b"request_id", "results_json", b"results_json", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fences", b"fences", "handler_us", b"handler_us", "request_id", b"request_id", "results_json", b"results_json", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -805,3 +826,111 @@ class FailResponse(_message.Message):
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___FailResponse: _TypeAlias = FailResponse  # noqa: Y015
+
+@_typing.final
+class ListWorkersRequest(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    def __init__(
+        self,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkersRequest: _TypeAlias = ListWorkersRequest  # noqa: Y015
+
+@_typing.final
+class WorkerInfo(_message.Message):
+    """A connected worker, as its Work streams told the coordinator."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKER_ID_FIELD_NUMBER: _builtins.int
+    ADDRESS_FIELD_NUMBER: _builtins.int
+    QUEUES_FIELD_NUMBER: _builtins.int
+    CONCURRENCY_FIELD_NUMBER: _builtins.int
+    CREDIT_FIELD_NUMBER: _builtins.int
+    SDK_FIELD_NUMBER: _builtins.int
+    CONNECTED_AT_FIELD_NUMBER: _builtins.int
+    LAST_HEARTBEAT_AT_FIELD_NUMBER: _builtins.int
+    LEASES_HELD_FIELD_NUMBER: _builtins.int
+    LEAVES_COMPLETED_FIELD_NUMBER: _builtins.int
+    LEAVES_FAILED_FIELD_NUMBER: _builtins.int
+    STREAMS_FIELD_NUMBER: _builtins.int
+    worker_id: _builtins.str
+    """Hello.worker_id (or the peer address when the worker gave none)."""
+    address: _builtins.str
+    """The peer address of its most recent stream."""
+    concurrency: _builtins.int
+    """Hello.concurrency: handlers it runs at once (0: not said)."""
+    credit: _builtins.int
+    """Lease credit asked for and not yet granted, over its open streams."""
+    sdk: _builtins.str
+    """Hello.sdk."""
+    leases_held: _builtins.int
+    """Leases it holds now, leaves and probes."""
+    leaves_completed: _builtins.int
+    """Leaves completed (or skipped) and failed attempts it reported since it
+    connected (results accepted; releases are not failures).
+    """
+    leaves_failed: _builtins.int
+    streams: _builtins.int
+    """Work streams it has open."""
+    @_builtins.property
+    def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The queues it takes leases from."""
+
+    @_builtins.property
+    def connected_at(self) -> _timestamp_pb2.Timestamp:
+        """When its oldest open stream said hello."""
+
+    @_builtins.property
+    def last_heartbeat_at(self) -> _timestamp_pb2.Timestamp:
+        """When it last heartbeated (unset: not yet)."""
+
+    def __init__(
+        self,
+        *,
+        worker_id: _builtins.str = ...,
+        address: _builtins.str = ...,
+        queues: _abc.Iterable[_builtins.str] | None = ...,
+        concurrency: _builtins.int = ...,
+        credit: _builtins.int = ...,
+        sdk: _builtins.str = ...,
+        connected_at: _timestamp_pb2.Timestamp | None = ...,
+        last_heartbeat_at: _timestamp_pb2.Timestamp | None = ...,
+        leases_held: _builtins.int = ...,
+        leaves_completed: _builtins.int = ...,
+        leaves_failed: _builtins.int = ...,
+        streams: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["connected_at", b"connected_at", "last_heartbeat_at", b"last_heartbeat_at"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["address", b"address", "concurrency", b"concurrency", "connected_at", b"connected_at", "credit", b"credit", "last_heartbeat_at", b"last_heartbeat_at", "leases_held", b"leases_held", "leaves_completed", b"leaves_completed", "leaves_failed", b"leaves_failed", "queues", b"queues", "sdk", b"sdk", "streams", b"streams", "worker_id", b"worker_id"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___WorkerInfo: _TypeAlias = WorkerInfo  # noqa: Y015
+
+@_typing.final
+class ListWorkersResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WORKERS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def workers(self) -> _containers.RepeatedCompositeFieldContainer[Global___WorkerInfo]: ...
+    def __init__(
+        self,
+        *,
+        workers: _abc.Iterable[Global___WorkerInfo] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["workers", b"workers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ListWorkersResponse: _TypeAlias = ListWorkersResponse  # noqa: Y015

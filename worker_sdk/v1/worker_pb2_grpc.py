@@ -59,6 +59,11 @@ class WorkerServiceStub:
                 request_serializer=parcelo_dot_v1_dot_worker__pb2.FailRequest.SerializeToString,
                 response_deserializer=parcelo_dot_v1_dot_worker__pb2.FailResponse.FromString,
                 _registered_method=True)
+        self.ListWorkers = channel.unary_unary(
+                '/parcelo.v1.WorkerService/ListWorkers',
+                request_serializer=parcelo_dot_v1_dot_worker__pb2.ListWorkersRequest.SerializeToString,
+                response_deserializer=parcelo_dot_v1_dot_worker__pb2.ListWorkersResponse.FromString,
+                _registered_method=True)
 
 
 class WorkerServiceServicer:
@@ -96,6 +101,15 @@ class WorkerServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ListWorkers(self, request, context):
+        """The workers connected now, one entry per worker id (a worker with
+        several Work streams open is one entry), by worker id. For dashboards
+        and operators: role reader.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_WorkerServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -123,6 +137,11 @@ def add_WorkerServiceServicer_to_server(servicer, server):
                     servicer.Fail,
                     request_deserializer=parcelo_dot_v1_dot_worker__pb2.FailRequest.FromString,
                     response_serializer=parcelo_dot_v1_dot_worker__pb2.FailResponse.SerializeToString,
+            ),
+            'ListWorkers': grpc.unary_unary_rpc_method_handler(
+                    servicer.ListWorkers,
+                    request_deserializer=parcelo_dot_v1_dot_worker__pb2.ListWorkersRequest.FromString,
+                    response_serializer=parcelo_dot_v1_dot_worker__pb2.ListWorkersResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -260,6 +279,33 @@ class WorkerService:
             '/parcelo.v1.WorkerService/Fail',
             parcelo_dot_v1_dot_worker__pb2.FailRequest.SerializeToString,
             parcelo_dot_v1_dot_worker__pb2.FailResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ListWorkers(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/parcelo.v1.WorkerService/ListWorkers',
+            parcelo_dot_v1_dot_worker__pb2.ListWorkersRequest.SerializeToString,
+            parcelo_dot_v1_dot_worker__pb2.ListWorkersResponse.FromString,
             options,
             channel_credentials,
             insecure,

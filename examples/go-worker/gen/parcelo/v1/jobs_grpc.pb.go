@@ -52,6 +52,10 @@ type JobServiceClient interface {
 	// A watcher more than 50,000 events behind is ended with
 	// RESOURCE_EXHAUSTED; reconnect with after_seq = the last seq received.
 	WatchJob(ctx context.Context, in *WatchJobRequest, opts ...grpc.CallOption) (JobService_WatchJobClient, error)
+	// Changes a job's priority, weight and limits while it runs (fields left
+	// unset stay as they are). Lowering a limit below what runs lets running
+	// leases finish; it never revokes them. FAILED_PRECONDITION when finished.
+	UpdateJob(ctx context.Context, in *UpdateJobRequest, opts ...grpc.CallOption) (*Job, error)
 }
 
 type jobServiceClient struct {
@@ -175,6 +179,15 @@ func (x *jobServiceWatchJobClient) Recv() (*JobEvent, error) {
 	return m, nil
 }
 
+func (c *jobServiceClient) UpdateJob(ctx context.Context, in *UpdateJobRequest, opts ...grpc.CallOption) (*Job, error) {
+	out := new(Job)
+	err := c.cc.Invoke(ctx, "/parcelo.v1.JobService/UpdateJob", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // JobServiceServer is the server API for JobService service.
 // All implementations must embed UnimplementedJobServiceServer
 // for forward compatibility
@@ -214,6 +227,10 @@ type JobServiceServer interface {
 	// A watcher more than 50,000 events behind is ended with
 	// RESOURCE_EXHAUSTED; reconnect with after_seq = the last seq received.
 	WatchJob(*WatchJobRequest, JobService_WatchJobServer) error
+	// Changes a job's priority, weight and limits while it runs (fields left
+	// unset stay as they are). Lowering a limit below what runs lets running
+	// leases finish; it never revokes them. FAILED_PRECONDITION when finished.
+	UpdateJob(context.Context, *UpdateJobRequest) (*Job, error)
 	mustEmbedUnimplementedJobServiceServer()
 }
 
@@ -250,6 +267,9 @@ func (UnimplementedJobServiceServer) GetJobTree(context.Context, *GetJobTreeRequ
 }
 func (UnimplementedJobServiceServer) WatchJob(*WatchJobRequest, JobService_WatchJobServer) error {
 	return status.Errorf(codes.Unimplemented, "method WatchJob not implemented")
+}
+func (UnimplementedJobServiceServer) UpdateJob(context.Context, *UpdateJobRequest) (*Job, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method UpdateJob not implemented")
 }
 func (UnimplementedJobServiceServer) mustEmbedUnimplementedJobServiceServer() {}
 
@@ -447,6 +467,24 @@ func (x *jobServiceWatchJobServer) Send(m *JobEvent) error {
 	return x.ServerStream.SendMsg(m)
 }
 
+func _JobService_UpdateJob_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateJobRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(JobServiceServer).UpdateJob(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/parcelo.v1.JobService/UpdateJob",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(JobServiceServer).UpdateJob(ctx, req.(*UpdateJobRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _JobService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "parcelo.v1.JobService",
 	HandlerType: (*JobServiceServer)(nil),
@@ -486,6 +524,10 @@ var _JobService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetJobTree",
 			Handler:    _JobService_GetJobTree_Handler,
+		},
+		{
+			MethodName: "UpdateJob",
+			Handler:    _JobService_UpdateJob_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{

@@ -24,6 +24,10 @@ type WorkerServiceClient interface {
 	Heartbeat(ctx context.Context, in *HeartbeatRequest, opts ...grpc.CallOption) (*HeartbeatResponse, error)
 	Complete(ctx context.Context, in *CompleteRequest, opts ...grpc.CallOption) (*CompleteResponse, error)
 	Fail(ctx context.Context, in *FailRequest, opts ...grpc.CallOption) (*FailResponse, error)
+	// The workers connected now, one entry per worker id (a worker with
+	// several Work streams open is one entry), by worker id. For dashboards
+	// and operators: role reader.
+	ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error)
 }
 
 type workerServiceClient struct {
@@ -101,6 +105,15 @@ func (c *workerServiceClient) Fail(ctx context.Context, in *FailRequest, opts ..
 	return out, nil
 }
 
+func (c *workerServiceClient) ListWorkers(ctx context.Context, in *ListWorkersRequest, opts ...grpc.CallOption) (*ListWorkersResponse, error) {
+	out := new(ListWorkersResponse)
+	err := c.cc.Invoke(ctx, "/parcelo.v1.WorkerService/ListWorkers", in, out, opts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 // WorkerServiceServer is the server API for WorkerService service.
 // All implementations must embed UnimplementedWorkerServiceServer
 // for forward compatibility
@@ -112,6 +125,10 @@ type WorkerServiceServer interface {
 	Heartbeat(context.Context, *HeartbeatRequest) (*HeartbeatResponse, error)
 	Complete(context.Context, *CompleteRequest) (*CompleteResponse, error)
 	Fail(context.Context, *FailRequest) (*FailResponse, error)
+	// The workers connected now, one entry per worker id (a worker with
+	// several Work streams open is one entry), by worker id. For dashboards
+	// and operators: role reader.
+	ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error)
 	mustEmbedUnimplementedWorkerServiceServer()
 }
 
@@ -133,6 +150,9 @@ func (UnimplementedWorkerServiceServer) Complete(context.Context, *CompleteReque
 }
 func (UnimplementedWorkerServiceServer) Fail(context.Context, *FailRequest) (*FailResponse, error) {
 	return nil, status.Errorf(codes.Unimplemented, "method Fail not implemented")
+}
+func (UnimplementedWorkerServiceServer) ListWorkers(context.Context, *ListWorkersRequest) (*ListWorkersResponse, error) {
+	return nil, status.Errorf(codes.Unimplemented, "method ListWorkers not implemented")
 }
 func (UnimplementedWorkerServiceServer) mustEmbedUnimplementedWorkerServiceServer() {}
 
@@ -245,6 +265,24 @@ func _WorkerService_Fail_Handler(srv interface{}, ctx context.Context, dec func(
 	return interceptor(ctx, in, info, handler)
 }
 
+func _WorkerService_ListWorkers_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(ListWorkersRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(WorkerServiceServer).ListWorkers(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: "/parcelo.v1.WorkerService/ListWorkers",
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(WorkerServiceServer).ListWorkers(ctx, req.(*ListWorkersRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 var _WorkerService_serviceDesc = grpc.ServiceDesc{
 	ServiceName: "parcelo.v1.WorkerService",
 	HandlerType: (*WorkerServiceServer)(nil),
@@ -264,6 +302,10 @@ var _WorkerService_serviceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "Fail",
 			Handler:    _WorkerService_Fail_Handler,
+		},
+		{
+			MethodName: "ListWorkers",
+			Handler:    _WorkerService_ListWorkers_Handler,
 		},
 	},
 	Streams: []grpc.StreamDesc{
