@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 from parcelo.coordinator.events import Drained
 from parcelo.coordinator.tree import Node
-from parcelo.v1 import queues_pb2, types_pb2
+from parcelo.v1 import queues_pb2, schedules_pb2, types_pb2
 
 
 @dataclass
@@ -37,6 +37,8 @@ class Changes:
     dropped_pages: list[int] = field(default_factory=list)
     # Queue settings (limits, paused) to write.
     queues: dict[str, queues_pb2.Queue] = field(default_factory=dict)
+    # Schedules to write, None for those to delete.
+    schedules: dict[str, schedules_pb2.Schedule | None] = field(default_factory=dict)
     # A job changed status: worth a synced write even if no one waits for it.
     status_changed: bool = False
 
@@ -53,4 +55,5 @@ class Changes:
             or self.accepted_pages
             or self.dropped_pages
             or self.queues
+            or self.schedules
         )

@@ -18,7 +18,7 @@ from itertools import chain, repeat
 from parcelo import defaults
 from parcelo.coordinator.changes import Changes
 from parcelo.coordinator.codec import StoredJob, job_from_stored, job_to_proto
-from parcelo.coordinator.errors import AlreadyExists, FailedPrecondition
+from parcelo.coordinator.errors import AlreadyExists, CoordinatorError, FailedPrecondition
 from parcelo.coordinator.events import EventLog, EventType, Stats
 from parcelo.coordinator.jobs import (
     FINISHED,
@@ -46,8 +46,9 @@ from parcelo.coordinator.limits import DEFAULT_LIMITS, MAX_REASON_BYTES, Limits
 from parcelo.coordinator.queues import QueueTable
 from parcelo.coordinator.results import Reduce, ResultError, conflict, parse, reduce_of
 from parcelo.coordinator.scheduler import Entry, Scheduler, bucket
+from parcelo.coordinator.schedules import LABEL, ScheduleTable, due_ticks, job_spec
 from parcelo.coordinator.tree import Node, RangeTree, Status
-from parcelo.v1 import types_pb2
+from parcelo.v1 import schedules_pb2, types_pb2
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +103,7 @@ class Core:
         self._requests: dict[str, str] = {}
         self.scheduler = Scheduler(self.leases.queue_leaf_count)
         self.queues = QueueTable(self.scheduler)
+        self.schedules = ScheduleTable(self._check_template)
         self._order = 0
         self._rng = random.Random(seed)
         self._dirty_jobs: set[str] = set()
@@ -150,6 +152,9 @@ class Core:
         self._add(job, now)
         self._event(job, EventType.JOB_CREATED, now)
         return job, True
+
+    def _check_template(self, spec: types_pb2.JobSpec) -> None:
+        validate_spec(spec, max_params_bytes=self.limits.params_bytes)
 
     def _add(self, job: JobState, now: float) -> None:
         self.jobs[job.id] = job
@@ -640,13 +645,57 @@ class Core:
                 out.append((beat.fence, Action.CONTINUE, ""))
         return out
 
+    # -- schedules ------------------------------------------------------------------------------
+
+    def fire_schedules(self, now: float) -> None:
+        """Fire the schedules' ticks due by ``now``, as their overlap policies say.
+
+        A tick's job and the schedule record saying it fired go out in the same
+        :meth:`take_changes`, so a restart never fires a tick again.
+        """
+        for record in self.schedules.due(now):
+            ticks, newest = due_ticks(record, now)
+            if newest is None:
+                continue
+            job_id: str | None = None
+            for tick in ticks:
+                job_id = self._fire(record, tick, now) or job_id
+            self.schedules.fired(record, newest, job_id)
+
+    def trigger_schedule(self, schedule_id: str, now: float) -> JobState:
+        """Fire a tick of the schedule now, whatever its overlap policy and paused flag say."""
+        record = self.schedules.get(schedule_id)
+        job, _ = self.create_job(job_spec(record, int(now)), now)
+        self.schedules.triggered(record, job.id)
+        return job
+
+    def _fire(self, record: schedules_pb2.Schedule, tick: int, now: float) -> str | None:
+        """Create the job of ``record``'s tick at ``tick``; its id, or None when the tick is skipped."""
+        running = [
+            job for job in self.jobs.values() if not job.finished and job.spec.labels.get(LABEL) == record.id
+        ]
+        if running and record.overlap == schedules_pb2.OVERLAP_CANCEL_PREVIOUS:
+            for job in running:
+                self.cancel(job.id, now, f"schedule '{record.id}' fired its next tick")
+        elif running and record.overlap != schedules_pb2.OVERLAP_ALLOW:
+            log.info("schedule %s: tick skipped, job %s still runs", record.id, running[0].id)
+            return None
+        try:
+            job, _ = self.create_job(job_spec(record, tick), now)
+        except CoordinatorError as err:
+            # A template the coordinator no longer takes (a lower limit since): skip, do not retry.
+            log.warning("schedule %s: tick not fired: %s", record.id, err)
+            return None
+        return job.id
+
     # -- time -----------------------------------------------------------------------------------
 
     def tick(self, now: float) -> tuple[int, int]:
-        """Expire leases, fail jobs past their deadline, emit coalesced stats events.
+        """Fire due schedules, expire leases, fail jobs past their deadline, emit coalesced stats events.
 
         Returns the number of leases taken back: (expired without a heartbeat, timed out).
         """
+        self.fire_schedules(now)
         expired: dict[tuple[str, str], int] = {}
         timeouts = 0
         for lease, timed_out in self.leases.due(now):
@@ -748,6 +797,7 @@ class Core:
         changes.fence_limit = self.fences.pending_limit()
         changes.accepted_pages, changes.dropped_pages = self.leases.take_pages(self.fences.next)
         changes.queues = self.queues.take_changes()
+        changes.schedules = self.schedules.take_changes()
         return changes
 
     def written(self, changes: Changes) -> None:

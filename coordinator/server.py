@@ -32,6 +32,8 @@ from parcelo.coordinator.limits import DEFAULT_LIMITS, Limits
 from parcelo.coordinator.listen import exposed, host_of
 from parcelo.coordinator.queue_service import QueueServicer
 from parcelo.coordinator.registry import WorkerRegistry
+from parcelo.coordinator.schedule_service import ScheduleServicer
+from parcelo.coordinator.schedules import ScheduleViews
 from parcelo.coordinator.service import JobServicer, WorkerServicer
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.telemetry import Telemetry
@@ -45,6 +47,8 @@ from parcelo.v1 import (
     jobs_pb2_grpc,
     queues_pb2,
     queues_pb2_grpc,
+    schedules_pb2,
+    schedules_pb2_grpc,
     worker_pb2,
     worker_pb2_grpc,
 )
@@ -56,6 +60,7 @@ SERVICES = (
     "parcelo.v1.JobService",
     "parcelo.v1.WorkerService",
     "parcelo.v1.QueueService",
+    "parcelo.v1.ScheduleService",
     "parcelo.v1.AdminService",
 )
 """Names the health service answers for: the server as a whole and each service."""
@@ -64,6 +69,7 @@ SERVED = (
     jobs_pb2.DESCRIPTOR.services_by_name["JobService"],
     worker_pb2.DESCRIPTOR.services_by_name["WorkerService"],
     queues_pb2.DESCRIPTOR.services_by_name["QueueService"],
+    schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
     admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
     health_pb2.DESCRIPTOR.services_by_name["Health"],
     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
@@ -238,10 +244,14 @@ class Coordinator:
             stored = self.store.load(MEMORY_WINDOW)
             self.core.restore(stored, time.time(), accepted=self.store.load_accepted())
             self.core.queues.restore(self.store.load_queues(), time.time())
+            self.core.schedules.restore(self.store.load_schedules())
         finally:
             gc.enable()
         self.views = JobViews()
         self.views.written((item.job for item in stored), ())
+        self.schedule_views = ScheduleViews()
+        # Records of their own: the core's change in place, before they are written.
+        self.schedule_views.written({s.id: s for s in self.store.load_schedules()})
         _tune_gc()
         self.health = health.aio.HealthServicer()
         self.committer = Committer(
@@ -278,6 +288,9 @@ class Coordinator:
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(workers, self.server)
         queues_pb2_grpc.add_QueueServiceServicer_to_server(
             QueueServicer(self.core, self.committer, self.dispatcher), self.server
+        )
+        schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(
+            ScheduleServicer(self.core, self.schedule_views, self.committer), self.server
         )
         admin_pb2_grpc.add_AdminServiceServicer_to_server(
             AdminServicer(self.backups, cfg.data_dir), self.server
@@ -343,6 +356,7 @@ class Coordinator:
         """A batch is on disk: its fences may be used, its events and job records shown."""
         self.core.written(changes)
         self.views.written(changes.jobs.values(), changes.deleted_jobs)
+        self.schedule_views.written(changes.schedules)
         if changes.fence_limit is not None:
             self.dispatcher.credit_changed()
 

@@ -12,6 +12,7 @@ Key layout (all keys bytes; integers big-endian so keys sort numerically)::
                                    a success (1) or a failure (0) accepted (``LeaseTable.take_pages``)
     J <job_id>                   -> parcelo.v1.Job (spec, status, stats, timestamps)
     Q <queue>                    -> parcelo.v1.Queue: the queue's limits and paused flag
+    S <schedule_id>              -> parcelo.v1.Schedule: template, timing, last tick fired
     N <job_id> 0x00 <start><~end> -> node record (see ``encode_node``); ~end = 2^64-1-end, so
                                    key order is pre-order (parents before children)
     E <job_id> 0x00 <first seq>  -> event segment (``events.encode_segment``)
@@ -41,7 +42,7 @@ from parcelo.coordinator.codec import StoredJob, StoredLease
 from parcelo.coordinator.events import Event, decode_segment, encode_segment
 from parcelo.coordinator.leases import LeaseKind
 from parcelo.coordinator.tree import Node, Status
-from parcelo.v1 import queues_pb2, types_pb2
+from parcelo.v1 import queues_pb2, schedules_pb2, types_pb2
 
 FORMAT_VERSION = 3
 """Version of the key layout and records. 1: before the format key existed (node records had no holder);
@@ -53,6 +54,7 @@ FORMAT_KEY = b"Mformat"
 FENCE_KEY = b"Mfence"
 ACCEPTED_PREFIX = b"A"
 QUEUE_PREFIX = b"Q"
+SCHEDULE_PREFIX = b"S"
 _NODE = struct.Struct(">BBHIQQdIHH")
 _U32 = struct.Struct(">I")
 _U64 = struct.Struct(">Q")
@@ -297,6 +299,9 @@ class Store:
             ops.append((FENCE_KEY, _U64.pack(changes.fence_limit)))
         for name, settings in changes.queues.items():
             ops.append((QUEUE_PREFIX + name.encode(), settings.SerializeToString()))
+        for schedule_id, schedule in changes.schedules.items():
+            value = None if schedule is None else schedule.SerializeToString()
+            ops.append((SCHEDULE_PREFIX + schedule_id.encode(), value))
         for page, bits in changes.accepted_pages.items():
             ops.append((ACCEPTED_PREFIX + _U64.pack(page), bits))
         for page in changes.dropped_pages:
@@ -373,6 +378,10 @@ class Store:
     def load_queues(self) -> list[queues_pb2.Queue]:
         """The stored queue settings."""
         return [queues_pb2.Queue.FromString(value) for _, value in self._scan(QUEUE_PREFIX)]
+
+    def load_schedules(self) -> list[schedules_pb2.Schedule]:
+        """The stored schedules."""
+        return [schedules_pb2.Schedule.FromString(value) for _, value in self._scan(SCHEDULE_PREFIX)]
 
     def load_accepted(self) -> dict[int, bytes]:
         """The stored pages of the accepted-fence bitmap, by page number."""

@@ -25,10 +25,10 @@ from rich.console import Console
 
 from parcelo import progress
 from parcelo.cli import cli, exit_code_for, parse_labels
-from parcelo.client import Client
+from parcelo.client import OVERLAPS, Client
 from parcelo.errors import ConfigError, NotFound
 from parcelo.options import encode_params
-from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, schedules_pb2, types_pb2
 
 
 def _job(job_id: str = "j1", status: int = types_pb2.JOB_STATUS_RUNNING, done: int = 0) -> types_pb2.Job:
@@ -182,6 +182,40 @@ def test_create_rejects_bad_input_before_calling(args: list[str], message: str) 
     result = CliRunner().invoke(cli, base + args)
     assert result.exit_code == 2
     assert result.stderr.strip().startswith(message)
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        ([], "error: give exactly one of --cron and --every"),
+        (["--cron", "@daily", "--every", "2s"], "error: give exactly one of --cron and --every"),
+        (["--every", "soon"], "error: --every: 'soon' is not a duration"),
+        (["--every", "2s", "--end", "0"], "error: --end must be greater than --start"),
+    ],
+)
+def test_schedule_create_rejects_bad_input_before_calling(args: list[str], message: str) -> None:
+    base = ["--target", "127.0.0.1:1", "schedule", "create", "s", "--start", "0", "--end", "10"]
+    base += ["--max-range-size", "1"]
+    result = CliRunner().invoke(cli, base + args)
+    assert result.exit_code == 2
+    assert result.stderr.strip().startswith(message)
+
+
+def test_overlap_names_mirror_the_proto_enum() -> None:
+    assert OVERLAPS == {
+        "skip": schedules_pb2.OVERLAP_SKIP,
+        "allow": schedules_pb2.OVERLAP_ALLOW,
+        "cancel-previous": schedules_pb2.OVERLAP_CANCEL_PREVIOUS,
+    }
+
+
+def test_schedule_create_takes_every_job_create_option_but_the_ids() -> None:
+    def names(command: Any) -> set[str]:
+        return {p.name for p in command.params}
+
+    job_create = cli.commands["job"].commands["create"]  # type: ignore[attr-defined]
+    schedule_create = cli.commands["schedule"].commands["create"]  # type: ignore[attr-defined]
+    assert names(job_create) - names(schedule_create) == {"job_id", "request_id"}
 
 
 # --- CLI-formatting tests against a canned in-process JobService -------------------------------

@@ -131,6 +131,8 @@ def test_node_workers_return_results_the_job_sums_exactly_beyond_2_to_the_64(
     workers = [
         node_worker(node, coordinator, procs, log_dir, tmp_path / "runs.log", "count") for _ in range(2)
     ]
+    for proc in workers:
+        connected(proc)  # a SIGTERM before its handler is installed would kill it
     done = coordinator.wait_status(job.id, DONE | FAILED, timeout=60)
     assert done.status == types_pb2.JOB_STATUS_COMPLETED, done.reason
     assert (result_of(done), done.result_partial) == (sum(range(start, end)), False)

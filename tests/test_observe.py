@@ -320,9 +320,9 @@ def test_the_worker_registry_lists_connected_workers_and_logs_are_json_lines(
         found = json.loads(out.stdout)
         ready = (
             found
-            # Not there before its first completion: the JSON mapping leaves out zero counters.
+            # The protobuf JSON mapping leaves zero counts out: absent until the first is counted.
             and int(found[0].get("leaves_completed", 0))
-            and found[0]["leases_held"]
+            and found[0].get("leases_held")
             and "last_heartbeat_at" in found[0]
         )
         return found if ready else []

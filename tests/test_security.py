@@ -45,8 +45,10 @@ TOKENS = {role: f"{role}-{secrets.token_urlsafe(16)}" for role in ROLES}
 """This session's token of each role: random, so finding one in a log can only mean it leaked."""
 WRONG = f"wrong-{secrets.token_urlsafe(16)}"
 
-READ_ONLY = frozenset({"GetJob", "ListJobs", "GetJobTree", "WatchJob", "ListQueues", "GetQueue"})
-"""The JobService calls a reader may make, stated here again to check the coordinator's table."""
+READ_ONLY = frozenset(
+    {"GetJob", "ListJobs", "GetJobTree", "WatchJob", "ListQueues", "GetQueue", "GetSchedule", "ListSchedules"}
+)
+"""The calls a reader may make, stated here again to check the coordinator's table."""
 
 
 def tokens_file(path: Path, tokens: dict[str, str]) -> Path:
@@ -160,7 +162,8 @@ def expected(who: str, service: str, method: str) -> str:
     if who not in ROLES:
         return "UNAUTHENTICATED"
     read = (
-        service in ("parcelo.v1.JobService", "parcelo.v1.QueueService") and method in READ_ONLY
+        service in ("parcelo.v1.JobService", "parcelo.v1.QueueService", "parcelo.v1.ScheduleService")
+        and method in READ_ONLY
     ) or method == "ListWorkers"
     allowed = (
         who == "admin"

@@ -703,6 +703,7 @@ def health(obj: _Obj, service: str, timeout: float) -> None:
 
 
 # The scheduling commands build on the helpers above and add themselves to the groups.
+import parcelo.cli_schedules  # noqa: E402
 import parcelo.cli_scheduling  # noqa: E402, F401
 
 

@@ -24,6 +24,7 @@ import logging
 import os
 import time
 from collections.abc import Iterable, Iterator
+from datetime import timedelta
 from os import PathLike
 from types import TracebackType
 from typing import Any, TypeAlias
@@ -43,6 +44,8 @@ from parcelo.v1 import (
     jobs_pb2_grpc,
     queues_pb2,
     queues_pb2_grpc,
+    schedules_pb2,
+    schedules_pb2_grpc,
     types_pb2,
     worker_pb2,
     worker_pb2_grpc,
@@ -52,6 +55,14 @@ logger = logging.getLogger(__name__)
 
 JobStatus: TypeAlias = types_pb2.JobStatus.ValueType
 EventType: TypeAlias = types_pb2.EventType.ValueType
+Overlap: TypeAlias = schedules_pb2.Overlap.ValueType
+
+OVERLAPS: dict[str, Overlap] = {
+    name.removeprefix("OVERLAP_").lower().replace("_", "-"): value
+    for name, value in schedules_pb2.Overlap.items()
+    if value != schedules_pb2.OVERLAP_UNSPECIFIED
+}
+"""A schedule's overlap policies by their CLI names (``skip``, ``allow``, ``cancel-previous``)."""
 
 TERMINAL_STATUSES: frozenset[JobStatus] = frozenset(
     {
@@ -130,6 +141,7 @@ class Client:
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._queues = queues_pb2_grpc.QueueServiceStub(self._channel)
         self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
+        self._schedules = schedules_pb2_grpc.ScheduleServiceStub(self._channel)
 
     def __enter__(self) -> Client:
         return self
@@ -319,6 +331,119 @@ class Client:
             self._queues.ResumeQueue, queues_pb2.ResumeQueueRequest(name=name)
         )
         return queue
+
+    def create_schedule(
+        self,
+        schedule_id: str,
+        template: JobOptions,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str | None = None,
+        overlap: str | None = None,
+        catch_up: int | None = None,
+        paused: bool = False,
+    ) -> schedules_pb2.Schedule:
+        """Create a schedule firing a job made from ``template`` on ``cron`` or ``every``.
+
+        Args:
+            schedule_id: The schedule's id; each tick's job is ``<id>-<YYYYMMDDTHHMMSSZ>`` (UTC).
+            template: The job each tick creates (its ``job_id`` and ``request_id`` are the tick's).
+            cron: A 5-field cron expression or an alias such as ``@hourly``.
+            every: An interval (whole seconds): ticks at creation + k * every.
+            timezone: The IANA time zone ``cron`` is read in (UTC when ``None``).
+            overlap: While a job of the schedule is unfinished: ``skip`` (the default), ``allow``
+                or ``cancel-previous`` (see :data:`OVERLAPS`).
+            catch_up: Missed ticks fired after downtime, the newest ones (1 when ``None``; 0: none).
+            paused: Create it paused; :meth:`resume_schedule` starts it.
+
+        Raises:
+            ConfigError: ``overlap`` is not a known policy.
+            InvalidArgument: A bad cron expression, time zone or template; the message names the field.
+            AlreadyExists: A schedule with this id exists.
+        """
+        schedule = schedules_pb2.Schedule(
+            id=schedule_id,
+            template=template.to_proto(),
+            cron=cron or "",
+            timezone=timezone or "",
+            overlap=_overlap(overlap) if overlap is not None else schedules_pb2.OVERLAP_UNSPECIFIED,
+            catch_up=catch_up,
+            paused=paused,
+        )
+        if every is not None:
+            schedule.every.FromTimedelta(every)
+        request = schedules_pb2.CreateScheduleRequest(schedule=schedule)
+        created: schedules_pb2.Schedule = self._call(self._schedules.CreateSchedule, request)
+        return created
+
+    def get_schedule(self, schedule_id: str) -> schedules_pb2.Schedule:
+        """The schedule, with its last and next tick. Raises :class:`NotFound` when there is none."""
+        found: schedules_pb2.Schedule = self._call(
+            self._schedules.GetSchedule, schedules_pb2.GetScheduleRequest(id=schedule_id)
+        )
+        return found
+
+    def list_schedules(self) -> list[schedules_pb2.Schedule]:
+        """Every schedule, by id."""
+        answer: schedules_pb2.ListSchedulesResponse = self._call(
+            self._schedules.ListSchedules, schedules_pb2.ListSchedulesRequest()
+        )
+        return list(answer.schedules)
+
+    def update_schedule(
+        self,
+        schedule_id: str,
+        *,
+        cron: str | None = None,
+        every: timedelta | None = None,
+        timezone: str | None = None,
+        overlap: str | None = None,
+        catch_up: int | None = None,
+        template: JobOptions | None = None,
+    ) -> schedules_pb2.Schedule:
+        """Change the fields given (``None``: unchanged); ticks are counted again from now.
+
+        ``cron`` replaces ``every`` and the other way round; ``template`` replaces the whole template.
+        """
+        request = schedules_pb2.UpdateScheduleRequest(
+            id=schedule_id,
+            cron=cron,
+            timezone=timezone,
+            overlap=_overlap(overlap) if overlap is not None else None,
+            catch_up=catch_up,
+        )
+        if every is not None:
+            request.every.FromTimedelta(every)
+        if template is not None:
+            request.template.CopyFrom(template.to_proto())
+        changed: schedules_pb2.Schedule = self._call(self._schedules.UpdateSchedule, request)
+        return changed
+
+    def pause_schedule(self, schedule_id: str) -> schedules_pb2.Schedule:
+        """No tick fires until :meth:`resume_schedule`."""
+        changed: schedules_pb2.Schedule = self._call(
+            self._schedules.PauseSchedule, schedules_pb2.PauseScheduleRequest(id=schedule_id)
+        )
+        return changed
+
+    def resume_schedule(self, schedule_id: str) -> schedules_pb2.Schedule:
+        """Fire ticks again from now on (those missed while paused are not caught up)."""
+        changed: schedules_pb2.Schedule = self._call(
+            self._schedules.ResumeSchedule, schedules_pb2.ResumeScheduleRequest(id=schedule_id)
+        )
+        return changed
+
+    def trigger_schedule(self, schedule_id: str) -> types_pb2.Job:
+        """Fire a tick now, whatever the overlap policy and the paused flag say; returns its job."""
+        answer: schedules_pb2.TriggerScheduleResponse = self._call(
+            self._schedules.TriggerSchedule, schedules_pb2.TriggerScheduleRequest(id=schedule_id)
+        )
+        return answer.job
+
+    def delete_schedule(self, schedule_id: str) -> None:
+        """Remove the schedule; the jobs it created stay."""
+        self._call(self._schedules.DeleteSchedule, schedules_pb2.DeleteScheduleRequest(id=schedule_id))
 
     def list_workers(self) -> list[worker_pb2.WorkerInfo]:
         """The workers connected now (``WorkerService.ListWorkers``), by worker id."""
@@ -513,3 +638,12 @@ def _left(deadline: float | None) -> float | None:
 def _check_deadline(job_id: str, deadline: float | None) -> None:
     if deadline is not None and time.monotonic() >= deadline:
         raise TimeoutError(f"job {job_id!r} did not finish in time")
+
+
+def _overlap(name: str) -> Overlap:
+    try:
+        return OVERLAPS[name]
+    except KeyError:
+        raise ConfigError(
+            f"overlap: must be one of {', '.join(OVERLAPS)} (got {name!r})", field="overlap"
+        ) from None

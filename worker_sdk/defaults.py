@@ -76,3 +76,10 @@ STATS_EVENT_INTERVAL = timedelta(milliseconds=250)
 MAX_RESULT_BYTES = 64 << 10
 """Largest leaf result (JSON, bytes of UTF-8) a coordinator accepts, and largest job result a
 ``merge`` may grow to (``--max-result-bytes``)."""
+
+SCHEDULE_CATCH_UP = 1
+"""Ticks a schedule fires after downtime: the newest one, so a restart runs the job it missed, once."""
+
+SCHEDULE_LATE = timedelta(seconds=5)
+"""How late a tick may fire and still count as on time (a schedule with catch-up 0 fires it): a slow
+commit or a GC pause is not downtime."""
