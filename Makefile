@@ -1,6 +1,6 @@
 # The interface of the project: `make demo`, `make test`, `make bench`, `make lint`, `make proto`,
-# and `make dev` for an interpreted install to debug with. Every target sets up what it needs itself
-# (a virtualenv in .venv).
+# `make chaos`, and `make dev` for an interpreted install to debug with. Every target sets up what it
+# needs itself (a virtualenv in .venv).
 
 PYTHON ?= python3
 VENV := .venv
@@ -30,7 +30,7 @@ PYTEST_ARGS ?=
 # committed image of the released contract.
 BUF := tools/buf/node_modules/.bin/buf
 
-.PHONY: all install dev demo test lint toolchains proto proto-baseline bench clean FORCE
+.PHONY: all install dev demo test lint toolchains proto proto-baseline bench chaos clean FORCE
 
 all: test
 
@@ -102,6 +102,11 @@ bench: $(STAMP)
 	$(PY) -c 'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["project"]["optional-dependencies"]["bench"]))' \
 		| $(PY) -m pip install -q -r /dev/stdin
 	$(PY) bench/run.py
+
+# Parcelo under faults (tests/chaos.py): kill -9 of workers and of the coordinator during a 100,000-leaf
+# job, 1,000 streams for a minute, a full disk (as root). Several minutes, so not part of make test (CI).
+chaos: $(STAMP)
+	$(PY) -m tests.chaos
 
 clean:
 	rm -rf $(VENV) build *.egg-info coordinator/*.so *__mypyc.*.so .parcelo .bench .pytest_cache .mypy_cache .ruff_cache tools/buf/node_modules

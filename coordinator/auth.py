@@ -10,7 +10,8 @@ of the token, so the file need not hold the secrets themselves::
     worker sha256:...
 
 Callers send the metadata ``authorization: Bearer TOKEN``. ``worker`` may call the
-``WorkerService``, ``reader`` the read-only ``JobService`` calls, ``admin`` everything; the
+``WorkerService``, ``reader`` the read-only ``JobService`` calls, ``admin`` everything (the
+``AdminService`` included); the
 health service needs no token. :data:`ROLES` says it per RPC, and :func:`method_rules` refuses
 to build a table for a service with an RPC it does not list, so a new RPC without a decision
 stops the coordinator from starting (and fails ``tests/test_security_unit.py``).
@@ -83,6 +84,7 @@ ROLES: Mapping[str, frozenset[Role] | None] = {
     "parcelo.v1.WorkerService.Heartbeat": WORKERS,
     "parcelo.v1.WorkerService.Complete": WORKERS,
     "parcelo.v1.WorkerService.Fail": WORKERS,
+    "parcelo.v1.AdminService.Backup": ADMINS,
     # Load balancers and orchestrators probe health without credentials; it reveals only whether
     # the coordinator serves.
     "grpc.health.v1.Health.Check": None,

@@ -230,17 +230,17 @@ def main(
     except ImportError:
         pass
     from parcelo.coordinator.errors import StartupError
-    from parcelo.coordinator.store import StoreFormatError
+    from parcelo.coordinator.store import StoreFormatError, StoreInUseError
 
     try:
         asyncio.run(serve(config))
-    except (OSError, StoreFormatError, StartupError) as err:
+    except (OSError, StoreFormatError, StoreInUseError, StartupError) as err:
         click.echo(f"error: {err}", err=True)
         sys.exit(1)
 
 
 def _offline_backup(data_dir: Path, dest: Path) -> None:
-    from parcelo.coordinator.store import Store
+    from parcelo.coordinator.store import Store, StoreInUseError
 
     if not (data_dir / "CURRENT").exists():
         click.echo(f"error: {data_dir} is not a Parcelo data dir", err=True)
@@ -250,15 +250,21 @@ def _offline_backup(data_dir: Path, dest: Path) -> None:
         sys.exit(1)
     try:
         store = Store(data_dir)
-    except Exception as err:
+    except StoreInUseError:
         click.echo(
-            f"error: cannot open {data_dir} ({err}); if the coordinator is running, "
-            "send it SIGUSR1 for an online backup instead",
+            f"error: data dir {data_dir} is in use by a running coordinator: take an online backup "
+            "instead (parcelo admin backup --to DIR, or SIGUSR1)",
             err=True,
         )
         sys.exit(1)
+    except Exception as err:
+        click.echo(f"error: cannot open {data_dir} ({err})", err=True)
+        sys.exit(1)
     try:
         store.backup(dest)
+    except Exception as err:
+        click.echo(f"error: cannot write a backup to {dest}: {err}", err=True)
+        sys.exit(1)
     finally:
         store.close()
     click.echo(f"backup written to {dest}")

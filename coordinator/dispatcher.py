@@ -48,6 +48,21 @@ ROUND_BUDGET = 4_096
 """Leases one dispatch round grants at most, so one loop turn stays short (a few milliseconds)."""
 
 
+def _take_unsent(session: Session) -> list[int]:
+    """Remove the grants queued on ``session`` but not yet sent; their fences. Other messages stay, in order."""
+    kept: list[worker_pb2.WorkResponse | None] = []
+    unsent: list[int] = []
+    while not session.out.empty():
+        msg = session.out.get_nowait()
+        if msg is not None and msg.HasField("grant"):
+            unsent.extend(lease.fence for lease in msg.grant.leases)
+        else:
+            kept.append(msg)
+    for msg in kept:
+        session.out.put_nowait(msg)
+    return unsent
+
+
 class Dispatcher:
     """Matches lease credit with available work.
 
@@ -71,10 +86,16 @@ class Dispatcher:
         # Whether a round could grant something: work may have appeared, or credit did.
         self._work = True
         self._want = False
+        self._stopped = False
+        self._held = False
+        self._ended = False
         self._on_grant = on_grant
 
     def add(self, session: Session) -> None:
         self._sessions[id(session)] = session
+        if self._ended:
+            # A stream whose hello came after the others were ended (shutdown): end it too.
+            session.out.put_nowait(None)
 
     def remove(self, session: Session) -> None:
         self._sessions.pop(id(session), None)
@@ -84,7 +105,8 @@ class Dispatcher:
         return {queue for session in self._sessions.values() for queue in session.queues}
 
     def end_streams(self) -> None:
-        """End every stream and waiting unary call (shutdown): each gets the end marker."""
+        """End every stream and waiting unary call (shutdown), and any added later: each gets the end marker."""
+        self._ended = True
         for session in self._sessions.values():
             session.out.put_nowait(None)
 
@@ -96,19 +118,18 @@ class Dispatcher:
         """``session``'s worker half-closed (it sends nothing more, so it cannot give leases back):
         no more grants, and grants queued but not yet sent are taken back as if never granted."""
         self.remove(session)
-        kept: list[worker_pb2.WorkResponse | None] = []
-        unsent: list[int] = []
-        while not session.out.empty():
-            msg = session.out.get_nowait()
-            if msg is not None and msg.HasField("grant"):
-                unsent.extend(lease.fence for lease in msg.grant.leases)
-            else:
-                kept.append(msg)
-        for msg in kept:
-            session.out.put_nowait(msg)
+        unsent = _take_unsent(session)
         if unsent:
             self._core.unsent(unsent, time.time())
             self.work_available()
+
+    def stop(self) -> None:
+        """Grant nothing more (shutdown): no round runs from now on, and grants queued but not yet
+        sent are taken back as if never granted. Streams stay open for the answers they are owed."""
+        self._stopped = True
+        unsent = [fence for session in self._sessions.values() for fence in _take_unsent(session)]
+        if unsent:
+            self._core.unsent(unsent, time.time())
 
     def credit(self, session: Session, count: int) -> None:
         """``session`` wants ``count`` more leases (it holds at most ``max_credit`` at once)."""
@@ -123,6 +144,14 @@ class Dispatcher:
         self._work = True
         self.poke()
 
+    def hold(self, held: bool) -> None:
+        """Grant nothing while ``held`` (the store cannot write: a lease granted now could not be
+        recorded, and workers running ahead would only pile up results nobody can acknowledge);
+        go on as soon as it is released."""
+        self._held = held
+        if not held:
+            self.credit_changed()
+
     def credit_changed(self) -> None:
         """Something that limited the last round (fences running out) is gone: try again."""
         self._want = True
@@ -136,7 +165,7 @@ class Dispatcher:
 
     def _round(self) -> None:
         self._scheduled = False
-        if not (self._work or self._want):
+        if self._stopped or self._held or not (self._work or self._want):
             return
         self._work = False
         self._want = False

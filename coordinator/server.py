@@ -18,6 +18,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection, reflection_pb2
 
 from parcelo import defaults
+from parcelo.coordinator.admin import AdminServicer, BackupInfo, Backups
 from parcelo.coordinator.api import Api
 from parcelo.coordinator.auth import TokenAuth, load_tokens
 from parcelo.coordinator.changes import Changes
@@ -40,6 +41,8 @@ from parcelo.coordinator.tls import ReloadableCredentials, ServerTLS, load_ssl_c
 from parcelo.coordinator.tracing import RpcSpans
 from parcelo.coordinator.views import JobViews
 from parcelo.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     queues_pb2,
@@ -58,6 +61,7 @@ SERVICES = (
     "parcelo.v1.WorkerService",
     "parcelo.v1.QueueService",
     "parcelo.v1.ScheduleService",
+    "parcelo.v1.AdminService",
 )
 """Names the health service answers for: the server as a whole and each service."""
 
@@ -66,10 +70,14 @@ SERVED = (
     worker_pb2.DESCRIPTOR.services_by_name["WorkerService"],
     queues_pb2.DESCRIPTOR.services_by_name["QueueService"],
     schedules_pb2.DESCRIPTOR.services_by_name["ScheduleService"],
+    admin_pb2.DESCRIPTOR.services_by_name["AdminService"],
     health_pb2.DESCRIPTOR.services_by_name["Health"],
     reflection_pb2.DESCRIPTOR.services_by_name["ServerReflection"],
 )
 """Descriptors of every service the server serves: the token check has a rule for each of their RPCs."""
+
+QUIET = 0.1
+"""Seconds without a new result after which a stopping coordinator ends the Work streams."""
 
 GC_THRESHOLD = 100_000
 """Allocations between young-generation collections (Python's default is 700): see ``_tune_gc``."""
@@ -100,7 +108,7 @@ class Config:
 
     @property
     def backups(self) -> Path:
-        """Where SIGUSR1 writes online backups."""
+        """Where SIGUSR1 writes online backups (each in a new timestamped folder)."""
         return self.backup_dir or self.data_dir.with_name(self.data_dir.name + "-backups")
 
 
@@ -255,6 +263,7 @@ class Coordinator:
         )
         # Reserve the first block of fences before any lease can be handed out.
         self.committer.write_now()
+        self.backups = Backups(self.store, self.committer, cfg.backups)
         # No tokens, no tracing: no interceptor, and nothing paid per call for either.
         interceptors: list[aio.ServerInterceptor] = []
         if cfg.tracer_provider is not None:
@@ -274,6 +283,7 @@ class Coordinator:
         workers = WorkerServicer(
             self.core, self.committer, self.dispatcher, heartbeat_ms, cfg.limits, registry=self.registry
         )
+        self.workers = workers
         jobs_pb2_grpc.add_JobServiceServicer_to_server(jobs, self.server)
         worker_pb2_grpc.add_WorkerServiceServicer_to_server(workers, self.server)
         queues_pb2_grpc.add_QueueServiceServicer_to_server(
@@ -281,6 +291,9 @@ class Coordinator:
         )
         schedules_pb2_grpc.add_ScheduleServiceServicer_to_server(
             ScheduleServicer(self.core, self.schedule_views, self.committer), self.server
+        )
+        admin_pb2_grpc.add_AdminServiceServicer_to_server(
+            AdminServicer(self.backups, cfg.data_dir), self.server
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.server)
         # grpcurl and other tools read the API from the server itself, without the .proto files.
@@ -348,8 +361,9 @@ class Coordinator:
             self.dispatcher.credit_changed()
 
     def _set_healthy(self, healthy: bool) -> None:
-        """Health checks say SERVING only while the store takes writes (so nothing is acknowledged)."""
+        """Health checks say SERVING, and leases are granted, only while the store takes writes."""
         self.serving = healthy and not self._stopping
+        self.dispatcher.hold(not healthy)
         status = (
             health_pb2.HealthCheckResponse.SERVING if healthy else health_pb2.HealthCheckResponse.NOT_SERVING
         )
@@ -373,17 +387,40 @@ class Coordinator:
             self.dispatcher.poke()
             self.committer.kick()
 
-    async def backup(self) -> Path:
-        """A consistent online copy of the store (RocksDB checkpoint) in a new timestamped folder."""
-        await self.committer.durable()
-        dest = self.config.backups / time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        await asyncio.get_running_loop().run_in_executor(None, self.store.backup, dest)
-        log.info("backup written to %s", dest)
-        return dest
+    async def backup(self) -> BackupInfo:
+        """A consistent online copy of the store in a new timestamped folder under the backup dir
+        (SIGUSR1; see :meth:`Backups.write`)."""
+        return await self.backups.write()
+
+    def stop_granting(self) -> None:
+        """Hand out no more leases: the first step of a shutdown, taken at once on SIGTERM.
+
+        Grants queued but not yet sent are taken back; results are still taken and answered.
+        """
+        self.dispatcher.stop()
+
+    async def _answer_results_in_hand(self) -> None:
+        """Wait until the results workers send have stopped coming and every one is written and its
+        answer queued, or the grace is over (a store that keeps failing, workers that keep sending).
+
+        Results sent just before SIGTERM may still be on their way, and results read while a
+        commit is being written join the next one: so the streams stay open until no result came
+        for :data:`QUIET` seconds after a commit. Once no lease is granted, workers run out of
+        results to send soon.
+        """
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.config.grace
+        while loop.time() < deadline:
+            taken = self.workers.results_taken
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.committer.durable(), deadline - loop.time())
+            if self.workers.results_taken == taken:
+                await asyncio.sleep(max(0.0, min(QUIET, deadline - loop.time())))
+                if self.workers.results_taken == taken:
+                    return
 
     async def stop(self) -> None:
-        """Stop accepting, let in-flight calls finish, write everything, close the store.
+        """Stop granting and accepting calls, answer in-flight results, write everything, close the store.
 
         Work streams are ended once every answer owed to them is written and queued, so workers
         reconnect (to the next coordinator) at once rather than after the grace period. Calling
@@ -392,14 +429,14 @@ class Coordinator:
         if self._stopping:
             return
         self._stopping = True
+        self.stop_granting()
         self.serving = False
         for name in SERVICES:
             await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         stopping = asyncio.create_task(self.server.stop(self.config.grace))
         if self.http is not None:
             await self.http.stop()
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self.committer.durable(), self.config.grace)
+        await self._answer_results_in_hand()
         self.dispatcher.end_streams()
         await stopping
         for task in self._tasks[1:]:
@@ -420,18 +457,31 @@ async def serve(config: Config) -> None:
     await coordinator.start()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    backups: set[asyncio.Task[Path]] = set()
 
-    def backup() -> None:
-        task = asyncio.create_task(coordinator.backup())
+    def shutdown() -> None:
+        # In the signal's own callback, not when the task awaiting ``stop`` next runs: a dispatch
+        # round scheduled in between would still grant leases.
+        coordinator.stop_granting()
+        stop.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, shutdown)
+    backups: set[asyncio.Task[None]] = set()
+
+    async def backup() -> None:
+        try:
+            await coordinator.backup()
+        except Exception as err:
+            log.error("backup failed: %s", err)
+
+    def start_backup() -> None:
+        task = asyncio.create_task(backup())
         backups.add(task)
         task.add_done_callback(backups.discard)
 
-    loop.add_signal_handler(signal.SIGUSR1, backup)
+    loop.add_signal_handler(signal.SIGUSR1, start_backup)
     loop.add_signal_handler(signal.SIGHUP, coordinator.reload)
     await stop.wait()
-    log.info("stopping: finishing in-flight calls and writes")
+    log.info("stopping: granting no more leases; answering in-flight results, writing what is pending")
     await coordinator.stop()
     log.info("stopped")

@@ -299,6 +299,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         self._registry = registry if registry is not None else WorkerRegistry()
         # Work streams open per worker id (--max-streams-per-worker).
         self._streams: dict[str, int] = {}
+        self.results_taken = 0
+        """Result messages (completions, failures) taken on Work streams so far: a shutdown ends the
+        streams once none has come for a moment, so every result in hand is answered."""
         self._welcome = worker_pb2.Welcome(coordinator_version=__version__)
         if heartbeat_ms:
             self._welcome.heartbeat_interval.FromMilliseconds(heartbeat_ms)
@@ -403,6 +406,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             self._streams[worker_id] = left
 
     def _reply_when_durable(self, session: Session, response: worker_pb2.WorkResponse) -> None:
+        self.results_taken += 1
+
         def send(fut: asyncio.Future[None]) -> None:
             if fut.cancelled() or fut.exception() is not None:
                 # Not durable: end the stream so the worker reconnects and sends its results again.

@@ -28,8 +28,9 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import shutil
 import struct
+import threading
+import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -60,6 +61,10 @@ _U64 = struct.Struct(">Q")
 _SPAN = struct.Struct(">QQ")
 _MAX = (1 << 64) - 1
 _STATUSES = (None, *Status)
+_FLUSH_PROPERTIES = ("rocksdb.mem-table-flush-pending", "rocksdb.num-running-flushes")
+
+FLUSH_WAIT = 10.0
+"""Seconds a backup waits for its background flush before the checkpoint flushes what is left itself."""
 
 Op = tuple[bytes, bytes | None]
 """One write: (key, value) puts, (key, None) deletes."""
@@ -67,6 +72,10 @@ Op = tuple[bytes, bytes | None]
 
 class StoreFormatError(Exception):
     """Raised when a data dir was written in a format this coordinator cannot read."""
+
+
+class StoreInUseError(Exception):
+    """Raised when another process (a coordinator) holds the data dir's RocksDB lock."""
 
 
 @dataclass
@@ -196,7 +205,20 @@ class Store:
         self._nosync = WriteOptions()
         self._wal_fds: dict[str, int] = {}
         self._wal_synced_from = ""
-        self._db = self._open()
+        # Held by whatever closes or replaces the database (close, reopen) and by a backup, which
+        # runs in a thread of its own: a checkpoint must never read a database being closed.
+        self._lifecycle = threading.Lock()
+        try:
+            self._db = self._open()
+        except Exception as err:
+            # RocksDB's words for a lock held elsewhere: "While lock file: DIR/LOCK: Resource
+            # temporarily unavailable" (another process), "lock hold by current process" (this one).
+            if "/LOCK:" not in str(err):
+                raise
+            raise StoreInUseError(
+                f"data dir {self.path} is in use by another coordinator (RocksDB lock {self.path / 'LOCK'}); "
+                "stop that one first, or give another --data-dir"
+            ) from None
         self._check_format()
 
     def _open(self) -> Rdict:
@@ -230,8 +252,9 @@ class Store:
             self.write(Batch(ops=[(FORMAT_KEY, _U32.pack(FORMAT_VERSION))]))
 
     def close(self) -> None:
-        self._close_wal_fds()
-        self._db.close()
+        with self._lifecycle:
+            self._close_wal_fds()
+            self._db.close()
 
     def _close_wal_fds(self) -> None:
         for fd in self._wal_fds.values():
@@ -244,11 +267,12 @@ class Store:
 
         Raises what opening raises (e.g. still no space); the caller retries later.
         """
-        self._close_wal_fds()
-        # Closing a database in error state reports that error again: nothing to learn from it.
-        with contextlib.suppress(Exception):
-            self._db.close()
-        self._db = self._open()
+        with self._lifecycle:
+            self._close_wal_fds()
+            # Closing a database in error state reports that error again: nothing to learn from it.
+            with contextlib.suppress(Exception):
+                self._db.close()
+            self._db = self._open()
 
     def encode(self, changes: Changes) -> Batch:
         """The keys and bytes of ``changes``, as one batch (cheap: run it where the changes are made)."""
@@ -318,7 +342,14 @@ class Store:
                 continue
             fd = self._wal_fds.get(name)
             if fd is None:
-                fd = self._wal_fds[name] = os.open(self.path / name, os.O_RDONLY)
+                try:
+                    fd = os.open(self.path / name, os.O_RDONLY)
+                except FileNotFoundError:
+                    # Deleted since the listing (a flush, a backup's among them, has just ended):
+                    # RocksDB removes a WAL file only once its contents are durable in a table
+                    # file, so there is nothing left to sync. Not a failed write.
+                    continue
+                self._wal_fds[name] = fd
                 fresh = True
             os.fdatasync(fd)
         if fresh:
@@ -409,9 +440,25 @@ class Store:
             it.next()
         return events
 
-    def backup(self, dest: Path | str) -> None:
-        """A consistent copy of the database in ``dest`` (a RocksDB checkpoint: hard links)."""
-        dest = Path(dest)
+    def backup(self, dest: Path) -> None:
+        """A consistent copy of the database in the new folder ``dest`` (a RocksDB checkpoint: hard
+        links where ``dest`` is on the same filesystem, copies elsewhere). Blocking: call it in a thread.
+
+        Raises:
+            FileExistsError: ``dest`` exists (nothing is overwritten).
+            OSError: Its parent folder is missing or not writable.
+            Exception: RocksDB's own error when the checkpoint fails (e.g. no space for its flush).
+        """
         if dest.exists():
-            shutil.rmtree(dest)
-        Checkpoint(self._db).create_checkpoint(str(dest))
+            raise FileExistsError(f"{dest} exists")
+        with self._lifecycle:
+            # A checkpoint flushes the memtable first, holding the GIL throughout (rocksdict), which
+            # stalls the event loop for as long as that write takes. Flushed in RocksDB's background
+            # thread beforehand, the checkpoint is left with next to nothing to flush itself.
+            self._db.flush(False)
+            deadline = time.monotonic() + FLUSH_WAIT
+            while time.monotonic() < deadline and any(
+                self._db.property_int_value(name) for name in _FLUSH_PROPERTIES
+            ):
+                time.sleep(0.005)
+            Checkpoint(self._db).create_checkpoint(str(dest))

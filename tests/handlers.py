@@ -12,9 +12,10 @@ import time
 from typing import Any
 
 
-def _log(event: str, range_: Any, ctx: Any) -> None:
+def _log(event: str, range_: Any, ctx: Any, number: int | None = None) -> None:
+    """One line ``event start end N pid``: N is the attempt, or ``number`` when given."""
     path = os.environ["PARCELO_TEST_LOG"]
-    line = f"{event} {range_.start} {range_.end} {ctx.attempt} {os.getpid()}\n".encode()
+    line = f"{event} {range_.start} {range_.end} {ctx.attempt if number is None else number} {os.getpid()}\n".encode()
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
     try:
         os.write(fd, line)
@@ -25,6 +26,15 @@ def _log(event: str, range_: Any, ctx: Any) -> None:
 def record(range_: Any, ctx: Any) -> None:
     """Record the run; sleep ``params['sleep']`` seconds (default 0) to stretch the job."""
     _log("run", range_, ctx)
+    delay = float(ctx.params.get("sleep", 0))
+    if delay:
+        time.sleep(delay)
+
+
+def record_fence(range_: Any, ctx: Any) -> None:
+    """As ``record``, with the lease's fence in the attempt's place (event ``fenced``): fences grow
+    with time, so a run under a fence above that of an acknowledged completion came after it."""
+    _log("fenced", range_, ctx, ctx.fence)
     delay = float(ctx.params.get("sleep", 0))
     if delay:
         time.sleep(delay)

@@ -12,7 +12,9 @@ import asyncio
 import contextlib
 import functools
 import gc
+import os
 import queue
+import subprocess
 import threading
 from collections.abc import AsyncIterator, Callable, Coroutine, Iterator
 from pathlib import Path
@@ -20,9 +22,11 @@ from typing import Any, ParamSpec
 
 import grpc
 from grpc import aio
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from parcelo import Range, Worker
 from parcelo.channel import Metadata
+from parcelo.client import Client
 from parcelo.coordinator.server import Config, Coordinator
 from parcelo.coordinator.store import Store
 from parcelo.testing import CoordinatorProcess, Proc, start_worker
@@ -83,6 +87,67 @@ def tree_nodes(root: types_pb2.TreeNode) -> Iterator[types_pb2.TreeNode]:
         node = stack.pop()
         yield node
         stack.extend(reversed(node.children))
+
+
+def completed_leaves(target: str, job_id: str, timeout: float = 120) -> list[tuple[int, int]]:
+    """``(start, end)`` of every ``NODE_COMPLETED`` event of a finished job, in log order.
+
+    Read with ``WatchJob`` from sequence 0, so the coordinator must retain them all
+    (``--event-retention``). Each is one completion the coordinator accepted and wrote.
+    """
+    with Client(target, timeout=timeout) as client:
+        return [
+            (event.range.start, event.range.end)
+            for event in client.watch(job_id, types=[types_pb2.EVENT_TYPE_NODE_COMPLETED], timeout=timeout)
+            if event.type == types_pb2.EVENT_TYPE_NODE_COMPLETED
+        ]
+
+
+# -- health and full disks -----------------------------------------------------------------------
+
+
+def health(coord: CoordinatorProcess) -> int:
+    """The coordinator's ``grpc.health.v1`` status for the whole server (-1: it does not answer)."""
+    try:
+        answer = health_pb2_grpc.HealthStub(coord.channel).Check(health_pb2.HealthCheckRequest(), timeout=2)
+    except grpc.RpcError:
+        return -1
+    return int(answer.status)
+
+
+@contextlib.contextmanager
+def tmpfs(mount: Path, size_mb: int) -> Iterator[Path]:
+    """A fresh tmpfs of ``size_mb`` MB mounted on the new folder ``mount`` (root only), unmounted after."""
+    mount.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size_mb}m", "tmpfs", str(mount)], check=True)
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def can_mount() -> bool:
+    """Whether :func:`tmpfs` can work here (mounting needs root)."""
+    return os.geteuid() == 0
+
+
+def fill(fs: Path) -> Path:
+    """Write a file until the filesystem is full; returns it (delete it to give the space back)."""
+    filler = fs / "filler"
+    chunk = b"\0" * (1 << 20)
+    with open(filler, "wb", buffering=0) as out:
+        try:
+            while True:
+                out.write(chunk)
+        except OSError:
+            pass
+        # The last few KB too, so that RocksDB's next append fails rather than fits.
+        try:
+            while True:
+                out.write(b"\0" * 4096)
+        except OSError:
+            pass
+    return filler
 
 
 # -- worker processes and their run log ----------------------------------------------------------

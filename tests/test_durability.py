@@ -7,6 +7,7 @@ writes the test can make fail, as a full disk would, driven through real gRPC ch
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 from collections.abc import Awaitable, Iterable
 from pathlib import Path
@@ -17,9 +18,17 @@ from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from parcelo.coordinator.server import Config, Coordinator
+from parcelo.coordinator.server import SERVICES, Config, Coordinator
 from parcelo.coordinator.store import Batch, Op, Store
-from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
+from parcelo.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
+    jobs_pb2,
+    jobs_pb2_grpc,
+    types_pb2,
+    worker_pb2,
+    worker_pb2_grpc,
+)
 from tests.support import (
     Stream,
     async_test,
@@ -92,8 +101,15 @@ async def test_a_failed_write_is_retried_until_written_and_nothing_runs_ahead(tm
         assert now.status == types_pb2.JOB_STATUS_RUNNING and now.stats.range_processed == 1000
         listed = await jobs.ListJobs(jobs_pb2.ListJobsRequest())
         assert [j.status for j in listed.jobs] == [types_pb2.JOB_STATUS_RUNNING]
-        for service in ("", "parcelo.v1.WorkerService", "parcelo.v1.JobService"):
+        for service in SERVICES:
             assert await health_status(channel, service) == health_pb2.HealthCheckResponse.NOT_SERVING
+        # A backup would not hold what is in memory, and its flush would fail: refused, saying why.
+        with pytest.raises(aio.AioRpcError) as refused:
+            await admin_pb2_grpc.AdminServiceStub(channel).Backup(
+                admin_pb2.BackupRequest(to_dir=str(tmp_path / "backup"))
+            )
+        assert refused.value.code() == grpc.StatusCode.FAILED_PRECONDITION
+        assert "the store cannot write now" in str(refused.value.details())
 
         store.full.clear()  # space is back: the coordinator goes on by itself
         answer = await asyncio.wait_for(finishing, WAIT)
@@ -198,3 +214,18 @@ async def test_a_start_that_fails_closes_the_store(tmp_path: Path) -> None:
         with pytest.raises(OSError, match="cannot listen"):
             await second.start()
         Store(tmp_path / "b").close()  # the data dir is not locked any more
+
+
+def test_a_wal_file_a_flush_removed_while_the_write_synced_is_no_failed_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # RocksDB deletes a WAL file once a flush (a backup's, or a full memtable's) made its contents
+    # durable; the sync after a write may have listed it a moment before.
+    store = Store(tmp_path / "data")
+    listed = os.listdir
+    monkeypatch.setattr(os, "listdir", lambda path: [*listed(path), "999999.log"])
+    try:
+        assert store.write(Batch(ops=[(b"Mtest", b"1")]), sync=True) == 1
+    finally:
+        monkeypatch.undo()
+        store.close()

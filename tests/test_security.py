@@ -31,7 +31,7 @@ from parcelo import JobOptions
 from parcelo.channel import TLS, token_metadata
 from parcelo.client import Client
 from parcelo.coordinator.auth import digest
-from parcelo.coordinator.server import SERVED
+from parcelo.coordinator.server import SERVED, SERVICES
 from parcelo.errors import Unavailable
 from parcelo.testing import BIN, CoordinatorProcess, Proc, free_port, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
@@ -195,7 +195,7 @@ def test_each_credential_against_each_rpc(
 def test_health_needs_no_token(secured: dict[str, CoordinatorProcess]) -> None:
     for coord in secured.values():
         health = health_pb2_grpc.HealthStub(coord.channel)
-        for name in ("", "parcelo.v1.JobService", "parcelo.v1.WorkerService"):
+        for name in SERVICES:
             answer = health.Check(health_pb2.HealthCheckRequest(service=name), timeout=10)
             assert answer.status == health_pb2.HealthCheckResponse.SERVING
 

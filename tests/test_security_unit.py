@@ -21,14 +21,23 @@ from parcelo.coordinator.listen import exposed, host_of, is_loopback
 from parcelo.coordinator.server import SERVED
 from parcelo.coordinator.tls import ServerTLS, certificate_configuration
 from parcelo.errors import ConfigError
-from parcelo.v1 import jobs_pb2, queues_pb2, schedules_pb2, types_pb2, worker_pb2
+from parcelo.v1 import admin_pb2, jobs_pb2, queues_pb2, schedules_pb2, types_pb2, worker_pb2
 from tests.certs import Pki
 
 
 def proto_services() -> Iterator[ServiceDescriptor]:
     """Every service of Parcelo's proto files, and the health and reflection services the
     coordinator serves."""
-    for module in (jobs_pb2, types_pb2, worker_pb2, queues_pb2, schedules_pb2, health_pb2, reflection_pb2):
+    for module in (
+        jobs_pb2,
+        types_pb2,
+        worker_pb2,
+        queues_pb2,
+        schedules_pb2,
+        admin_pb2,
+        health_pb2,
+        reflection_pb2,
+    ):
         yield from module.DESCRIPTOR.services_by_name.values()
 
 
@@ -84,6 +93,7 @@ def test_readers_read_jobs_workers_work_and_only_admins_change_jobs() -> None:
     workers = callers("parcelo.v1.WorkerService.")
     assert workers.pop("ListWorkers") == auth.READERS, "dashboards list workers"
     assert set(workers.values()) == {auth.WORKERS}
+    assert set(callers("parcelo.v1.AdminService.").values()) == {auth.ADMINS}
     assert set(callers("grpc.health.v1.Health.").values()) == {None}
     assert set(callers("grpc.reflection.").values()) == {auth.READERS}
 

@@ -184,7 +184,7 @@ def cli(
     log_level: str,
     log_format: str,
 ) -> None:
-    """Administer jobs of a Parcelo coordinator.
+    """Administer the jobs of a Parcelo coordinator, and the coordinator itself.
 
     Exit codes: 0 ok; 1 coordinator error, unreachable coordinator, (wait/watch) job failed or
     cancelled, or (health) not serving; 2 bad command line; 3 wait timed out.
@@ -196,6 +196,31 @@ def cli(
 @cli.group()
 def job() -> None:
     """Create, inspect, steer and watch jobs."""
+
+
+@cli.group()
+def admin() -> None:
+    """Look after the coordinator itself: backups."""
+
+
+@admin.command("backup")
+@click.option(
+    "--to",
+    "to_dir",
+    required=True,
+    metavar="DIR",
+    help="Absolute path, on the coordinator's host, of a new folder for the backup.",
+)
+@pass_obj
+def backup(obj: _Obj, to_dir: str) -> None:
+    """Write an online backup of the coordinator's store to DIR; return once it is complete.
+
+    The backup is a RocksDB checkpoint holding everything acknowledged before the call;
+    `parcelo-coordinator --data-dir DIR` starts from it.
+    """
+    with obj.client() as client:
+        written = client.backup(to_dir)
+    click.echo(f"backup written to {written.path} ({written.bytes:,} bytes in {written.files} files)")
 
 
 def _seconds_flag(ctx: click.Context, param: click.Parameter, value: float | None) -> timedelta | None:

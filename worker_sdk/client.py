@@ -1,5 +1,5 @@
-"""Synchronous client of the coordinator's admin API (``parcelo.v1.JobService``, and
-``WorkerService.ListWorkers``).
+"""Synchronous client of the coordinator's admin API (``parcelo.v1.JobService``, ``AdminService``
+and ``WorkerService.ListWorkers``).
 
 The client is a thin, typed layer over the generated stub: it builds requests from Python values
 (a job's options as :class:`parcelo.options.JobOptions`), returns the protobuf messages unchanged,
@@ -21,9 +21,11 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterable, Iterator
 from datetime import timedelta
+from os import PathLike
 from types import TracebackType
 from typing import Any, TypeAlias
 
@@ -36,6 +38,8 @@ from parcelo.errors import ConfigError, JobNotCompleted, RpcError, from_grpc
 from parcelo.options import JobOptions
 from parcelo.options import encode_params as encode_params  # moved to parcelo.options; still importable here
 from parcelo.v1 import (
+    admin_pb2,
+    admin_pb2_grpc,
     jobs_pb2,
     jobs_pb2_grpc,
     queues_pb2,
@@ -136,6 +140,7 @@ class Client:
         self._channel: grpc.Channel = channel
         self._stub = jobs_pb2_grpc.JobServiceStub(self._channel)
         self._queues = queues_pb2_grpc.QueueServiceStub(self._channel)
+        self._admin = admin_pb2_grpc.AdminServiceStub(self._channel)
         self._schedules = schedules_pb2_grpc.ScheduleServiceStub(self._channel)
 
     def __enter__(self) -> Client:
@@ -462,6 +467,33 @@ class Client:
         request = jobs_pb2.GetJobTreeRequest(job_id=job_id, max_depth=max_depth)
         tree: jobs_pb2.GetJobTreeResponse = self._call(self._stub.GetJobTree, request)
         return tree
+
+    def backup(
+        self, to_dir: str | PathLike[str], *, timeout: float | None = None
+    ) -> admin_pb2.BackupResponse:
+        """Have the coordinator write an online backup of its store to ``to_dir`` and wait until it is complete.
+
+        Args:
+            to_dir: Absolute path, on the coordinator's host, of a folder that does not exist yet.
+            timeout: Seconds the call may take; ``None`` (the default): no limit, whatever the
+                client's timeout, since copying a large store can take longer than any other call.
+
+        Returns:
+            Where it was written (``path``), its size (``bytes``, ``files``) and the time it took.
+
+        Raises:
+            InvalidArgument: ``to_dir`` is relative, or in the data dir.
+            AlreadyExists: ``to_dir`` exists.
+            FailedPrecondition: The store cannot write now (a full disk), or the checkpoint failed.
+        """
+        request = admin_pb2.BackupRequest(to_dir=os.fspath(to_dir))
+        try:
+            answer: admin_pb2.BackupResponse = self._admin.Backup(
+                request, timeout=timeout, metadata=self._metadata
+            )
+        except grpc.RpcError as err:
+            raise from_grpc(err) from None
+        return answer
 
     def watch(
         self,
