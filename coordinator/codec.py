@@ -83,9 +83,17 @@ def job_from_stored(stored: StoredJob, now: float) -> tuple[JobState, list[Lease
     expires_at = now + spec.lease_ttl.ToMilliseconds() / 1000
     timeout_at = now + spec.leaf_timeout.ToMilliseconds() / 1000 if spec.HasField("leaf_timeout") else 0.0
 
+    by_fence: dict[int, Lease] = {}
+
     def adopt(node: Node) -> Lease:
         held = stored.leases[node]
-        lease = Lease(
+        lease = by_fence.get(held.fence)
+        if lease is not None:
+            # A lease a dynamic split left holding several nodes: one lease, its nodes in order.
+            nodes = sorted((*lease.nodes, node), key=lambda n: n.start)
+            lease.node, lease.more = nodes[0], tuple(nodes[1:])
+            return lease
+        lease = by_fence[held.fence] = Lease(
             held.fence, msg.id, node, held.holder, LeaseKind.LEAF, now, expires_at, timeout_at, spec.queue
         )
         leases.append(lease)
@@ -97,6 +105,8 @@ def job_from_stored(stored: StoredJob, now: float) -> tuple[JobState, list[Lease
         spec.max_range_size,
         pruning=spec.pruning,
         reduce=reduce_of(spec.reduce),
+        min_range_size=spec.min_range_size,
+        target_leaf_seconds=spec.target_leaf_seconds.ToNanoseconds() / 1e9,
         nodes=stored.nodes,
         counters={name: getattr(msg.stats, name) for name in _TREE_COUNTERS},
         leased={node: lease.kind for node, lease in stored.leases.items()},

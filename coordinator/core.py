@@ -10,6 +10,7 @@ format.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import uuid
 from collections.abc import Callable, Collection, Iterable, Sequence
@@ -57,6 +58,10 @@ MAX_ERROR_BYTES = 4096
 """Bytes of a failure's message kept with its leaf."""
 MAX_MESSAGE_BYTES = 1024
 """Bytes of a heartbeat's progress message kept with its leaf."""
+HEARTBEAT_FRACTION = 3
+"""Workers heartbeat at least every third of a job's lease TTL (the protocol's rule)."""
+SPLIT_HEARTBEATS = 2
+"""A dynamic split gives away only a part worth at least this many heartbeat intervals."""
 
 
 def clip(text: str, limit: int) -> str:
@@ -112,6 +117,9 @@ class Core:
         self._stats_changed: set[str] = set()
         self._stats_sent: dict[str, float] = {}
         self._work_available = work_available
+        # Leases heartbeated as splittable, by fence (entries of ended leases go lazily).
+        self._splittable: dict[int, Lease] = {}
+        self._swept_at = 0.0
 
     # -- jobs -----------------------------------------------------------------------------------
 
@@ -145,6 +153,8 @@ class Core:
             spec.max_range_size,
             pruning=spec.pruning,
             reduce=reduce_of(spec.reduce),
+            min_range_size=spec.min_range_size,
+            target_leaf_seconds=spec.target_leaf_seconds.ToNanoseconds() / 1e9,
         )
         self._order += 1
         job = JobState(job_id, full, tree, now=now, order=self._order)
@@ -298,7 +308,8 @@ class Core:
         forget_at = now + job.lease_ttl * 2
         for lease in self.leases.of_job(job.id):
             self.leases.revoke(lease, action, Reject.JOB_GONE, message, forget_at)
-            job.tree.release(lease.node)
+            for node in lease.nodes:
+                job.tree.release(node)
         self._touch(job)
 
     def _ended(self, job: JobState, event: EventType, now: float) -> None:
@@ -397,7 +408,8 @@ class Core:
             job = self.jobs.get(lease.job_id) if lease is not None else None
             if lease is None or job is None:
                 continue
-            job.tree.release(lease.node)
+            for node in lease.nodes:
+                job.tree.release(node)
             self.scheduler.wake(job.id, now)
             self._touch(job)
         # No work_available(): leasing again at once could fail the same way in a tight loop; the
@@ -441,12 +453,17 @@ class Core:
         now: float,
         results: Sequence[str] = (),
         holder: str | None = None,
+        ends: Sequence[int] = (),
+        handler_us: Sequence[int] = (),
     ) -> tuple[list[int], list[Rejection]]:
         """Apply completions (and skips); returns (accepted fences, rejections).
 
         ``results``: empty, or the JSON result of each of ``fences`` ("" for none). A result the
         job cannot take fails its leaf for good, and its fence is rejected as INVALID_RESULT.
         ``holder``: the worker reporting; a live lease another worker holds is NOT_HOLDER.
+        ``ends``: empty, or where each of ``fences`` was run to (0: its end; a shrunk lease's
+        new end, applied here if a restart lost the split). ``handler_us``: empty, or how long
+        each handler ran (adaptive leaf size measures leaves with it).
         """
         accepted: list[int] = []
         rejected: list[Rejection] = []
@@ -480,6 +497,16 @@ class Core:
                 rejected.append(taken)
                 continue
             job, lease = taken
+            end = ends[i] if ends and not skip else 0
+            if end and end != lease.end and not self._shrunk_to(job, lease, end, now):
+                self._fail_lease(
+                    job, lease, f"the completion ran to {end}, not a split point of it", False, now
+                )
+                self._touch(job)
+                rejected.append(
+                    Rejection(fence, Reject.INVALID_RESULT, f"end {end} is not a split point of the lease")
+                )
+                continue
             node = lease.node
             if job is not batch_job:
                 if batch_job is not None:
@@ -489,14 +516,21 @@ class Core:
                 self._touch(job)
             tree = job.tree
             if skip:
-                finished = tree.skip(node)
-                self.events.append(job.id, EventType.NODE_SKIPPED, now, node.start, node.end)
+                for held in lease.nodes:
+                    finished = tree.skip(held)
+                    self.events.append(job.id, EventType.NODE_SKIPPED, now, held.start, held.end)
             else:
                 finished = tree.complete(node, value, size)
                 if lease.kind is LeaseKind.PROBE:
                     self._wake(job, now)
                 else:
                     done.append((node.start, node.end, 0))
+                    for more in lease.more:
+                        finished = tree.complete(more)
+                        done.append((more.start, more.end, 0))
+                    if tree.target_leaf_seconds:
+                        us = handler_us[i] if handler_us and not skip else 0
+                        tree.observe(node, us / 1e6 if us else now - lease.granted_at, lease.end - node.start)
                     self._lease_ended(job, now)
                 if value is not None and tree.result_size(self.max_result_bytes):
                     self.events.append_nodes(job.id, EventType.NODE_COMPLETED, now, done)
@@ -530,7 +564,7 @@ class Core:
         except ResultError as err:
             message = str(err)
             self.leases.take(fence, False)
-            self._fail_node(job, lease.node, message, False, now)
+            self._fail_lease(job, lease, message, False, now)
             self._touch(job)
             return Rejection(fence, Reject.INVALID_RESULT, message)
         return value
@@ -572,20 +606,36 @@ class Core:
                 rejected.append(taken)
                 continue
             job, lease = taken
-            node = lease.node
             if failure.cursor is not None and lease.kind is LeaseKind.LEAF:
-                job.tree.checkpoint(node, failure.cursor, failure.details)
+                job.tree.checkpoint_lease(lease, failure.cursor, failure.details)
             if failure.released:
-                job.tree.release(node)
+                for node in lease.nodes:
+                    job.tree.release(node)
                 self._wake(job, now)
             else:
-                self._fail_node(job, node, failure.message, failure.retryable, now)
+                self._fail_lease(job, lease, failure.message, failure.retryable, now)
             self._touch(job)
             accepted.append(failure.fence)
         return accepted, rejected
 
+    def _fail_lease(
+        self, job: JobState, lease: Lease, message: str, retryable: bool, now: float, *, backoff: bool = True
+    ) -> None:
+        """An attempt at ``lease`` failed: each node it holds fails (and is retried) on its own,
+        and the attempt counts once."""
+        for i, node in enumerate(lease.nodes):
+            self._fail_node(job, node, message, retryable, now, backoff=backoff, counted=not i)
+
     def _fail_node(
-        self, job: JobState, node: Node, message: str, retryable: bool, now: float, *, backoff: bool = True
+        self,
+        job: JobState,
+        node: Node,
+        message: str,
+        retryable: bool,
+        now: float,
+        *,
+        backoff: bool = True,
+        counted: bool = True,
     ) -> None:
         # Kept with the leaf and in the event log: bounded, so one huge message cannot break replays.
         message = clip(message, MAX_ERROR_BYTES)
@@ -602,7 +652,7 @@ class Core:
             attempt=attempt,
             message=message,
         )
-        if job.tree.fail(node, message, retry_at=retry_at):
+        if job.tree.fail(node, message, retry_at=retry_at, counted=counted):
             self._finish(job, now)
         elif retry_at is not None:
             self._wake(job, now)  # the retry comes due now (an expiry) or at retry_at (a timer)
@@ -611,39 +661,149 @@ class Core:
 
     def heartbeat(
         self, beats: Iterable[Beat], now: float, holder: str | None = None
-    ) -> list[tuple[int, Action, str]]:
-        """Extend leases and record checkpoints; one directive per heartbeat.
+    ) -> list[tuple[int, Action, str, int]]:
+        """Extend leases, record checkpoints, claims and answers to SHRINK; one directive per
+        heartbeat: ``(fence, action, reason, new_end)`` (new_end: SHRINK only).
 
         ``holder``: the worker heartbeating; a lease another worker holds is neither extended
         nor checkpointed (LOST: it is not this worker's).
         """
-        out: list[tuple[int, Action, str]] = []
+        out: list[tuple[int, Action, str, int]] = []
         for beat in beats:
             lease = self.leases.get(beat.fence)
             if lease is not None and holder is not None and lease.holder != holder:
-                out.append((beat.fence, Action.LOST, "the lease is held by another worker"))
+                out.append((beat.fence, Action.LOST, "the lease is held by another worker", 0))
                 continue
             if lease is None:
                 tomb = self.leases.tombstone(beat.fence)
                 if tomb is not None:
-                    out.append((beat.fence, tomb.action, tomb.message))
+                    out.append((beat.fence, tomb.action, tomb.message, 0))
                 else:
-                    out.append((beat.fence, Action.LOST, "no live lease with this fence"))
+                    out.append((beat.fence, Action.LOST, "no live lease with this fence", 0))
                 continue
             job = self.jobs[lease.job_id]
             node = lease.node
             self.leases.extend(lease, now, job.lease_ttl)
-            if beat.cursor is not None and lease.kind is LeaseKind.LEAF:
-                job.tree.checkpoint(node, beat.cursor, beat.details)
+            leaf = lease.kind is LeaseKind.LEAF
+            if beat.shrink is not None and leaf:
+                self._answered(job, lease, *beat.shrink, now)
+            if beat.cursor is not None and leaf:
+                job.tree.checkpoint_lease(lease, beat.cursor, beat.details)
                 self._touch(job)
+            if beat.claimed >= 0 and leaf:
+                self._claimed(job, lease, beat.claimed, now)
             if beat.message and beat.message != node.message:
                 job.tree.note_message(node, clip(beat.message, MAX_MESSAGE_BYTES))
                 self._dirty_jobs.add(job.id)
             if job.release_requested and job.status is JobStatus.PAUSED:
-                out.append((beat.fence, Action.RELEASE, "job paused with release"))
+                out.append((beat.fence, Action.RELEASE, "job paused with release", 0))
+            elif lease.proposed:
+                # Asked again until answered: the first SHRINK may have been lost with a stream.
+                out.append((beat.fence, Action.SHRINK, "", lease.proposed))
             else:
-                out.append((beat.fence, Action.CONTINUE, ""))
+                out.append((beat.fence, Action.CONTINUE, "", 0))
         return out
+
+    # -- dynamic splits -------------------------------------------------------------------------
+
+    def _claimed(self, job: JobState, lease: Lease, claimed: int, now: float) -> None:
+        """A splittable handler's first unclaimed position: the claim rate is measured from the
+        first report on (the time before it includes waiting in the worker's prefetch)."""
+        claimed = min(max(claimed, lease.node.start), lease.end)
+        if lease.claimed < 0:
+            lease.claim_base, lease.claim_base_at = claimed, now
+        lease.claimed, lease.claimed_at = claimed, now
+        if job.rebalance:
+            self._splittable[lease.fence] = lease
+
+    def _answered(self, job: JobState, lease: Lease, new_end: int, accepted: bool, now: float) -> None:
+        """The holder's answer to a SHRINK: an accepted one is applied (once: it comes with every
+        later heartbeat, and may come after a restart lost the split), a refused one forgotten."""
+        if new_end == lease.proposed:
+            lease.proposed = 0
+        if accepted and new_end < lease.end and not self._shrunk_to(job, lease, new_end, now):
+            log.warning(
+                "worker %s accepted to shrink lease %d to %d, which is no split point of it: ignored",
+                lease.holder,
+                lease.fence,
+                new_end,
+                extra={"job_id": job.id, "fence": lease.fence, "worker_id": lease.holder},
+            )
+
+    def _shrunk_to(self, job: JobState, lease: Lease, new_end: int, now: float) -> bool:
+        """Shrink ``lease`` to ``new_end`` if that is a split point of it; returns whether it was."""
+        tree = job.tree
+        if not tree.may_shrink(lease, new_end):
+            return False
+        start, end = lease.node.start, lease.end
+        tree.shrink(lease, new_end)
+        self.events.append_nodes(job.id, EventType.NODE_SPLIT, now, [(start, end, new_end)])
+        log.info(
+            "lease %d of job %s split at %d: [%d, %d) kept, [%d, %d) pending",
+            lease.fence,
+            job.id,
+            new_end,
+            start,
+            new_end,
+            new_end,
+            end,
+            extra={"job_id": job.id, "fence": lease.fence, "worker_id": lease.holder},
+        )
+        self._touch(job)
+        self._wake(job, now)
+        return True
+
+    @property
+    def splittable(self) -> bool:
+        """Whether any lease was heartbeated as splittable (it may since have ended)."""
+        return bool(self._splittable)
+
+    def propose_splits(self, queues: Collection[str], now: float) -> list[tuple[str, int, int]]:
+        """Workers of ``queues`` wait for work: when a queue has nothing pending, propose to split
+        the running splittable leaf of it with the most work left. Returns ``(holder, fence,
+        new_end)`` of each proposal (the lease remembers it until answered).
+
+        Work left is the unclaimed width over the holder's claim rate. The holder keeps at least
+        a heartbeat interval of work beyond its estimated position (so that it has not claimed
+        past the proposal when it arrives), and the part given away must be worth at least
+        ``SPLIT_HEARTBEATS`` intervals; no node narrower than the job's min_range_size is made.
+        """
+        best: tuple[Lease, int] | None = None
+        best_left = 0.0
+        busy: dict[str, bool] = {}
+        for fence, lease in list(self._splittable.items()):
+            job = self.jobs.get(lease.job_id)
+            if self.leases.get(fence) is not lease or job is None:
+                del self._splittable[fence]
+                continue
+            queue = job.queue
+            if lease.proposed or queue not in queues or job.status is not JobStatus.RUNNING:
+                continue
+            if queue not in busy:
+                busy[queue] = any(
+                    other.queue == queue and other.status in LEASABLE and other.tree.has_work(now)
+                    for other in self.jobs.values()
+                )
+            if busy[queue]:
+                continue
+            elapsed = lease.claimed_at - lease.claim_base_at
+            if elapsed <= 0 or lease.claimed <= lease.claim_base:
+                continue  # no rate measured yet
+            rate = (lease.claimed - lease.claim_base) / elapsed
+            interval = job.lease_ttl / HEARTBEAT_FRACTION
+            position = lease.claimed + rate * (now - lease.claimed_at)
+            end = lease.end
+            new_end = job.tree.split_end(lease, math.ceil(position + rate * interval))
+            if not new_end or (end - new_end) / rate < SPLIT_HEARTBEATS * interval:
+                continue
+            left = (end - position) / rate
+            if left > best_left:
+                best, best_left = (lease, new_end), left
+        if best is None:
+            return []
+        lease, new_end = best
+        lease.proposed = new_end
+        return [(lease.holder, lease.fence, new_end)]
 
     # -- schedules ------------------------------------------------------------------------------
 
@@ -702,15 +862,14 @@ class Core:
             job = self.jobs.get(lease.job_id)
             if job is None:
                 continue
-            node = lease.node
             if timed_out:
                 timeouts += 1
                 message = f"leaf timed out after {job.leaf_timeout:g} s"
-                self._fail_node(job, node, message, True, now)
+                self._fail_lease(job, lease, message, True, now)
             else:
                 # A dead worker says nothing about the leaf: run it again at once, no backoff.
                 message = f"lease expired: no heartbeat within {job.lease_ttl:g} s"
-                self._fail_node(job, node, message, True, now, backoff=False)
+                self._fail_lease(job, lease, message, True, now, backoff=False)
             self.leases.revoke(lease, Action.LOST, Reject.STALE_FENCE, message, now + job.lease_ttl * 2)
             key = (lease.holder, job.id)
             expired[key] = expired.get(key, 0) + 1
@@ -734,6 +893,11 @@ class Core:
         if self.scheduler.tick(now) or self.scheduler.active:
             self._work_available()
         self.leases.forget_tombstones(now)
+        if self._splittable and now >= self._swept_at:
+            # Ended leases leave their entry; sweep them out now and then (not per completion).
+            self._swept_at = now + 1.0
+            live = self.leases.get
+            self._splittable = {f: lease for f, lease in self._splittable.items() if live(f) is lease}
         for job_id in tuple(self._stats_changed):
             if now - self._stats_sent.get(job_id, 0.0) >= STATS_INTERVAL:
                 self._stats_changed.discard(job_id)
@@ -760,6 +924,7 @@ class Core:
             t.range_total,
             self.leases.count(job.id),
             t.failed_attempts,
+            t.dynamic_splits,
             int(job.status),
         )
 

@@ -38,6 +38,8 @@ class Session:
     address: str = ""
     # When the credit not yet granted was asked for (for the grant latency metric).
     waiting_since: float = 0.0
+    # Handlers the worker runs at once, from its hello (0: not said).
+    concurrency: int = 0
 
 
 def _ignore(leases: int, waited: float) -> None:
@@ -46,6 +48,10 @@ def _ignore(leases: int, waited: float) -> None:
 
 ROUND_BUDGET = 4_096
 """Leases one dispatch round grants at most, so one loop turn stays short (a few milliseconds)."""
+
+
+REBALANCE_INTERVAL = 0.2
+"""Seconds between two looks for running leaves to split (dynamic rebalancing)."""
 
 
 def _take_unsent(session: Session) -> list[int]:
@@ -90,6 +96,7 @@ class Dispatcher:
         self._held = False
         self._ended = False
         self._on_grant = on_grant
+        self._rebalance_at = 0.0
 
     def add(self, session: Session) -> None:
         self._sessions[id(session)] = session
@@ -204,6 +211,39 @@ class Dispatcher:
                 self._want = True
                 self.poke()
         # Grants need no prompt write (a lost grant only re-runs a leaf): the ticker's write takes them.
+
+    def rebalance(self, now: float) -> None:
+        """Dynamic splits: when workers wait with a free handler slot (credit, and fewer leases
+        than their concurrency), have the core propose splits of running splittable leaves of
+        their queues, and send each SHRINK to its holder at once (unasked, in a heartbeat answer
+        of its own; a holder without a stream here gets it with its next heartbeat answer)."""
+        core = self._core
+        if self._stopped or self._held or not core.splittable or now < self._rebalance_at:
+            return
+        # At most a few times a second: a proposal is answered within a round trip anyway.
+        self._rebalance_at = now + REBALANCE_INTERVAL
+        sessions = [s for s in self._sessions.values() if s.credits > 0]
+        if not sessions:
+            return
+        held = core.leases.holder_counts()
+        idle = {
+            queue
+            for s in sessions
+            if not s.concurrency or held.get(s.worker_id, 0) < s.concurrency
+            for queue in s.queues
+        }
+        if not idle:
+            return
+        for holder, fence, new_end in core.propose_splits(idle, now):
+            stream = next(
+                (s for s in self._sessions.values() if s.said_hello and s.worker_id == holder), None
+            )
+            if stream is not None:
+                directive = worker_pb2.Directive(
+                    fence=fence, action=worker_pb2.DIRECTIVE_ACTION_SHRINK, new_end=new_end
+                )
+                answer = worker_pb2.HeartbeatResponse(directives=[directive])
+                stream.out.put_nowait(worker_pb2.WorkResponse(heartbeat=answer))
 
     def _add(
         self,

@@ -31,7 +31,9 @@ MEMORY_WINDOW = 2048
 
 _HEAD = struct.Struct(">QBdQQI")
 _LEN = struct.Struct(">I")
-_STATS = struct.Struct(">12Q")
+_STATS = struct.Struct(">13Q")
+# Stats as written before JobStats.dynamic_splits (stored events keep their bytes).
+_OLD_STATS = struct.Struct(">12Q")
 # A node batch record (after its length): first seq, type | BATCH_FLAG, time, count; then
 # (start, end, attempt) as little-endian u64 triples, packed in one call.
 _BATCH_HEAD = struct.Struct(">QBdI")
@@ -71,13 +73,14 @@ class Stats(NamedTuple):
     range_total: int
     active_leases: int
     failed_attempts: int
+    dynamic_splits: int
     status: int
 
 
 class Event:
     """One event; compact until a watcher or the store needs it."""
 
-    __slots__ = ("attempt", "end", "job_id", "message", "seq", "start", "stats", "time", "type")
+    __slots__ = ("attempt", "end", "job_id", "message", "new_end", "seq", "start", "stats", "time", "type")
 
     def __init__(
         self,
@@ -90,6 +93,7 @@ class Event:
         attempt: int = 0,
         message: str = "",
         stats: Stats | None = None,
+        new_end: int = 0,
     ) -> None:
         self.job_id = job_id
         self.seq = seq
@@ -100,6 +104,8 @@ class Event:
         self.attempt = attempt
         self.message = message
         self.stats = stats
+        # NODE_SPLIT of a dynamic split: the end the holder kept (node events only, see NodeBatch).
+        self.new_end = new_end
 
     def encode(self) -> bytes:
         """Bytes for the store (fixed header, optional stats, message)."""
@@ -117,7 +123,12 @@ class Event:
         seq, type_, time, start, end, attempt = _HEAD.unpack_from(data)
         pos = _HEAD.size
         n = data[pos]
-        stats = Stats(*_STATS.unpack_from(data, pos + 1)) if n else None
+        stats: Stats | None = None
+        if n == _OLD_STATS.size:
+            old = _OLD_STATS.unpack_from(data, pos + 1)
+            stats = Stats._make((*old[:-1], 0, old[-1]))
+        elif n:
+            stats = Stats(*_STATS.unpack_from(data, pos + 1))
         message = data[pos + 1 + n :].decode()
         return cls(job_id, seq, EventType(type_), time, start, end, attempt, message, stats)
 
@@ -131,6 +142,7 @@ class Event:
             time=ts,
             attempt=self.attempt,
             message=self.message,
+            new_end=self.new_end,
         )
         if self.end:
             msg.range.start = self.start
@@ -155,7 +167,8 @@ class NodeBatch:
         self.seq = seq
         self.type = type_
         self.time = time
-        # (start, end, attempt) per event; event i has number seq + i.
+        # (start, end, attempt) per event; event i has number seq + i. NODE_SPLIT events hold
+        # the end a dynamic split kept in place of the attempt (0: a split by the rule).
         self.nodes = nodes
 
     @property
@@ -165,6 +178,11 @@ class NodeBatch:
     def events(self, job_id: str, after_seq: int = 0) -> list[Event]:
         """The events of this batch numbered above ``after_seq``."""
         skip = max(0, after_seq + 1 - self.seq)
+        if self.type is EventType.NODE_SPLIT:
+            return [
+                Event(job_id, self.seq + i, self.type, self.time, start, end, new_end=new_end)
+                for i, (start, end, new_end) in enumerate(self.nodes[skip:], skip)
+            ]
         return [
             Event(job_id, self.seq + i, self.type, self.time, start, end, attempt)
             for i, (start, end, attempt) in enumerate(self.nodes[skip:], skip)

@@ -157,6 +157,15 @@ def validate_spec(spec: types_pb2.JobSpec, *, max_params_bytes: int = MAX_PARAMS
         )
     if spec.max_range_size == 0:
         raise InvalidArgument("max_range_size", "must be greater than 0")
+    if spec.min_range_size > spec.max_range_size:
+        raise InvalidArgument(
+            "min_range_size",
+            f"({spec.min_range_size}) must be at most max_range_size ({spec.max_range_size})",
+        )
+    if spec.HasField("target_leaf_seconds"):
+        _check_duration("target_leaf_seconds", spec.target_leaf_seconds)
+        if spec.target_leaf_seconds.ToNanoseconds() == 0:
+            raise InvalidArgument("target_leaf_seconds", "must be greater than 0 (unset: off)")
     if spec.params_json:
         size = utf8_size(spec.params_json)
         if size > max_params_bytes:
@@ -248,6 +257,7 @@ class JobState:
         "lease_ttl",
         "order",
         "reason",
+        "rebalance",
         "release_requested",
         "retry",
         "spec",
@@ -279,6 +289,8 @@ class JobState:
         self.lease_ttl = _seconds(spec.lease_ttl)
         self.leaf_timeout = _seconds(spec.leaf_timeout) if spec.HasField("leaf_timeout") else 0.0
         self.deadline = _seconds(spec.deadline) if spec.HasField("deadline") else 0.0
+        # Whether running leaves of splittable handlers may be split (unset: yes).
+        self.rebalance = spec.rebalance if spec.HasField("rebalance") else True
         r = spec.retry
         self.retry = RetryPolicy(
             max_attempts=r.max_attempts,

@@ -83,12 +83,16 @@ class Failure:
 
 @dataclass(frozen=True, slots=True)
 class Beat:
-    """One lease's heartbeat: an optional checkpoint and progress message."""
+    """One lease's heartbeat: an optional checkpoint and progress message; for a splittable
+    handler, its first unclaimed position (-1: it does not claim) and its answer to a SHRINK
+    directive, ``(new_end, accepted)``."""
 
     fence: int
     cursor: int | None = None
     details: bytes = b""
     message: str = ""
+    claimed: int = -1
+    shrink: tuple[int, bool] | None = None
 
 
 class FenceAllocator:
@@ -123,9 +127,13 @@ class Lease:
     """One live lease: the single record of who holds which node of which job, and until when.
 
     A plain ``__slots__`` class: one is created per leaf run on the hot path.
+
+    A dynamic split leaves a lease holding several nodes (the kept part of the leaf spans
+    them): ``node`` is the first, ``more`` the others, in range order.
     """
 
     __slots__ = (
+        "__dict__",
         "expires_at",
         "fence",
         "granted_at",
@@ -136,6 +144,18 @@ class Lease:
         "queue",
         "timeout_at",
     )
+
+    # Rarely set (class defaults, so a grant does not pay for them): the nodes after ``node``
+    # when a dynamic split left the lease several; and for a splittable handler, the first
+    # position it had not claimed (-1: the handler does not claim) and when it said so; the
+    # end proposed in a SHRINK directive not yet answered (0: none).
+    more: tuple[Node, ...] = ()
+    claimed = -1
+    claimed_at = 0.0
+    # The first claim report: the claim rate is measured from it.
+    claim_base = 0
+    claim_base_at = 0.0
+    proposed = 0
 
     def __init__(
         self,
@@ -166,6 +186,16 @@ class Lease:
     @property
     def probe(self) -> bool:
         return self.kind is LeaseKind.PROBE
+
+    @property
+    def nodes(self) -> tuple[Node, ...]:
+        """Every node the lease holds, in range order."""
+        return (self.node, *self.more)
+
+    @property
+    def end(self) -> int:
+        """Where the held part ends (the leaf's end unless a dynamic split shrank it)."""
+        return self.more[-1].end if self.more else self.node.end
 
     @property
     def due(self) -> float:

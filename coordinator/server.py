@@ -381,7 +381,9 @@ class Coordinator:
         while True:
             await asyncio.sleep(self.config.tick_interval)
             try:
-                self.telemetry.on_tick(*self.core.tick(time.time()))
+                now = time.time()
+                self.telemetry.on_tick(*self.core.tick(now))
+                self.dispatcher.rebalance(now)
             except Exception:
                 log.exception("tick failed")
             self.dispatcher.poke()

@@ -316,26 +316,35 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 cursor=h.cursor if h.HasField("cursor") else None,
                 details=_details(h.details),
                 message=h.message,
+                claimed=h.claimed if h.splittable else -1,
+                shrink=(h.shrink.new_end, h.shrink.accepted) if h.HasField("shrink") else None,
             )
             for h in request.leases
         ]
         out = worker_pb2.HeartbeatResponse()
         now = time.time()
-        for fence, action, reason in self._core.heartbeat(beats, now, holder):
-            out.directives.add(fence=fence, action=int(action), reason=reason)
+        for fence, action, reason, new_end in self._core.heartbeat(beats, now, holder):
+            out.directives.add(fence=fence, action=int(action), reason=reason, new_end=new_end)
         self._registry.heartbeat(holder, now)
         return out
 
     def _complete(self, request: worker_pb2.CompleteRequest, holder: str) -> worker_pb2.CompleteResponse:
         self._limits.check_count("fences and skipped", len(request.fences) + len(request.skipped))
-        results = request.results_json
-        if results and len(results) != len(request.fences):
-            raise errors.InvalidArgument(
-                "results_json",
-                f"has {len(results)} entries for {len(request.fences)} fences: give one per fence, or none",
-            )
+        for name in ("results_json", "ends"):
+            given = len(getattr(request, name))
+            if given and given != len(request.fences):
+                raise errors.InvalidArgument(
+                    name, f"has {given} entries for {len(request.fences)} fences: give one per fence, or none"
+                )
+        handler_us = request.handler_us
         accepted, rejected = self._core.complete(
-            request.fences, request.skipped, time.time(), results, holder
+            request.fences,
+            request.skipped,
+            time.time(),
+            request.results_json,
+            holder,
+            request.ends,
+            handler_us if len(handler_us) == len(request.fences) else (),
         )
         out = worker_pb2.CompleteResponse(accepted=accepted, request_id=request.request_id)
         _rejections(rejected, out.rejected)
@@ -432,6 +441,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 hello = request.hello
                 session.worker_id = hello.worker_id[:MAX_WORKER_ID] or session.worker_id
                 session.queues = _queues(hello.queues, "hello.queues")
+                session.concurrency = hello.concurrency
                 self._stream_started(session.worker_id)
                 session.said_hello = True
                 self._registry.connected(session, hello, time.time())

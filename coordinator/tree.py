@@ -40,6 +40,25 @@ def split_point(start: int, end: int) -> int:
     return start + (end - start) // 2
 
 
+def grid_point(start: int, end: int, at_least: int, min_size: int) -> int:
+    """The smallest split point of ``[start, end)`` by the rule that is at least ``at_least``
+    (0: none), splitting no node narrower than ``2 * min_size``.
+
+    The split points of a node are its ``mid``, then those of its halves, recursively: a binary
+    search down the implied tree, one step per level.
+    """
+    best = 0
+    lo, hi = start, end
+    while hi - lo >= 2 * min_size:
+        mid = split_point(lo, hi)
+        if mid >= at_least:
+            best = mid
+            hi = mid
+        else:
+            lo = mid
+    return best
+
+
 def leaf_count(width: int, max_range_size: int) -> int:
     """How many leaves a node ``width`` ids wide becomes under the split rule (1 if it is a leaf).
 
@@ -102,6 +121,9 @@ class Node:
     result: object = None
     # Retry backoff: not leased again before this time.
     not_before = 0.0
+    # Adaptive leaf size: handler seconds and ids of the leaves finished below this node.
+    cost = 0.0
+    ids = 0
 
     def __init__(
         self, start: int, end: int, depth: int, parent: Node | None, is_leaf: bool, probed: bool
@@ -163,10 +185,16 @@ class RangeTree:
         *,
         pruning: bool = False,
         reduce: Reduce = Reduce.NONE,
+        min_range_size: int = 1,
+        target_leaf_seconds: float = 0.0,
     ) -> None:
         if end <= start or max_range_size <= 0:
             raise ValueError("need start < end and max_range_size > 0")
         self.max_range_size = max_range_size
+        # No split (dynamic or adaptive) makes a node narrower than this.
+        self.min_range_size = max(1, min_range_size)
+        # Adaptive leaf size (0: off): leaves estimated to take longer are split before a lease.
+        self.target_leaf_seconds = target_leaf_seconds
         self.pruning = pruning
         self.reduce = reduce
         # The reduce of every finished leaf's result so far: what the done nodes hold, combined.
@@ -182,6 +210,7 @@ class RangeTree:
         self.range_processed = 0
         self.range_skipped = 0
         self.failed_attempts = 0
+        self.dynamic_splits = 0
         self._dirty: set[Node] = set()
         self._deleted: list[tuple[int, int]] = []
         self._heap: list[tuple[int, int, int, Node]] = []
@@ -290,7 +319,7 @@ class RangeTree:
                 heapq.heappop(heap)
                 node.queued = False
                 continue
-            if node.is_leaf or not node.probed:
+            if (node.is_leaf and not self._too_slow(node)) or not node.probed:
                 return node
             heapq.heappop(heap)
             node.queued = False
@@ -298,16 +327,51 @@ class RangeTree:
             # left one comes first: descend through it without a round trip through the heap.
             while True:
                 node = self._split(node)
-                if node.is_leaf or not node.probed:
+                if (node.is_leaf and not self._too_slow(node)) or not node.probed:
                     self._held = node
                     return node
         return None
+
+    def _too_slow(self, node: Node) -> bool:
+        """Adaptive leaf size: whether the leaf ``node`` is estimated to run longer than the
+        target, and may be split (it is at least twice ``min_range_size`` wide)."""
+        target = self.target_leaf_seconds
+        if not target or node.end - node.start < 2 * self.min_range_size:
+            return False
+        return self.estimate(node) > target
+
+    def estimate(self, node: Node) -> float:
+        """Seconds a run of ``node`` is expected to take: its width times the seconds per id of
+        the finished leaves under its nearest ancestor that has any (0: nothing measured).
+
+        The nearest ancestor, not the whole job: cost is skewed by region, and the leaves
+        finished near a node say most about it.
+        """
+        parent = node.parent
+        while parent is not None:
+            if parent.ids:
+                return parent.cost / parent.ids * (node.end - node.start)
+            parent = parent.parent
+        return 0.0
+
+    def observe(self, node: Node, seconds: float, ids: int) -> None:
+        """A leaf lease starting at ``node`` ran ``ids`` ids in ``seconds`` (adaptive leaf size):
+        every ancestor's measure takes it. A no-op when the tree has no target."""
+        if not self.target_leaf_seconds or ids <= 0:
+            return
+        parent = node.parent
+        while parent is not None:
+            parent.cost += seconds
+            parent.ids += ids
+            parent = parent.parent
 
     def _split(self, node: Node) -> Node:
         """Split ``node``: queue its right child and return its left child, not queued."""
         start, end = node.start, node.end
         mid = split_point(start, end)
         node.status = Status.RUNNING
+        # A leaf split by adaptive leaf size is an inner node from now on.
+        node.is_leaf = False
         # -1 for the split node, +2 for its children.
         self.pending_nodes += 1
         self.running_nodes += 1
@@ -400,14 +464,17 @@ class RangeTree:
         self._mark(node)
         self._push(node)
 
-    def fail(self, node: Node, message: str, *, retry_at: float | None) -> bool:
+    def fail(self, node: Node, message: str, *, retry_at: float | None, counted: bool = True) -> bool:
         """An attempt failed. ``retry_at`` None puts the leaf in error; else it is retried then.
+        ``counted``: whether it counts as a failed attempt (one attempt at a lease holding
+        several nodes counts once).
 
         Returns whether the tree is finished (its root is terminal).
         """
         self._end_lease(node)
         node.last_error = message
-        self.failed_attempts += 1
+        if counted:
+            self.failed_attempts += 1
         self._mark(node)
         if retry_at is not None:
             node.status = Status.PENDING
@@ -432,6 +499,108 @@ class RangeTree:
         node.cursor = cursor
         node.details = details
         self._mark(node)
+
+    # -- dynamic splits -------------------------------------------------------------------------
+
+    def split_end(self, lease: Lease, at_least: int) -> int:
+        """Where the held part of ``lease`` could be shrunk to keep ``[start, at_least)`` at
+        least: the first split point by the rule at or above ``at_least`` (0: none, or only at
+        its end)."""
+        at_least = max(at_least, lease.node.start + 1)
+        for node in lease.nodes:
+            if node.end > at_least:
+                if node.start >= at_least:
+                    return node.start  # the boundary between two held nodes
+                end = grid_point(node.start, node.end, at_least, self.min_range_size) or node.end
+                return end if end < lease.end else 0
+        return 0
+
+    def may_shrink(self, lease: Lease, new_end: int) -> bool:
+        """Whether ``new_end`` is a point the held part of ``lease`` may be shrunk to: strictly
+        inside it, and a boundary between its nodes or a split point by the rule of one."""
+        return 0 < new_end < lease.end and self.split_end(lease, new_end) == new_end
+
+    def shrink(self, lease: Lease, new_end: int) -> None:
+        """The holder of ``lease`` accepted to stop at ``new_end`` (one :meth:`may_shrink`
+        allows): the part from there on is pending again, as nodes by the rule, and the lease
+        holds the nodes before it."""
+        if not self.may_shrink(lease, new_end):
+            raise ValueError(f"cannot shrink {lease!r} to {new_end}: not a split point inside it")
+        kept: list[Node] = []
+        for node in lease.nodes:
+            if node.end <= new_end:
+                kept.append(node)
+            elif node.start >= new_end:
+                self._forget_checkpoint(node)
+                self.release(node)
+            else:
+                kept.extend(self._cut(node, new_end, lease))
+        lease.node = kept[0]
+        lease.more = tuple(kept[1:])
+        self.dynamic_splits += 1
+
+    def _forget_checkpoint(self, node: Node) -> None:
+        if node.cursor:
+            self.range_processed -= node.done_upto - node.start
+            node.cursor = 0
+            node.details = b""
+
+    def _cut(self, node: Node, new_end: int, lease: Lease) -> list[Node]:
+        """Split the held ``node`` by the rule down to ``new_end``; the nodes before it stay held
+        by ``lease`` (returned in order), those after go back to pending."""
+        cursor, details = node.cursor, node.details
+        self._forget_checkpoint(node)
+        attempts = node.attempts
+        node.lease = None
+        node.is_leaf = False
+        self._mark(node)
+        held: list[Node] = []
+        size = self.max_range_size
+        x = node
+        while True:
+            mid = split_point(x.start, x.end)
+            depth = x.depth + 1
+            left = x.left = _node(x.start, mid, depth, x, size, True)
+            right = x.right = _node(mid, x.end, depth, x, size, True)
+            self.total_nodes += 2
+            # Every node of a dynamic split is written: ``restore`` cannot imply them from a leaf.
+            self._mark(left)
+            self._mark(right)
+            if new_end <= mid:
+                # Given away: it waits as if never leased (its attempts so far still count).
+                right.attempts = attempts - 1
+                self.pending_nodes += 1
+                self._push(right)
+                inner, last = left, new_end == mid
+            else:
+                inner, last = right, False
+                held.append(left)
+            if last:
+                held.append(left)
+                break
+            # The node that holds new_end inside it is split again.
+            inner.status = Status.RUNNING
+            inner.is_leaf = False
+            self.running_nodes += 1
+            x = inner
+        for piece in held:
+            piece.status = Status.RUNNING
+            piece.lease = lease
+            piece.attempts = attempts
+            self.running_nodes += 1
+            if cursor > piece.start:
+                self.checkpoint(piece, cursor, details if cursor < piece.end else b"")
+        return held
+
+    def checkpoint_lease(self, lease: Lease, cursor: int, details: bytes) -> None:
+        """:meth:`checkpoint` for a lease, which may hold several nodes: each node the cursor
+        reached takes it (clamped), the details go to the one it is inside of."""
+        if not lease.more:
+            self.checkpoint(lease.node, cursor, details)
+            return
+        for node in lease.nodes:
+            if cursor > node.start:
+                self.checkpoint(node, cursor, details if cursor < node.end else b"")
 
     def _settle(self, node: Node) -> bool:
         """Propagate a node that just became terminal up the tree, collapsing finished pairs."""
@@ -544,6 +713,8 @@ class RangeTree:
         *,
         pruning: bool,
         reduce: Reduce = Reduce.NONE,
+        min_range_size: int = 1,
+        target_leaf_seconds: float = 0.0,
         nodes: list[Node],
         counters: Mapping[str, int],
         leased: Mapping[Node, LeaseKind],
@@ -557,7 +728,15 @@ class RangeTree:
         cheap to ask again.
         """
         # Constructed as new, then every field is replaced from the store.
-        tree = cls(start, end, max_range_size, pruning=pruning, reduce=reduce)
+        tree = cls(
+            start,
+            end,
+            max_range_size,
+            pruning=pruning,
+            reduce=reduce,
+            min_range_size=min_range_size,
+            target_leaf_seconds=target_leaf_seconds,
+        )
         for name, value in counters.items():
             setattr(tree, name, value)
         tree._dirty = set()
@@ -602,6 +781,8 @@ class RangeTree:
                     child = cls._implied(span[0], span[1], parent.depth + 1, parent, max_range_size)
                     implied.append(child)
                 child.parent = parent
+                # A node with children is inner whatever its width (a dynamic split's, say).
+                parent.is_leaf = False
                 if left:
                     parent.left = child
                 else:

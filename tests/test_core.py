@@ -104,7 +104,7 @@ def test_stale_fence_is_rejected_and_changes_nothing() -> None:
     accepted, rejected = core.complete([old], [], 2)
     assert accepted == [] and rejected[0][:2] == (old, Reject.STALE_FENCE)
     assert node.status.name == "RUNNING" and job.status is JobStatus.RUNNING
-    assert core.heartbeat([Beat(old)], 2) == [(old, Action.LOST, "lease expired: no heartbeat within 1 s")]
+    assert core.heartbeat([Beat(old)], 2) == [(old, Action.LOST, "lease expired: no heartbeat within 1 s", 0)]
     accepted, _ = core.complete([new], [], 2)
     assert accepted == [new] and job.status is JobStatus.COMPLETED
 
@@ -157,7 +157,7 @@ def test_pause_resume_cancel() -> None:
     core.cancel(job.id, 3, "enough")
     assert job.status is JobStatus.CANCELLED
     beats = core.heartbeat([Beat(f) for f in first], 3)
-    assert {a for _, a, _ in beats} == {Action.CANCEL}
+    assert {a for _, a, _, _ in beats} == {Action.CANCEL}
     with pytest.raises(FailedPrecondition):
         core.resume(job.id, 4)
     _, rejected = core.complete([first[0]], [], 4)

@@ -56,7 +56,7 @@ def test_node_batches_and_single_events_share_one_numbering() -> None:
 
 def test_stored_segment_decodes_to_the_same_events() -> None:
     log = EventLog(retention=10_000)
-    log.append("j", EventType.JOB_CREATED, 1.5, stats=Stats(1, 1, 0, 0, 0, 0, 0, 0, 100, 0, 0, 1))
+    log.append("j", EventType.JOB_CREATED, 1.5, stats=Stats(1, 1, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 1))
     log.append_nodes("j", EventType.NODE_SPLIT, 2.25, [(0, TOP, 0), (0, 2**63, 0)])
     log.append("j", EventType.NODE_FAILED, 3.0, 5, 6, 4, message="a message, ünïcode")
     drained = log.drain()

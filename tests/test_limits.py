@@ -136,7 +136,7 @@ def test_results_and_heartbeats_count_only_from_the_lease_holder() -> None:
     assert done == [] and [(r.fence, r.reason) for r in refused] == [(first.fence, Reject.NOT_HOLDER)]
     done, refused = core.fail([Failure(second.fence, False, "x")], 2.0, holder="intruder")
     assert done == [] and refused[0].reason is Reject.NOT_HOLDER
-    [(fence, action, _)] = core.heartbeat([Beat(first.fence, cursor=50)], 2.0, holder="intruder")
+    [(fence, action, _, _)] = core.heartbeat([Beat(first.fence, cursor=50)], 2.0, holder="intruder")
     assert (fence, action) == (first.fence, Action.LOST) and first.node.cursor == 0
     assert core.leases.get(first.fence) is first and core.leases.get(second.fence) is second
     # The holder's own results count.

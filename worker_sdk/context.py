@@ -34,11 +34,17 @@ class Context:
             paused with release, the lease was lost, or the worker is shutting
             down past its drain timeout. Sync handlers poll it; async handlers
             are also cancelled.
+
+    A handler that walks its range through :meth:`claim` (claiming each id, or each
+    block, before doing it, and stopping when a claim is refused) is *splittable*: the
+    coordinator may hand the part it has not claimed to other workers while it runs.
     """
 
     __slots__ = (
         "_checkpoint",
+        "_claimed",
         "_end",
+        "_lock",
         "_message",
         "attempt",
         "cancelled",
@@ -70,6 +76,10 @@ class Context:
         self.details = details
         self.cancelled = threading.Event()
         self._end = leaf.end
+        # One past the highest position claimed (-1: claim never called), and what keeps a claim
+        # and a shrink (the worker's thread) from crossing.
+        self._claimed = -1
+        self._lock = threading.Lock()
         # Newest checkpoint not yet sent, and the newest ever (sent with a failure or release).
         self._checkpoint: tuple[int, bytes] | None = None
         self._message = ""
@@ -78,6 +88,31 @@ class Context:
     def end(self) -> int:
         """Where the handler should stop; smaller than ``leaf.end`` if the coordinator shrank the leaf."""
         return self._end
+
+    def claim(self, position: int) -> bool:
+        """Claim ``position`` before doing it: True while ``position < end``.
+
+        ``end`` may shrink while the handler runs (the coordinator gave the rest of the leaf to
+        another worker), so a handler must stop once a claim returns False: a position at or
+        past ``end`` is someone else's. A claimed position is never given away. Handlers that
+        never call it are never split. Thread-safe; cheap (a lock and a comparison).
+        """
+        with self._lock:
+            if position >= self._end:
+                return False
+            if position >= self._claimed:
+                self._claimed = position + 1
+            return True
+
+    @property
+    def splittable(self) -> bool:
+        """Whether the handler claims its positions (it called :meth:`claim`)."""
+        return self._claimed >= 0
+
+    @property
+    def claimed(self) -> int:
+        """The first position not yet claimed (where this attempt starts, before any claim)."""
+        return max(self._claimed, self.cursor)
 
     def checkpoint(self, cursor: int, details: bytes | None = None) -> None:
         """Record that every id below ``cursor`` is done.
@@ -106,9 +141,17 @@ class Context:
     def last_checkpoint(self) -> tuple[int, bytes] | None:
         return self._checkpoint
 
-    def shrink(self, new_end: int) -> None:
-        if self.leaf.start <= new_end < self._end:
+    def shrink(self, new_end: int) -> bool:
+        """The coordinator proposes to end the leaf at ``new_end``: accept (and from now on
+        refuse claims at or past it) unless a position at or past it was claimed already.
+        Asked again about the end already accepted, says yes again."""
+        with self._lock:
+            if new_end == self._end:
+                return True
+            if not self.leaf.start < new_end < self._end or self.claimed > new_end:
+                return False
             self._end = new_end
+            return True
 
 
 class Handler(Protocol):

@@ -70,6 +70,22 @@ class _Held:
     release: bool = False
 
 
+def _claims(beat: worker_pb2.LeaseHeartbeat, ctx: Context) -> None:
+    """What a heartbeat says of a splittable handler: how far it claimed, and (once it accepted
+    a SHRINK) its new end, again every time, in case the first answer was lost."""
+    if ctx.splittable:
+        beat.splittable = True
+        beat.claimed = ctx.claimed
+        if ctx.end < ctx.leaf.end:
+            beat.shrink.new_end, beat.shrink.accepted = ctx.end, True
+
+
+def _ran_to(held: _Held) -> int:
+    """Where a lease was run to when a SHRINK ended it early (0: its end)."""
+    ctx = held.ctx
+    return ctx.end if ctx is not None and ctx.end < ctx.leaf.end else 0
+
+
 def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Any:
     """Reconnect delays: exponential from ``initial`` to ``maximum``, each with ±20% jitter."""
     delay = initial
@@ -88,6 +104,8 @@ class _Results:
     # The handler run time (microseconds) of each of ``complete``, 0 when not measured.
     run_us: list[int] = field(default_factory=list)
     skipped: list[int] = field(default_factory=list)
+    # Where each of ``complete`` was run to: its lease's end, or where a SHRINK it accepted ended it.
+    ends: list[int] = field(default_factory=list)
     failures: list[worker_pb2.Failure] = field(default_factory=list)
     # By fence: ("complete", result JSON), ("skip", None) or ("fail", the failure).
     unacked: dict[int, tuple[str, worker_pb2.Failure | str | None]] = field(default_factory=dict)
@@ -166,6 +184,9 @@ class Worker:
         provider = tracer_provider if tracer_provider is not None else global_provider()
         self._spans = HandlerSpans(provider) if provider is not None else None
         self._results = _Results()
+        # Completions of leases a SHRINK ended early, not yet acknowledged: fence -> where they ended
+        # (sent again with the completion after a reconnect).
+        self._shrunk: dict[int, int] = {}
         self._outstanding = 0  # credit asked for on this stream and not yet granted
         self._out: asyncio.Queue[worker_pb2.WorkRequest | None] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
@@ -358,6 +379,7 @@ class Worker:
                 if checkpoint is not None:
                     beat.cursor, beat.details = checkpoint
                 beat.message = ctx.take_message()
+                _claims(beat, ctx)
         self._send(worker_pb2.WorkRequest(heartbeat=request))
 
     # -- messages from the coordinator ----------------------------------------------------------
@@ -372,8 +394,10 @@ class Worker:
             answer = msg.complete if kind == "complete" else msg.fail
             for fence in answer.accepted:
                 self._results.unacked.pop(fence, None)
+                self._shrunk.pop(fence, None)
             for rejection in answer.rejected:
                 self._results.unacked.pop(rejection.fence, None)
+                self._shrunk.pop(rejection.fence, None)
                 self.stats.rejected += 1
                 log.info(
                     "result for lease %d rejected: %s",
@@ -417,8 +441,7 @@ class Worker:
                 continue
             action = directive.action
             if action == worker_pb2.DIRECTIVE_ACTION_SHRINK:
-                if held.ctx is not None:
-                    held.ctx.shrink(directive.new_end)
+                self._answer_shrink(directive.fence, held, directive.new_end)
                 continue
             if action == worker_pb2.DIRECTIVE_ACTION_RELEASE:
                 held.release = True
@@ -438,6 +461,21 @@ class Worker:
                 if self._is_async:
                     held.task.cancel()
         self._ask_for_leases()
+
+    def _answer_shrink(self, fence: int, held: _Held, new_end: int) -> None:
+        """Accept a SHRINK unless the handler claimed at or past ``new_end`` (a lease not
+        running yet has no claims, and is not split), and answer at once."""
+        ctx = held.ctx
+        accepted = ctx is not None and ctx.shrink(new_end)
+        beat = worker_pb2.LeaseHeartbeat(fence=fence)
+        if ctx is not None:
+            _claims(beat, ctx)
+        beat.shrink.new_end, beat.shrink.accepted = new_end, accepted
+        self._send(
+            worker_pb2.WorkRequest(
+                heartbeat=worker_pb2.HeartbeatRequest(worker_id=self.worker_id, leases=[beat])
+            )
+        )
 
     # -- running --------------------------------------------------------------------------------
 
@@ -571,6 +609,10 @@ class Worker:
                 results.complete.append(fence)
                 results.results.append(text)
                 results.run_us.append(held.run_us)
+                end = _ran_to(held)
+                results.ends.append(end)
+                if end:
+                    self._shrunk[fence] = end
                 results.unacked[fence] = ("complete", text)
                 self.stats.completed += 1
                 outcome = "completed"
@@ -638,10 +680,12 @@ class Worker:
                         # One per fence, or none at all when no leaf gave one.
                         results_json=results.results if any(results.results) else (),
                         handler_us=results.run_us if any(results.run_us) else (),
+                        ends=results.ends if any(results.ends) else (),
                     )
                 )
             )
             results.complete, results.results, results.run_us, results.skipped = [], [], [], []
+            results.ends = []
         if results.failures:
             self._send(
                 worker_pb2.WorkRequest(
@@ -653,12 +697,13 @@ class Worker:
     def _resend_unacked(self) -> None:
         results = self._results
         results.complete, results.results, results.skipped, results.failures = [], [], [], []
-        results.run_us = []
+        results.run_us, results.ends = [], []
         for fence, (kind, item) in results.unacked.items():
             if kind == "complete":
                 results.complete.append(fence)
                 results.results.append(item if isinstance(item, str) else "")
                 results.run_us.append(0)  # counted when first sent
+                results.ends.append(self._shrunk.get(fence, 0))
             elif kind == "skip":
                 results.skipped.append(fence)
             elif isinstance(item, worker_pb2.Failure):

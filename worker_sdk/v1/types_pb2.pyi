@@ -279,6 +279,7 @@ class JobStats(_message.Message):
     RANGE_TOTAL_FIELD_NUMBER: _builtins.int
     ACTIVE_LEASES_FIELD_NUMBER: _builtins.int
     FAILED_ATTEMPTS_FIELD_NUMBER: _builtins.int
+    DYNAMIC_SPLITS_FIELD_NUMBER: _builtins.int
     total_nodes: _builtins.int
     pending_nodes: _builtins.int
     running_nodes: _builtins.int
@@ -297,6 +298,10 @@ class JobStats(_message.Message):
     """Attempts that did not succeed: failures, leaf timeouts and lease expiries
     (releases are not attempts). Cumulative: RetryFailed does not reset it.
     """
+    dynamic_splits: _builtins.int
+    """Running leaves split at their holder's claimed position (dynamic
+    rebalancing), counted once per accepted split.
+    """
     def __init__(
         self,
         *,
@@ -311,10 +316,11 @@ class JobStats(_message.Message):
         range_total: _builtins.int = ...,
         active_leases: _builtins.int = ...,
         failed_attempts: _builtins.int = ...,
+        dynamic_splits: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_leases", b"active_leases", "done_nodes", b"done_nodes", "error_nodes", b"error_nodes", "failed_attempts", b"failed_attempts", "pending_nodes", b"pending_nodes", "range_processed", b"range_processed", "range_skipped", b"range_skipped", "range_total", b"range_total", "running_nodes", b"running_nodes", "skipped_nodes", b"skipped_nodes", "total_nodes", b"total_nodes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active_leases", b"active_leases", "done_nodes", b"done_nodes", "dynamic_splits", b"dynamic_splits", "error_nodes", b"error_nodes", "failed_attempts", b"failed_attempts", "pending_nodes", b"pending_nodes", "range_processed", b"range_processed", "range_skipped", b"range_skipped", "range_total", b"range_total", "running_nodes", b"running_nodes", "skipped_nodes", b"skipped_nodes", "total_nodes", b"total_nodes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -367,6 +373,9 @@ class JobSpec(_message.Message):
     WEIGHT_FIELD_NUMBER: _builtins.int
     FAIRNESS_KEY_FIELD_NUMBER: _builtins.int
     RUN_AFTER_FIELD_NUMBER: _builtins.int
+    MIN_RANGE_SIZE_FIELD_NUMBER: _builtins.int
+    TARGET_LEAF_SECONDS_FIELD_NUMBER: _builtins.int
+    REBALANCE_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional caller-chosen id ([A-Za-z0-9._-], 1..128 chars). Creating a job
     with an id that exists and the same spec returns the existing job; a
@@ -417,6 +426,16 @@ class JobSpec(_message.Message):
     """The job's fairness key: empty means the job's own id; otherwise 1..128
     of [A-Za-z0-9._:-] (e.g. a tenant).
     """
+    min_range_size: _builtins.int
+    """Dynamic rebalancing (docs/protocol.md, "Dynamic splits"). No node of the
+    job is made narrower than this by a dynamic split or by adaptive leaf
+    size, and a node narrower than twice it is not split. 0 means 1; at most
+    max_range_size.
+    """
+    rebalance: _builtins.bool
+    """Split running leaves of splittable handlers (those that claim their
+    positions) when workers wait and nothing is pending. Unset means true.
+    """
     @_builtins.property
     def range(self) -> Global___Range:
         """Required; start < end. Ids go up to 2^64-2 (end is exclusive)."""
@@ -449,6 +468,14 @@ class JobSpec(_message.Message):
         1970, not after 9999.
         """
 
+    @_builtins.property
+    def target_leaf_seconds(self) -> _duration_pb2.Duration:
+        """Adaptive leaf size: when set (> 0 s, at most 2^31-1 ms), a leaf whose
+        estimated run time (its width times the seconds per id measured on the
+        finished leaves nearest to it) is above this is split further by the
+        rule before it is leased, down to min_range_size. Unset: off.
+        """
+
     def __init__(
         self,
         *,
@@ -473,13 +500,21 @@ class JobSpec(_message.Message):
         weight: _builtins.int | None = ...,
         fairness_key: _builtins.str = ...,
         run_after: _timestamp_pb2.Timestamp | None = ...,
+        min_range_size: _builtins.int = ...,
+        target_leaf_seconds: _duration_pb2.Duration | None = ...,
+        rebalance: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "deadline", b"deadline", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "range", b"range", "retry", b"retry", "run_after", b"run_after", "weight", b"weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_rebalance", b"_rebalance", "_weight", b"_weight", "deadline", b"deadline", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "range", b"range", "rebalance", b"rebalance", "retry", b"retry", "run_after", b"run_after", "target_leaf_seconds", b"target_leaf_seconds", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_weight", b"_weight", "burst", b"burst", "deadline", b"deadline", "fairness_key", b"fairness_key", "job_id", b"job_id", "labels", b"labels", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_concurrency", b"max_concurrency", "max_leases_per_second", b"max_leases_per_second", "max_range_size", b"max_range_size", "params_json", b"params_json", "priority", b"priority", "pruning", b"pruning", "queue", b"queue", "range", b"range", "reduce", b"reduce", "request_id", b"request_id", "retry", b"retry", "run_after", b"run_after", "start_paused", b"start_paused", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rebalance", b"_rebalance", "_weight", b"_weight", "burst", b"burst", "deadline", b"deadline", "fairness_key", b"fairness_key", "job_id", b"job_id", "labels", b"labels", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_concurrency", b"max_concurrency", "max_leases_per_second", b"max_leases_per_second", "max_range_size", b"max_range_size", "min_range_size", b"min_range_size", "params_json", b"params_json", "priority", b"priority", "pruning", b"pruning", "queue", b"queue", "range", b"range", "rebalance", b"rebalance", "reduce", b"reduce", "request_id", b"request_id", "retry", b"retry", "run_after", b"run_after", "start_paused", b"start_paused", "target_leaf_seconds", b"target_leaf_seconds", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__rebalance: _TypeAlias = _typing.Literal["rebalance"]  # noqa: Y015
+    _WhichOneofArgType__rebalance: _TypeAlias = _typing.Literal["_rebalance", b"_rebalance"]  # noqa: Y015
     _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
     _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__rebalance) -> _WhichOneofReturnType__rebalance | None: ...
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__weight) -> _WhichOneofReturnType__weight | None: ...
 
 Global___JobSpec: _TypeAlias = JobSpec  # noqa: Y015
@@ -575,6 +610,7 @@ class JobEvent(_message.Message):
     MESSAGE_FIELD_NUMBER: _builtins.int
     STATS_FIELD_NUMBER: _builtins.int
     STATUS_FIELD_NUMBER: _builtins.int
+    NEW_END_FIELD_NUMBER: _builtins.int
     seq: _builtins.int
     """Per-job sequence number, starting at 1, without gaps."""
     type: Global___EventType.ValueType
@@ -585,6 +621,11 @@ class JobEvent(_message.Message):
     """Error text (NODE_FAILED, JOB_FAILED) or reason (JOB_CANCELLED)."""
     status: Global___JobStatus.ValueType
     """Job status after the event (JOB_* events)."""
+    new_end: _builtins.int
+    """NODE_SPLIT of a dynamic split only: range is the running leaf's range
+    before the split, and new_end the end its holder kept (the part from
+    new_end to range.end was given away). 0 for a split by the rule.
+    """
     @_builtins.property
     def time(self) -> _timestamp_pb2.Timestamp: ...
     @_builtins.property
@@ -607,10 +648,11 @@ class JobEvent(_message.Message):
         message: _builtins.str = ...,
         stats: Global___JobStats | None = ...,
         status: Global___JobStatus.ValueType = ...,
+        new_end: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["range", b"range", "stats", b"stats", "time", b"time"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "message", b"message", "range", b"range", "seq", b"seq", "stats", b"stats", "status", b"status", "time", b"time", "type", b"type"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempt", b"attempt", "job_id", b"job_id", "message", b"message", "new_end", b"new_end", "range", b"range", "seq", b"seq", "stats", b"stats", "status", b"status", "time", b"time", "type", b"type"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -72,7 +72,12 @@ class _DirectiveActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Direc
     reason says which). Do not complete or fail the lease.
     """
     DIRECTIVE_ACTION_SHRINK: _DirectiveAction.ValueType  # 3
-    """Reserved for dynamic rebalancing; not sent yet."""
+    """Dynamic split proposal (docs/protocol.md, "Dynamic splits"): stop at
+    new_end instead of end, if nothing at or past new_end was claimed yet.
+    Answer with LeaseHeartbeat.shrink. Sent only for leases heartbeated as
+    splittable, and on a Work stream also unasked, in a HeartbeatResponse of
+    its own.
+    """
     DIRECTIVE_ACTION_LOST: _DirectiveAction.ValueType  # 4
     """The lease is no longer yours (expired, timed out, job deleted, or
     unknown): stop, report nothing.
@@ -90,7 +95,12 @@ DIRECTIVE_ACTION_CANCEL: DirectiveAction.ValueType  # 2
 reason says which). Do not complete or fail the lease.
 """
 DIRECTIVE_ACTION_SHRINK: DirectiveAction.ValueType  # 3
-"""Reserved for dynamic rebalancing; not sent yet."""
+"""Dynamic split proposal (docs/protocol.md, "Dynamic splits"): stop at
+new_end instead of end, if nothing at or past new_end was claimed yet.
+Answer with LeaseHeartbeat.shrink. Sent only for leases heartbeated as
+splittable, and on a Work stream also unasked, in a HeartbeatResponse of
+its own.
+"""
 DIRECTIVE_ACTION_LOST: DirectiveAction.ValueType  # 4
 """The lease is no longer yours (expired, timed out, job deleted, or
 unknown): stop, report nothing.
@@ -492,6 +502,9 @@ class LeaseHeartbeat(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    SPLITTABLE_FIELD_NUMBER: _builtins.int
+    CLAIMED_FIELD_NUMBER: _builtins.int
+    SHRINK_FIELD_NUMBER: _builtins.int
     fence: _builtins.int
     cursor: _builtins.int
     """A new checkpoint: the first id not yet done, within [start, end] of the
@@ -502,6 +515,24 @@ class LeaseHeartbeat(_message.Message):
     """Opaque checkpoint details, kept with the cursor (only with cursor)."""
     message: _builtins.str
     """Free-form progress message, shown in the tree."""
+    splittable: _builtins.bool
+    """Dynamic splits (docs/protocol.md, "Dynamic splits"). True when the
+    lease's handler claims its positions before doing them (ctx.claim), so
+    that the coordinator may propose to split the lease (a SHRINK
+    directive). A lease never heartbeated with it is never split.
+    """
+    claimed: _builtins.int
+    """With splittable: the first position not yet claimed (every claimed
+    position is below it); start when nothing was claimed yet.
+    """
+    @_builtins.property
+    def shrink(self) -> Global___ShrinkAnswer:
+        """The answer to a SHRINK directive of this lease: sent at once in a
+        heartbeat of its own, and (when accepted) again in every later heartbeat
+        of the lease, so that an answer lost with a stream or a coordinator
+        restart is applied anyway.
+        """
+
     def __init__(
         self,
         *,
@@ -509,16 +540,48 @@ class LeaseHeartbeat(_message.Message):
         cursor: _builtins.int | None = ...,
         details: _builtins.bytes = ...,
         message: _builtins.str = ...,
+        splittable: _builtins.bool = ...,
+        claimed: _builtins.int = ...,
+        shrink: Global___ShrinkAnswer | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "shrink", b"shrink"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "details", b"details", "fence", b"fence", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "claimed", b"claimed", "cursor", b"cursor", "details", b"details", "fence", b"fence", "message", b"message", "shrink", b"shrink", "splittable", b"splittable"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cursor: _TypeAlias = _typing.Literal["cursor"]  # noqa: Y015
     _WhichOneofArgType__cursor: _TypeAlias = _typing.Literal["_cursor", b"_cursor"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType__cursor) -> _WhichOneofReturnType__cursor | None: ...
 
 Global___LeaseHeartbeat: _TypeAlias = LeaseHeartbeat  # noqa: Y015
+
+@_typing.final
+class ShrinkAnswer(_message.Message):
+    """A holder's answer to a SHRINK directive."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NEW_END_FIELD_NUMBER: _builtins.int
+    ACCEPTED_FIELD_NUMBER: _builtins.int
+    new_end: _builtins.int
+    """The directive's new_end."""
+    accepted: _builtins.bool
+    """True: the holder had claimed nothing at or past new_end, and now runs
+    [start, new_end) only (claims at or past new_end return false). False:
+    it had claimed past it; the lease keeps its range.
+    """
+    def __init__(
+        self,
+        *,
+        new_end: _builtins.int = ...,
+        accepted: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["accepted", b"accepted", "new_end", b"new_end"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ShrinkAnswer: _TypeAlias = ShrinkAnswer  # noqa: Y015
 
 @_typing.final
 class HeartbeatRequest(_message.Message):
@@ -558,7 +621,9 @@ class Directive(_message.Message):
     fence: _builtins.int
     action: Global___DirectiveAction.ValueType
     new_end: _builtins.int
-    """SHRINK only."""
+    """SHRINK only: the proposed end, a split point of the lease's range by
+    the rule (start < new_end < end).
+    """
     reason: _builtins.str
     def __init__(
         self,
@@ -608,6 +673,7 @@ class CompleteRequest(_message.Message):
     REQUEST_ID_FIELD_NUMBER: _builtins.int
     RESULTS_JSON_FIELD_NUMBER: _builtins.int
     HANDLER_US_FIELD_NUMBER: _builtins.int
+    ENDS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Unary calls: who sends it, checked against each lease's holder (the
     worker_id of the unary Lease that got it; empty: the peer address). On a
@@ -642,6 +708,14 @@ class CompleteRequest(_message.Message):
         histogram only: ignored unless empty or one per fence.
         """
 
+    @_builtins.property
+    def ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """The end each lease was run to, in the order of fences (0: the lease's
+        end). A lease shrunk by an accepted SHRINK gives its new_end here, so a
+        completion sent again after a coordinator restart that lost the split
+        still covers only what was run. Empty, or one per fence.
+        """
+
     def __init__(
         self,
         *,
@@ -651,10 +725,11 @@ class CompleteRequest(_message.Message):
         request_id: _builtins.int = ...,
         results_json: _abc.Iterable[_builtins.str] | None = ...,
         handler_us: _abc.Iterable[_builtins.int] | None = ...,
+        ends: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fences", b"fences", "handler_us", b"handler_us", "request_id", b"request_id", "results_json", b"results_json", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends", b"ends", "fences", b"fences", "handler_us", b"handler_us", "request_id", b"request_id", "results_json", b"results_json", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
