@@ -47,6 +47,9 @@ FULL = JobOptions(
     weight=2,
     fairness_key="tenant-a",
     run_after=datetime(2029, 5, 6, 7, 8, 9, tzinfo=UTC),
+    min_range_size=10,
+    target_leaf_seconds=timedelta(seconds=30),
+    rebalance=False,
 )
 FULL_PARAMS = '{"k":[1,2]}'
 
@@ -64,6 +67,9 @@ def unset_fields(message: Message, prefix: str = "") -> list[str]:
                 unset.append(name)
             elif fd.message_type.file.package == "parcelo.v1":
                 unset += unset_fields(value, f"{name}.")
+        elif fd.has_presence:  # proto3 optional: set even at its default value
+            if not message.HasField(fd.name):
+                unset.append(name)
         elif value == fd.default_value:
             unset.append(name)
     return unset
@@ -248,6 +254,7 @@ def test_job_create_flags_build_the_options(monkeypatch: pytest.MonkeyPatch) -> 
     args += ["--label", "team=search", "--reduce", "merge", "--max-concurrency", "3"]
     args += ["--max-leases-per-second", "2.5", "--burst", "4", "--weight", "2", "--fairness-key", "tenant-a"]
     args += ["--run-after", "2029-05-06T07:08:09+00:00"]
+    args += ["--min-range-size", "10", "--target-leaf-seconds", "30", "--no-rebalance"]
     result = CliRunner().invoke(cli, ["--target", "127.0.0.1:1", "job", "create", *args])
     assert (result.exit_code, result.stdout) == (0, "made\n"), result.output
     assert seen == [dataclasses.replace(FULL, params=FULL_PARAMS)]

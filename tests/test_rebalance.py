@@ -3,6 +3,7 @@ a real RocksDB store for restarts."""
 
 from __future__ import annotations
 
+import itertools
 from pathlib import Path
 from typing import Any
 
@@ -138,20 +139,20 @@ def test_the_holder_refuses_a_proposal_it_claimed_past_between_proposal_and_answ
 
 def test_no_proposal_without_claims_while_work_is_pending_or_below_the_limits() -> None:
     core = new_core()
-    job, _ = core.create_job(spec(), 0)
+    core.create_job(spec(), 0)
     [lease] = core.lease(["default"], 1, 0, "a")
     core.heartbeat([Beat(lease.fence)], 1, "a")
     core.heartbeat([Beat(lease.fence)], 2, "a")
     assert core.propose_splits({"default"}, 2) == []  # never claims: never split
     other, _ = core.create_job(spec(), 0)
     lease2 = running(core, other, 2)  # other's only leaf is running too, but job 3 has work
-    third, _ = core.create_job(spec(), 3)
+    core.create_job(spec(), 3)
     assert core.propose_splits({"default"}, 3) == []
     core.lease(["default"], 1, 3, "c")
     assert [p[1] for p in core.propose_splits({"default"}, 3)] == [lease2.fence]
     assert core.propose_splits({"other-queue"}, 3) == []
     # Not worth it: the part given away would take under two heartbeat intervals.
-    slow, _ = core.create_job(spec(end=300), 4)
+    core.create_job(spec(end=300), 4)
     [small] = core.lease(["default"], 1, 4, "d")
     core.heartbeat([Beat(small.fence, claimed=0)], 4, "d")
     core.heartbeat([Beat(small.fence, claimed=100)], 5, "d")
@@ -235,7 +236,7 @@ def test_a_split_survives_a_restart_and_an_answer_lost_with_it_is_applied_again(
     pending = sorted((r.node.start, r.node.end) for r in lost.lease(["default"], 64, 7, "b"))
     # Everything from 175 on runs again: b's leases of the first restart were never written.
     assert pending[0][0] == 175 and pending[-1] == (500, 1000)
-    assert all(a[1] == b[0] for a, b in zip(pending, pending[1:], strict=False))
+    assert all(a[1] == b[0] for a, b in itertools.pairwise(pending))
     store.close()
 
 
@@ -345,13 +346,14 @@ def test_coverage_stays_exact_over_random_claims_proposals_completions_and_expir
                 proposals[fence] = new_end
         elif op == 2:  # the holders answer, some after claiming past the proposal
             for fence, new_end in list(proposals.items()):
-                other = holders.get(fence)
+                answering = holders.get(fence)
                 del proposals[fence]
-                if other is None:
+                if answering is None:
                     continue
-                other.claimed = min(other.end, other.claimed + value % 20)
-                accepted = other.shrink(new_end)
-                core.heartbeat([Beat(fence, claimed=other.claimed, shrink=(new_end, accepted))], now, "w")
+                answering.claimed = min(answering.end, answering.claimed + value % 20)
+                accepted = answering.shrink(new_end)
+                beat = Beat(fence, claimed=answering.claimed, shrink=(new_end, accepted))
+                core.heartbeat([beat], now, "w")
         elif op == 3:
             h.claimed = h.end
             complete(h)

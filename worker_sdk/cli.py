@@ -380,6 +380,24 @@ def flag_message(err: ConfigError, flags: Mapping[str, str]) -> str:
     type=click.Choice(REDUCES),
     help="Combine the handlers' return values into the job's result [default: none].",
 )
+@click.option(
+    "--min-range-size",
+    type=Uint64,
+    default=0,
+    help="No dynamic or adaptive split makes a node narrower [default: 1].",
+)
+@click.option(
+    "--target-leaf-seconds",
+    type=PositiveSeconds,
+    callback=_seconds_flag,
+    metavar="SECONDS",
+    help="Adaptive leaf size: split leaves estimated to run longer before leasing them [default: off].",
+)
+@click.option(
+    "--rebalance/--no-rebalance",
+    default=True,
+    help="Split running leaves of handlers that claim (ctx.claim) when workers wait [default: on].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the created job as JSON instead of its id.")
 @pass_obj
 def create(obj: _Obj, /, as_json: bool, **values: Any) -> None:

@@ -229,6 +229,12 @@ class JobOptions:
         reduce: How the handlers' return values combine into the job's result: ``"sum"``,
             ``"min"``, ``"max"`` (numbers), ``"merge"`` (JSON objects, numbers summed key by key)
             or ``"none"``; ``None`` means ``"none"`` (results are not kept).
+        min_range_size: No dynamic split or adaptive leaf size makes a node narrower (0: 1); at
+            most ``max_range_size``.
+        target_leaf_seconds: Adaptive leaf size: split leaves estimated to run longer than this
+            before leasing them (``None``: off).
+        rebalance: Split running leaves of handlers that claim their positions
+            (``ctx.claim``) when workers wait and nothing is pending.
 
     Raises:
         ConfigError: An option is out of range or of the wrong type; ``err.field`` names it.
@@ -257,6 +263,9 @@ class JobOptions:
     weight: int | None = None
     fairness_key: str | None = None
     run_after: datetime | timedelta | None = None
+    min_range_size: int = 0
+    target_leaf_seconds: timedelta | None = None
+    rebalance: bool = True
 
     def __post_init__(self) -> None:
         _check_int("start", self.start, range(MAX_U64 + 1), "between 0 and 2**64 - 1")
@@ -306,6 +315,15 @@ class JobOptions:
             )
         if self.run_after is not None and not isinstance(self.run_after, (datetime, timedelta)):
             raise _bad("run_after", f"must be a datetime or a timedelta, got {type(self.run_after).__name__}")
+        _check_int("min_range_size", self.min_range_size, range(MAX_U64 + 1), "between 0 and 2**64 - 1")
+        if self.min_range_size > self.max_range_size:
+            raise _bad(
+                "min_range_size",
+                f"must be at most max_range_size ({self.max_range_size}), got {self.min_range_size}",
+            )
+        _check_duration("target_leaf_seconds", self.target_leaf_seconds, zero_ok=False)
+        if not isinstance(self.rebalance, bool):
+            raise _bad("rebalance", f"must be True or False, got {self.rebalance!r}")
         if self.reduce is not None and self.reduce not in REDUCES:
             raise _bad("reduce", f"must be one of {', '.join(REDUCES)} (got {self.reduce!r})")
 
@@ -338,6 +356,10 @@ class JobOptions:
             weight=self.weight,
             fairness_key=self.fairness_key or "",
             run_after=None if self.run_after is None else _timestamp(_instant(self.run_after)),
+            min_range_size=self.min_range_size,
+            target_leaf_seconds=_duration(self.target_leaf_seconds),
+            # Unset on the wire unless turned off, like every option at its default.
+            rebalance=None if self.rebalance else False,
         )
 
     @classmethod
@@ -373,6 +395,11 @@ class JobOptions:
             weight=spec.weight if spec.HasField("weight") else None,
             fairness_key=spec.fairness_key or None,
             run_after=spec.run_after.ToDatetime(tzinfo=UTC) if spec.HasField("run_after") else None,
+            min_range_size=spec.min_range_size,
+            target_leaf_seconds=(
+                spec.target_leaf_seconds.ToTimedelta() if spec.HasField("target_leaf_seconds") else None
+            ),
+            rebalance=spec.rebalance if spec.HasField("rebalance") else True,
         )
 
 

@@ -161,6 +161,7 @@ def job_summary(job: types_pb2.Job) -> Table:
         ("nodes", _nodes_text(stats)),
         ("active leases", str(stats.active_leases)),
         ("failed attempts", str(stats.failed_attempts)),
+        ("dynamic splits", str(stats.dynamic_splits)),
         ("priority", str(spec.priority)),
     ]
     if spec.pruning:
@@ -288,6 +289,8 @@ def job_tree(response: jobs_pb2.GetJobTreeResponse) -> Tree:
     job = response.job
     label = Text(f"job {job.id} ")
     label.append_text(styled_status(job_status_name(job.status)))
+    if job.stats.dynamic_splits:
+        label.append(f"  {job.stats.dynamic_splits} dynamic splits", style="dim")
     tree = Tree(label)
     if response.HasField("root"):
         # An explicit stack rather than recursion: a deep tree must not hit the recursion limit.
@@ -306,6 +309,8 @@ def event_line(event: types_pb2.JobEvent) -> str:
         parts.append(f"[{event.range.start}, {event.range.end})")
     if event.attempt:
         parts.append(f"attempt={event.attempt}")
+    if event.new_end:
+        parts.append(f"new_end={event.new_end}")
     if event.status:
         parts.append(f"status={job_status_name(event.status)}")
     if event.HasField("stats"):
