@@ -175,3 +175,28 @@ def span(range_: Any, ctx: Any) -> None:
         os.write(fd, line)
     finally:
         os.close(fd)
+
+
+def claim_ids(range_: Any, ctx: Any) -> int:
+    """A splittable handler: claims each id before doing it (line ``claim id id+1 fence pid``),
+    stops at the first refused claim, and returns how many ids it did. Ids in
+    ``params['slow']`` (``[start, end)``) take ``params['slow_seconds']``, the others
+    ``params['fast_seconds']`` (default 1 ms)."""
+    slow_start, slow_end = ctx.params.get("slow", (0, 0))
+    slow = float(ctx.params.get("slow_seconds", 0.1))
+    fast = float(ctx.params.get("fast_seconds", 0.001))
+    done = 0
+    position = range_.start
+    while not ctx.cancelled.is_set() and ctx.claim(position):
+        _log("claim", _Id(position), ctx, ctx.fence)
+        time.sleep(slow if slow_start <= position < slow_end else fast)
+        done += 1
+        position += 1
+    return done
+
+
+class _Id:
+    """One id as a range of one, for ``_log``."""
+
+    def __init__(self, position: int) -> None:
+        self.start, self.end = position, position + 1
