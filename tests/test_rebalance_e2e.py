@@ -3,14 +3,27 @@ processes running a claiming handler, kill -9 of a holder and of the coordinator
 
 from __future__ import annotations
 
+import asyncio
+import time
 from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+from google.protobuf.duration_pb2 import Duration
+
 from parcelo import JobOptions, result_of
 from parcelo.testing import CoordinatorProcess, Proc, wait_for
-from parcelo.v1 import jobs_pb2, types_pb2
-from tests.support import runs_with_pids, start_recording_workers, tree_nodes
+from parcelo.v1 import jobs_pb2, jobs_pb2_grpc, types_pb2, worker_pb2, worker_pb2_grpc
+from tests.support import (
+    Stream,
+    async_test,
+    inprocess_coordinator,
+    loopback_channel,
+    raw_spec,
+    runs_with_pids,
+    start_recording_workers,
+    tree_nodes,
+)
 
 DONE = {types_pb2.JOB_STATUS_COMPLETED}
 # 16 leaves of 64 ids; the ids of the leaf [320, 384) cost 100 times the others.
@@ -139,3 +152,65 @@ def test_a_split_survives_kill9_of_the_coordinator(
     done = coord.wait_status(job.id, DONE, timeout=60)
     assert result_of(done) == 1024
     assert set(i for i, _, _ in claims(run_log)) == set(range(1024))
+
+
+@async_test
+async def test_a_raw_protocol_worker_following_the_protocol_page_accepts_a_split(tmp_path: Path) -> None:
+    """docs/protocol.md, "Dynamic splits", message by message: heartbeats with claims, the
+    unasked SHRINK, the answer, the rest granted to an idle worker, a completion with its end."""
+    async with inprocess_coordinator(tmp_path / "data") as coord, loopback_channel(coord.port) as channel:
+        jobs = jobs_pb2_grpc.JobServiceStub(channel)
+        stub = worker_pb2_grpc.WorkerServiceStub(channel)
+        ttl = Duration()
+        ttl.FromMilliseconds(1500)
+        await jobs.CreateJob(
+            jobs_pb2.CreateJobRequest(spec=raw_spec(1000, 1000, job_id="raw", lease_ttl=ttl))
+        )
+        holder = Stream(stub)
+        await holder.send(hello=worker_pb2.Hello(worker_id="a", concurrency=1))
+        await holder.next("welcome")
+        await holder.send(lease=worker_pb2.LeaseRequest(count=1))
+        [lease] = (await holder.next("grant")).grant.leases
+        idle = Stream(stub)
+        await idle.send(hello=worker_pb2.Hello(worker_id="b", concurrency=4))
+        await idle.next("welcome")
+        await idle.send(lease=worker_pb2.LeaseRequest(count=16))  # waits: nothing is pending
+
+        # The handler claims 100 ids a second; its heartbeats say so.
+        claimed, began = 0, time.monotonic()
+        shrink: worker_pb2.Directive | None = None
+        while shrink is None:
+            claimed = int((time.monotonic() - began) * 100)
+            beat = worker_pb2.LeaseHeartbeat(fence=lease.fence, splittable=True, claimed=claimed)
+            await holder.send(heartbeat=worker_pb2.HeartbeatRequest(leases=[beat]))
+            answer = (await holder.next("heartbeat")).heartbeat
+            shrink = next(
+                (d for d in answer.directives if d.action == worker_pb2.DIRECTIVE_ACTION_SHRINK), None
+            )
+            assert time.monotonic() - began < 8, "no SHRINK came"
+        new_end = shrink.new_end
+        assert claimed < new_end < 1000 and shrink.fence == lease.fence
+        # Accepted at once: nothing at or past new_end was claimed.
+        beat = worker_pb2.LeaseHeartbeat(
+            fence=lease.fence,
+            splittable=True,
+            claimed=claimed,
+            shrink=worker_pb2.ShrinkAnswer(new_end=new_end, accepted=True),
+        )
+        await holder.send(heartbeat=worker_pb2.HeartbeatRequest(leases=[beat]))
+        # Only now is the rest leased: to the idle worker, as nodes of the rule.
+        given: list[worker_pb2.Lease] = []
+        while sum(g.end - g.start for g in given) < 1000 - new_end:
+            given.extend((await idle.next("grant")).grant.leases)
+        assert min(g.start for g in given) == new_end and max(g.end for g in given) == 1000
+        await idle.send(complete=worker_pb2.CompleteRequest(fences=[g.fence for g in given]))
+        assert len((await idle.next("complete")).complete.accepted) == len(given)
+        await holder.send(complete=worker_pb2.CompleteRequest(fences=[lease.fence], ends=[new_end]))
+        assert list((await holder.next("complete")).complete.accepted) == [lease.fence]
+        job = await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="raw"))
+        while job.status != types_pb2.JOB_STATUS_COMPLETED:  # readers see it once it is written
+            await asyncio.sleep(0.02)
+            job = await jobs.GetJob(jobs_pb2.GetJobRequest(job_id="raw"))
+        assert job.stats.range_processed == 1000 and job.stats.dynamic_splits == 1
+        holder.call.cancel()
+        idle.call.cancel()
