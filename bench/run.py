@@ -374,6 +374,59 @@ def restart(work: Path, live: int = 100_000) -> tuple[float, float]:
     return took, inside
 
 
+SKEW_PAIRS = 3
+SKEW_LEAVES, SKEW_WIDTH = 16, 256
+SKEW_SLOW = (5 * SKEW_WIDTH, 6 * SKEW_WIDTH)
+
+
+def _skewed_job(coord: CoordinatorProcess, rebalance: bool) -> float:
+    """Seconds to finish 16 leaves of 256 ids, one of which costs 25 ms an id (6.4 s) and the others
+    0.25 ms (64 ms), checking that every id counted once."""
+    began = time.perf_counter()
+    job = coord.create_job(
+        JobOptions(
+            0,
+            SKEW_LEAVES * SKEW_WIDTH,
+            max_range_size=SKEW_WIDTH,
+            reduce="sum",
+            lease_ttl=timedelta(seconds=1.5),
+            rebalance=rebalance,
+            params={"slow": SKEW_SLOW, "slow_seconds": 0.025, "fast_seconds": 0.00025},
+        )
+    )
+    done = coord.wait_status(job.id, DONE, timeout=120)
+    took = time.perf_counter() - began
+    if result_of(done) != SKEW_LEAVES * SKEW_WIDTH:
+        raise RuntimeError(f"skewed job's result is {done.result_json}, expected {SKEW_LEAVES * SKEW_WIDTH}")
+    if rebalance == (done.stats.dynamic_splits == 0):
+        raise RuntimeError(f"rebalance={rebalance} but {done.stats.dynamic_splits} dynamic splits")
+    return took
+
+
+def skew(work: Path) -> tuple[float, float, float]:
+    """The skewed job with rebalancing off and on, in pairs on one cluster (2 workers x 4 slots, a
+    sync claiming handler): (median seconds off, median seconds on, median of the paired ratios)."""
+    logs = work / "logs"
+    logs.mkdir(exist_ok=True)
+    coord = CoordinatorProcess(work / "data-skew", logs, extra=["--log-level", "WARNING"]).start()
+    workers = [
+        start_worker(coord.target, "bench.skew:claim_sleep", logs, "--concurrency", "4", name=f"skew{i}")
+        for i in range(2)
+    ]
+    try:
+        time.sleep(1.5)  # connected and asking for work before any clock starts
+        pairs = [(_skewed_job(coord, False), _skewed_job(coord, True)) for _ in range(SKEW_PAIRS)]
+    finally:
+        for proc in workers:
+            proc.terminate(timeout=30)
+        coord.stop()
+    return (
+        statistics.median(p[0] for p in pairs),
+        statistics.median(p[1] for p in pairs),
+        statistics.median(p[0] / p[1] for p in pairs),
+    )
+
+
 def machine() -> str:
     cpu = platform.processor() or platform.machine()
     try:
@@ -503,6 +556,24 @@ def main() -> None:
         )
         report(
             Row("9. many-jobs ratio (median of the paired ratios)", f"{share:.3f}", ">= 0.8", share >= 0.8)
+        )
+        off, on, speedup = skew(work)
+        report(
+            Row(
+                f"10. skewed job (one leaf of 16 is 100x slower), 2 workers x 4 slots, sync claiming "
+                f"handler: rebalance off vs on, medians of {SKEW_PAIRS} pairs",
+                f"{off:.2f} s vs {on:.2f} s",
+                "",
+                None,
+            )
+        )
+        report(
+            Row(
+                "10. rebalancing speed-up (median of the paired ratios)",
+                f"{speedup:.2f}x",
+                ">= 2x",
+                speedup >= 2,
+            )
         )
     write_report(args.write, rows)
 

@@ -687,11 +687,11 @@ class Core:
             leaf = lease.kind is LeaseKind.LEAF
             if beat.shrink is not None and leaf:
                 self._answered(job, lease, *beat.shrink, now)
+            if beat.claimed >= 0 and leaf:
+                self._claimed(job, lease, beat.claimed, now)  # before the checkpoint moves done_upto
             if beat.cursor is not None and leaf:
                 job.tree.checkpoint_lease(lease, beat.cursor, beat.details)
                 self._touch(job)
-            if beat.claimed >= 0 and leaf:
-                self._claimed(job, lease, beat.claimed, now)
             if beat.message and beat.message != node.message:
                 job.tree.note_message(node, clip(beat.message, MAX_MESSAGE_BYTES))
                 self._dirty_jobs.add(job.id)
@@ -707,11 +707,17 @@ class Core:
     # -- dynamic splits -------------------------------------------------------------------------
 
     def _claimed(self, job: JobState, lease: Lease, claimed: int, now: float) -> None:
-        """A splittable handler's first unclaimed position: the claim rate is measured from the
-        first report on (the time before it includes waiting in the worker's prefetch)."""
+        """A splittable handler's first unclaimed position. The claim rate is measured from the
+        grant when the first report shows progress (the time since may include a wait in the
+        worker's prefetch: the rate comes out low, so proposals keep more for the holder), else
+        from the first report."""
+        start = lease.node.done_upto  # where this attempt began
         claimed = min(max(claimed, lease.node.start), lease.end)
         if lease.claimed < 0:
-            lease.claim_base, lease.claim_base_at = claimed, now
+            if claimed > start:
+                lease.claim_base, lease.claim_base_at = start, lease.granted_at
+            else:
+                lease.claim_base, lease.claim_base_at = claimed, now
         lease.claimed, lease.claimed_at = claimed, now
         if job.rebalance:
             self._splittable[lease.fence] = lease
