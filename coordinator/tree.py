@@ -334,11 +334,12 @@ class RangeTree:
 
     def _too_slow(self, node: Node) -> bool:
         """Adaptive leaf size: whether the leaf ``node`` is estimated to run longer than the
-        target, and may be split (it is at least twice ``min_range_size`` wide)."""
+        target, and may be split (it is at least twice ``min_range_size`` wide, and never ran)."""
         target = self.target_leaf_seconds
         if not target or node.end - node.start < 2 * self.min_range_size:
             return False
-        return self.estimate(node) > target
+        # A leaf that ran before keeps its shape: its checkpoint and attempts belong to it.
+        return not node.attempts and not node.cursor and self.estimate(node) > target
 
     def estimate(self, node: Node) -> float:
         """Seconds a run of ``node`` is expected to take: its width times the seconds per id of

@@ -200,3 +200,13 @@ class _Id:
 
     def __init__(self, position: int) -> None:
         self.start, self.end = position, position + 1
+
+
+def cost_by_region(range_: Any, ctx: Any) -> None:
+    """Record the run; sleep ``params['slow_seconds']`` per id below ``params['slow_below']`` and
+    ``params['fast_seconds']`` per id above (adaptive leaf size measures the difference)."""
+    _log("run", range_, ctx)
+    below = int(ctx.params["slow_below"])
+    slow_ids = max(0, min(range_.end, below) - range_.start)
+    fast_ids = (range_.end - range_.start) - slow_ids
+    time.sleep(slow_ids * float(ctx.params["slow_seconds"]) + fast_ids * float(ctx.params["fast_seconds"]))

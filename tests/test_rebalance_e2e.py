@@ -4,6 +4,7 @@ processes running a claiming handler, kill -9 of a holder and of the coordinator
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import Counter
 from datetime import timedelta
@@ -214,3 +215,33 @@ async def test_a_raw_protocol_worker_following_the_protocol_page_accepts_a_split
         assert job.stats.range_processed == 1000 and job.stats.dynamic_splits == 1
         holder.call.cancel()
         idle.call.cancel()
+
+
+def test_adaptive_leaf_size_runs_narrower_leaves_where_ids_are_slow(
+    coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    # 16 leaves of 256 ids; ids below 1,024 cost 2 ms (0.5 s a leaf), the others 20 us (5 ms).
+    job = coordinator.create_job(
+        JobOptions(
+            0,
+            4096,
+            max_range_size=256,
+            target_leaf_seconds=timedelta(seconds=0.2),
+            params={"slow_below": 1024, "slow_seconds": 0.002, "fast_seconds": 0.00002},
+        )
+    )
+    # One handler slot and no prefetch: each lease is sized after the one before it finished.
+    start_recording_workers(
+        coordinator, procs, log_dir, run_log, "cost_by_region", "--concurrency", "1", "--prefetch", "0"
+    )
+    coordinator.wait_status(job.id, DONE, timeout=60)
+    ran = sorted((s, e) for s, e, _, _ in runs_with_pids(run_log))
+    assert sum(e - s for s, e in ran) == 4096 and all(a[1] == b[0] for a, b in itertools.pairwise(ran))
+    slow = [e - s for s, e in ran if e <= 1024]
+    fast = [e - s for s, e in ran if s >= 1024]
+    # The first leaves ran at full width (nothing measured yet: the worker asks for its next lease
+    # before its completion is sent); the slow ones after them are split to 0.2 s or less (64 ids
+    # at 2 ms = 0.13 s), the fast region keeps most leaves whole.
+    assert slow[0] == 256 and max(slow[2:]) <= 64 and len(slow) >= 8
+    assert fast.count(256) >= 8
