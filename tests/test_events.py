@@ -25,6 +25,7 @@ def fields(event: Event) -> tuple[object, ...]:
         event.attempt,
         event.message,
         event.stats,
+        event.new_end,
     )
 
 
@@ -57,7 +58,7 @@ def test_node_batches_and_single_events_share_one_numbering() -> None:
 def test_stored_segment_decodes_to_the_same_events() -> None:
     log = EventLog(retention=10_000)
     log.append("j", EventType.JOB_CREATED, 1.5, stats=Stats(1, 1, 0, 0, 0, 0, 0, 0, 100, 0, 0, 0, 1))
-    log.append_nodes("j", EventType.NODE_SPLIT, 2.25, [(0, TOP, 0), (0, 2**63, 0)])
+    log.append_nodes("j", EventType.NODE_SPLIT, 2.25, [(0, TOP, 0), (0, 2**63, 2**62)])
     log.append("j", EventType.NODE_FAILED, 3.0, 5, 6, 4, message="a message, ünïcode")
     drained = log.drain()
     log.published(drained.published)
@@ -66,6 +67,25 @@ def test_stored_segment_decodes_to_the_same_events() -> None:
     decoded = decode_segment("j", encode_segment(drained.written[0][2]))
     assert [fields(e) for e in decoded] == [fields(e) for e in expected]
     assert encode_segment([]) == b""
+
+
+def test_a_dynamic_split_event_carries_its_new_end() -> None:
+    log = EventLog(retention=10_000)
+    log.append_nodes("j", EventType.NODE_SPLIT, 1.0, [(0, 1000, 0), (0, 1000, 200)])
+    log.published(log.drain().published)
+    rule, dynamic = (e.to_proto() for e in log.recent("j", 0)[0])
+    assert (rule.new_end, rule.attempt) == (0, 0)
+    assert (dynamic.range.start, dynamic.range.end, dynamic.new_end, dynamic.attempt) == (0, 1000, 200, 0)
+
+
+def test_events_stored_before_dynamic_splits_decode_with_zero_splits() -> None:
+    """Stats were 12 numbers before JobStats.dynamic_splits: stored events keep their bytes."""
+    new = Event("j", 1, EventType.JOB_CREATED, 1.5, stats=Stats(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13))
+    data = new.encode()
+    head = len(data) - 1 - 13 * 8  # header, the stats length byte, 13 u64s, no message
+    old = data[:head] + bytes([12 * 8]) + data[head + 1 : head + 1 + 11 * 8] + data[-8:]
+    assert Event.decode("j", old).stats == Stats(1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0, 13)
+    assert Event.decode("j", data).stats == new.stats
 
 
 def test_memory_window_stays_bounded_and_reports_gaps() -> None:

@@ -118,7 +118,7 @@ func (w *Worker) onDirectives(resp *pb.HeartbeatResponse) {
 			w.drop(h)
 			continue
 		default:
-			// CONTINUE; SHRINK is reserved and not sent yet (docs/protocol.md): ignored.
+			// CONTINUE; SHRINK comes only for leases heartbeated as splittable, which this worker never does.
 			continue
 		}
 		w.stopHeld(h)
