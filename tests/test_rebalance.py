@@ -17,7 +17,7 @@ from parcelo.coordinator.core import Core
 from parcelo.coordinator.errors import InvalidArgument
 from parcelo.coordinator.events import MEMORY_WINDOW, EventType
 from parcelo.coordinator.jobs import JobState, JobStatus
-from parcelo.coordinator.leases import Action, Beat, Lease, Reject
+from parcelo.coordinator.leases import Action, Beat, Failure, Lease, Reject
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.tree import Status, grid_point, split_point
 from parcelo.v1 import types_pb2
@@ -373,3 +373,38 @@ def test_coverage_stays_exact_over_random_claims_proposals_completions_and_expir
     assert done == [1] * 4096
     assert job.tree.range_processed == 4096
     assert all(n.end - n.start >= min_size for n in job.tree.walk())
+
+
+def test_release_and_a_permanent_failure_after_a_split_cover_what_the_holder_kept() -> None:
+    core = new_core()
+    job, _ = core.create_job(spec(end=1024, size=1024), 0)
+    lease = running(core, job, 0)
+    core.heartbeat([Beat(lease.fence, claimed=700, shrink=(768, True))], 1.5, "a")
+    given = core.lease(["default"], 8, 1.6, "b")
+    # Paused with release: the holder checkpoints at 650 and gives its lease back.
+    core.pause(job.id, 2, release=True)
+    assert core.heartbeat([Beat(lease.fence, claimed=700)], 2, "a")[0][1] is Action.RELEASE
+    failure = Failure(lease.fence, retryable=True, message="released", released=True, cursor=650)
+    assert core.fail([failure], 2.1, "a") == ([lease.fence], [])
+    assert job.tree.range_processed == 650 and core.stats(job).failed_attempts == 0
+    core.resume(job.id, 3)
+    again = core.lease(["default"], 8, 3, "a")
+    assert sorted((r.node.start, r.node.end, r.node.done_upto, r.node.attempts) for r in again) == [
+        (0, 512, 512, 1),
+        (512, 768, 650, 1),
+    ]
+    # One of them fails for good: only that node is in error; RetryFailed runs it again.
+    core.fail([Failure(again[0].fence, retryable=False, message="bad")], 4, "a")
+    core.complete([r.fence for r in again[1:]] + [g.fence for g in given], [], 4, holder="a")
+    core.complete([g.fence for g in given], [], 4, holder="b")
+    assert job.status is JobStatus.FAILED
+    [bad] = [n for n in job.tree.walk() if n.status is Status.ERROR and n.left is None]
+    assert (bad.start, bad.end) == (again[0].node.start, again[0].node.end)
+    core.retry_failed(job.id, 5)
+    [retry] = core.lease(["default"], 8, 5, "a")
+    core.complete([retry.fence], [], 6, holder="a")
+    assert job.status is JobStatus.COMPLETED and job.tree.range_processed == 1024
+    stats = core.stats(job)
+    # The root and the four nodes the split made, all done (the tree collapsed into the root).
+    assert (stats.total_nodes, stats.done_nodes, stats.dynamic_splits) == (5, 5, 1)
+    assert job.tree.root.left is None
