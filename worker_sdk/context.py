@@ -19,6 +19,10 @@ class Range:
         return self.end - self.start
 
 
+_FIRST_USE = threading.Lock()
+"""Taken only while a context makes its ``cancelled`` event, the first time it is asked for."""
+
+
 class Context:
     """The context of one attempt at a leaf.
 
@@ -37,11 +41,11 @@ class Context:
     """
 
     __slots__ = (
+        "_cancelled",
         "_checkpoint",
         "_end",
         "_message",
         "attempt",
-        "cancelled",
         "cursor",
         "details",
         "fence",
@@ -68,11 +72,26 @@ class Context:
         self.leaf = leaf
         self.cursor = cursor
         self.details = details
-        self.cancelled = threading.Event()
+        # Made on first use: a threading.Event (a lock and a condition) per leaf was a good part of
+        # the worker's own time per leaf, and most handlers never look at it.
+        self._cancelled: threading.Event | None = None
         self._end = leaf.end
         # Newest checkpoint not yet sent, and the newest ever (sent with a failure or release).
         self._checkpoint: tuple[int, bytes] | None = None
         self._message = ""
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the handler should stop (see the class docstring)."""
+        event = self._cancelled
+        if event is None:
+            # The handler's thread and the worker's loop may both come first: one Event, or a set()
+            # on the loser would be lost.
+            with _FIRST_USE:
+                event = self._cancelled
+                if event is None:
+                    event = self._cancelled = threading.Event()
+        return event
 
     @property
     def end(self) -> int:
