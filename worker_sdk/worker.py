@@ -468,7 +468,8 @@ class Worker:
     async def _run(self, held: _Held) -> None:
         ctx = held.ctx
         assert ctx is not None
-        range_ = Range(ctx.cursor, ctx.leaf.end)
+        # The leaf itself unless an earlier attempt checkpointed: one Range less per leaf.
+        range_ = ctx.leaf if ctx.cursor == ctx.leaf.start else Range(ctx.cursor, ctx.leaf.end)
         error: BaseException | None = None
         result: Any = None
         spans = self._spans
