@@ -221,3 +221,20 @@ async def test_a_packed_stream_shares_a_job_with_a_worker_that_asks_for_one_leas
         assert done.stats.range_processed == total
         # The two raw streams' leaves and the worker's are the whole job, none twice.
         assert len(set(covered)) == len(covered) and set(covered) <= set(leaves)
+
+
+def test_packed_grants_not_yet_sent_are_taken_back_when_the_stream_half_closes() -> None:
+    core = _core()
+    job, _ = core.create_job(raw_spec(end=1000, size=100), 0)
+
+    async def granted_then_closed() -> None:
+        dispatcher = Dispatcher(core)
+        session = Session(worker_id="w", queues=("default",), packed=True)
+        dispatcher.add(session)
+        dispatcher.credit(session, 4)
+        await asyncio.sleep(0)  # the round runs; its grant waits in the stream's queue
+        assert session.out.qsize() == 1 and len(core.leases) == 4
+        dispatcher.close(session)
+
+    asyncio.run(granted_then_closed())
+    assert len(core.leases) == 0 and core.stats(job).active_leases == 0
