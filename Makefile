@@ -30,7 +30,7 @@ PYTEST_ARGS ?=
 # committed image of the released contract.
 BUF := tools/buf/node_modules/.bin/buf
 
-.PHONY: all install dev demo test lint toolchains proto proto-baseline bench chaos clean FORCE
+.PHONY: all install dev demo test lint toolchains proto proto-baseline bench chaos wheel clean FORCE
 
 all: test
 
@@ -64,6 +64,15 @@ install: $(STAMP)
 # demo, bench and install go back to the compiled build by themselves.
 dev: $(DEV_STAMP)
 	@echo "parcelo installed interpreted in $(VENV): run tests with $(PY) -m pytest; make test compiles again"
+
+# A binary wheel with the hot path compiled, for `pip install` on machines of the same platform and
+# Python without a compiler or mypy (docs/operations.md, "Installing"): dist/parcelo-*-cp3XX-*.whl.
+# It builds against the packages of .venv (mypy, setuptools), as make install does.
+WHEEL_DIR ?= dist
+wheel: $(STAMP)
+	@rm -f $(WHEEL_DIR)/parcelo-*.whl
+	PARCELO_COMPILE=1 $(PY) -m pip wheel -q --no-build-isolation --no-deps -w $(WHEEL_DIR) .
+	@ls $(WHEEL_DIR)/parcelo-*.whl
 
 demo: $(STAMP)
 	$(PY) deploy/demo.py
@@ -109,4 +118,4 @@ chaos: $(STAMP)
 	$(PY) -m tests.chaos
 
 clean:
-	rm -rf $(VENV) build *.egg-info coordinator/*.so *__mypyc.*.so .parcelo .bench .pytest_cache .mypy_cache .ruff_cache tools/buf/node_modules
+	rm -rf $(VENV) build dist *.egg-info coordinator/*.so *__mypyc.*.so .parcelo .bench .pytest_cache .mypy_cache .ruff_cache tools/buf/node_modules

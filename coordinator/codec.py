@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import NamedTuple
 
@@ -192,3 +193,76 @@ def lease_to_proto(lease: Lease, job: JobState, out: worker_pb2.Lease) -> None:
     if node.details:
         out.details = node.details
     out.is_leaf = node.is_leaf
+
+
+def job_runs(leases: Sequence[Lease]) -> list[tuple[str, int, int]]:
+    """``leases`` cut into runs of one job: ``(job_id, first index, index past the last)``, in order.
+
+    Leases come from the scheduler a job's quantum at a time, so a grant has few runs.
+    """
+    runs: list[tuple[str, int, int]] = []
+    first = 0
+    for i in range(1, len(leases) + 1):
+        if i == len(leases) or leases[i].job_id != leases[first].job_id:
+            runs.append((leases[first].job_id, first, i))
+            first = i
+    return runs
+
+
+PACKED_COLUMNS = tuple(worker_pb2.PackedLeases.DESCRIPTOR.fields_by_name)
+"""The columns of ``PackedLeases``, for taking back a run that could not be packed."""
+
+
+def packed_marks(out: worker_pb2.PackedLeases) -> list[int]:
+    """The length of each column of ``out``, to truncate back to (see :func:`packed_truncate`)."""
+    return [len(getattr(out, name)) for name in PACKED_COLUMNS]
+
+
+def packed_truncate(out: worker_pb2.PackedLeases, marks: list[int]) -> None:
+    """Cut every column of ``out`` back to the lengths ``packed_marks`` gave."""
+    for name, mark in zip(PACKED_COLUMNS, marks, strict=True):
+        del getattr(out, name)[mark:]
+
+
+def pack_run(
+    job_id: str, leases: Sequence[Lease], first: int, stop: int, out: worker_pb2.PackedLeases
+) -> None:
+    """Append ``leases[first:stop]``, all of job ``job_id``, to the columns of ``out``.
+
+    The layout is ``PackedLeases``' (proto/parcelo/v1/worker.proto): plain lists are gathered here
+    and each column is extended once, so no message object is made per lease. On an exception the
+    columns may be partly extended: the caller cuts them back (``packed_truncate``).
+    """
+    base = len(out.fences)
+    fences: list[int] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    attempts: list[int] = []
+    retried = False
+    for i in range(first, stop):
+        lease = leases[i]
+        node = lease.node
+        fences.append(lease.fence)
+        starts.append(node.start)
+        ends.append(node.end)
+        attempts.append(node.attempts)
+        if node.attempts != 1:
+            retried = True
+        if lease.kind is not LeaseKind.LEAF:
+            out.probes.append(base + i - first)
+            out.probe_is_leaf.append(node.is_leaf)
+        if node.cursor > node.start:
+            out.resumed.append(base + i - first)
+            out.cursors.append(node.cursor)
+            out.details.append(node.details)
+    out.run_job_ids.append(job_id)
+    out.run_lengths.append(stop - first)
+    out.fences.extend(fences)
+    out.starts.extend(starts)
+    out.ends.extend(ends)
+    # The attempts column exists only once a lease of the grant is not a first attempt; the
+    # leases before it were first attempts.
+    if retried or len(out.attempts):
+        if len(out.attempts) < base:
+            out.attempts.extend([1] * (base - len(out.attempts)))
+        out.attempts.extend(attempts)

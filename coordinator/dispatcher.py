@@ -15,7 +15,14 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from parcelo.coordinator.codec import job_info, lease_to_proto
+from parcelo.coordinator.codec import (
+    job_info,
+    job_runs,
+    lease_to_proto,
+    pack_run,
+    packed_marks,
+    packed_truncate,
+)
 from parcelo.coordinator.core import Core
 from parcelo.coordinator.leases import Lease
 from parcelo.v1 import worker_pb2
@@ -40,6 +47,8 @@ class Session:
     waiting_since: float = 0.0
     # Handlers the worker runs at once, from its hello (0: not said).
     concurrency: int = 0
+    # The stream's hello set packed_grants: its grants carry LeaseGrant.packed, not Lease messages.
+    packed: bool = False
 
 
 def _ignore(leases: int, waited: float) -> None:
@@ -62,6 +71,7 @@ def _take_unsent(session: Session) -> list[int]:
         msg = session.out.get_nowait()
         if msg is not None and msg.HasField("grant"):
             unsent.extend(lease.fence for lease in msg.grant.leases)
+            unsent.extend(msg.grant.packed.fences)
         else:
             kept.append(msg)
     for msg in kept:
@@ -193,17 +203,25 @@ class Dispatcher:
                 break
             if session.credits <= 0:
                 continue
-            grant = worker_pb2.LeaseGrant()
-            while session.credits > len(grant.leases) and len(grant.leases) < budget:
-                wanted = min(session.credits, budget) - len(grant.leases)
+            # Built in place: WorkResponse(grant=...) would copy the whole grant once more.
+            response = worker_pb2.WorkResponse()
+            grant = response.grant
+            add = self._add_packed if session.packed else self._add
+            granted = 0
+            while session.credits > granted and granted < budget:
+                wanted = min(session.credits, budget) - granted
                 leases = core.lease(session.queues, wanted, now, session.worker_id, broken)
-                if not leases or not self._add(session, grant, leases, broken):
+                if not leases:
                     break
-            if grant.leases:
-                session.credits -= len(grant.leases)
-                budget -= len(grant.leases)
-                session.out.put_nowait(worker_pb2.WorkResponse(grant=grant))
-                self._on_grant(len(grant.leases), max(0.0, now - session.waiting_since))
+                added, gave_back = add(session, grant, leases, broken)
+                granted += added
+                if not gave_back:
+                    break
+            if granted:
+                session.credits -= granted
+                budget -= granted
+                session.out.put_nowait(response)
+                self._on_grant(granted, max(0.0, now - session.waiting_since))
                 # Credit left over waits from now on.
                 session.waiting_since = now
         else:
@@ -251,9 +269,10 @@ class Dispatcher:
         grant: worker_pb2.LeaseGrant,
         leases: list[Lease],
         broken: set[str],
-    ) -> bool:
-        """Add ``leases`` to ``grant``; a lease that cannot be encoded is given back and its job
-        added to ``broken``. Returns whether any lease was given back (worth leasing again)."""
+    ) -> tuple[int, bool]:
+        """Add ``leases`` to ``grant`` as ``Lease`` messages; a lease that cannot be encoded is given
+        back and its job added to ``broken``. Returns how many were added, and whether any lease was
+        given back (worth leasing again)."""
         jobs = self._core.jobs
         unsent: list[int] = []
         for lease in leases:
@@ -275,4 +294,35 @@ class Dispatcher:
                 grant.jobs.append(job_info(job))
         if unsent:
             self._core.unsent(unsent, time.time())
-        return bool(unsent)
+        return len(leases) - len(unsent), bool(unsent)
+
+    def _add_packed(
+        self,
+        session: Session,
+        grant: worker_pb2.LeaseGrant,
+        leases: list[Lease],
+        broken: set[str],
+    ) -> tuple[int, bool]:
+        """As :meth:`_add`, into the columns of ``grant.packed``, a run of one job at a time: a run
+        that cannot be packed is cut back out of the columns and given back, its job ``broken``."""
+        packed = grant.packed
+        unsent: list[int] = []
+        for job_id, first, stop in job_runs(leases):
+            if job_id not in broken:
+                marks = packed_marks(packed)
+                try:
+                    pack_run(job_id, leases, first, stop, packed)
+                except Exception:
+                    # A defect, never an expected path (specs are validated): log it, keep the round.
+                    log.exception("cannot encode a lease of job %s; giving its leases back", job_id)
+                    packed_truncate(packed, marks)
+                    broken.add(job_id)
+                else:
+                    if job_id not in session.sent_jobs:
+                        session.sent_jobs.add(job_id)
+                        grant.jobs.append(job_info(self._core.jobs[job_id]))
+                    continue
+            unsent.extend(lease.fence for lease in leases[first:stop])
+        if unsent:
+            self._core.unsent(unsent, time.time())
+        return len(leases) - len(unsent), bool(unsent)

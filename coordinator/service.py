@@ -442,6 +442,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 session.worker_id = hello.worker_id[:MAX_WORKER_ID] or session.worker_id
                 session.queues = _queues(hello.queues, "hello.queues")
                 session.concurrency = hello.concurrency
+                session.packed = hello.packed_grants
                 self._stream_started(session.worker_id)
                 session.said_hello = True
                 self._registry.connected(session, hello, time.time())

@@ -19,6 +19,10 @@ class Range:
         return self.end - self.start
 
 
+_FIRST_USE = threading.Lock()
+"""Taken only while a context makes its ``cancelled`` event, the first time it is asked for."""
+
+
 class Context:
     """The context of one attempt at a leaf.
 
@@ -41,13 +45,13 @@ class Context:
     """
 
     __slots__ = (
+        "_cancelled",
         "_checkpoint",
         "_claimed",
         "_end",
         "_lock",
         "_message",
         "attempt",
-        "cancelled",
         "cursor",
         "details",
         "fence",
@@ -74,15 +78,30 @@ class Context:
         self.leaf = leaf
         self.cursor = cursor
         self.details = details
-        self.cancelled = threading.Event()
+        # Made on first use: a threading.Event (a lock and a condition) per leaf was a good part of
+        # the worker's own time per leaf, and most handlers never look at it.
+        self._cancelled: threading.Event | None = None
         self._end = leaf.end
         # One past the highest position claimed (-1: claim never called), and what keeps a claim
-        # and a shrink (the worker's thread) from crossing.
+        # and a shrink (the worker's thread) from crossing: made on first use, like ``cancelled``.
         self._claimed = -1
-        self._lock = threading.Lock()
+        self._lock: threading.Lock | None = None
         # Newest checkpoint not yet sent, and the newest ever (sent with a failure or release).
         self._checkpoint: tuple[int, bytes] | None = None
         self._message = ""
+
+    @property
+    def cancelled(self) -> threading.Event:
+        """Set when the handler should stop (see the class docstring)."""
+        event = self._cancelled
+        if event is None:
+            # The handler's thread and the worker's loop may both come first: one Event, or a set()
+            # on the loser would be lost.
+            with _FIRST_USE:
+                event = self._cancelled
+                if event is None:
+                    event = self._cancelled = threading.Event()
+        return event
 
     @property
     def end(self) -> int:
@@ -97,12 +116,18 @@ class Context:
         past ``end`` is someone else's. A claimed position is never given away. Handlers that
         never call it are never split. Thread-safe; cheap (a lock and a comparison).
         """
-        with self._lock:
+        with self._lock or self._first_lock():
             if position >= self._end:
                 return False
             if position >= self._claimed:
                 self._claimed = position + 1
             return True
+
+    def _first_lock(self) -> threading.Lock:
+        with _FIRST_USE:
+            if self._lock is None:
+                self._lock = threading.Lock()
+            return self._lock
 
     @property
     def splittable(self) -> bool:
@@ -145,7 +170,7 @@ class Context:
         """The coordinator proposes to end the leaf at ``new_end``: accept (and from now on
         refuse claims at or past it) unless a position at or past it was claimed already.
         Asked again about the end already accepted, says yes again."""
-        with self._lock:
+        with self._lock or self._first_lock():
             if new_end == self._end:
                 return True
             if not self.leaf.start < new_end < self._end or self.claimed > new_end:

@@ -33,6 +33,7 @@ from parcelo import defaults
 from parcelo.channel import TLS, open_aio_channel, token_metadata
 from parcelo.context import Context, Handler, Range, ShouldProcess
 from parcelo.errors import PermanentError
+from parcelo.grants import GrantedLease, leases_of
 from parcelo.tracing import HandlerSpans, global_provider
 from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
@@ -56,11 +57,11 @@ class WorkerStats:
     connects: int = 0
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class _Held:
     """A lease in hand: waiting for a slot, or running."""
 
-    lease: worker_pb2.Lease
+    lease: GrantedLease
     ctx: Context | None = None
     task: asyncio.Future[Any] | None = None
     # The handler's run time in microseconds, once it ran (sent with its completion).
@@ -307,8 +308,13 @@ class Worker:
         ) as channel:
             # The token goes with the call, once: the whole stream is one call.
             call = worker_pb2_grpc.WorkerServiceStub(channel).Work(metadata=self._metadata)
+            # Packed grants: no protobuf object per lease, on either side (docs/protocol.md).
             hello = worker_pb2.Hello(
-                worker_id=self.worker_id, queues=self.queues, sdk=SDK, concurrency=self.concurrency
+                worker_id=self.worker_id,
+                queues=self.queues,
+                sdk=SDK,
+                concurrency=self.concurrency,
+                packed_grants=True,
             )
             await call.write(worker_pb2.WorkRequest(hello=hello))
             welcome = await call.read()
@@ -419,8 +425,9 @@ class Worker:
                 self._params[info.job_id] = json.loads(info.params_json or "{}")
             except ValueError:
                 self._params[info.job_id] = {}
-        self._outstanding = max(0, self._outstanding - len(grant.leases))
-        for lease in grant.leases:
+        leases = leases_of(grant)
+        self._outstanding = max(0, self._outstanding - len(leases))
+        for lease in leases:
             held = _Held(lease)
             if self._stopping:
                 self._held[lease.fence] = held
@@ -499,7 +506,8 @@ class Worker:
     async def _run(self, held: _Held) -> None:
         ctx = held.ctx
         assert ctx is not None
-        range_ = Range(ctx.cursor, ctx.leaf.end)
+        # The leaf itself unless an earlier attempt checkpointed: one Range less per leaf.
+        range_ = ctx.leaf if ctx.cursor == ctx.leaf.start else Range(ctx.cursor, ctx.leaf.end)
         error: BaseException | None = None
         result: Any = None
         spans = self._spans

@@ -27,7 +27,7 @@ from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__
 from parcelo.v1 import types_pb2 as parcelo_dot_v1_dot_types__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parcelo/v1/worker.proto\x12\nparcelo.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16parcelo/v1/types.proto\"\xf0\x01\n\x0bWorkRequest\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.parcelo.v1.HelloH\x00\x12)\n\x05lease\x18\x02 \x01(\x0b\x32\x18.parcelo.v1.LeaseRequestH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.parcelo.v1.HeartbeatRequestH\x00\x12/\n\x08\x63omplete\x18\x04 \x01(\x0b\x32\x1b.parcelo.v1.CompleteRequestH\x00\x12\'\n\x04\x66\x61il\x18\x05 \x01(\x0b\x32\x17.parcelo.v1.FailRequestH\x00\x42\x05\n\x03msg\"\xf6\x01\n\x0cWorkResponse\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.parcelo.v1.WelcomeH\x00\x12\'\n\x05grant\x18\x02 \x01(\x0b\x32\x16.parcelo.v1.LeaseGrantH\x00\x12\x32\n\theartbeat\x18\x03 \x01(\x0b\x32\x1d.parcelo.v1.HeartbeatResponseH\x00\x12\x30\n\x08\x63omplete\x18\x04 \x01(\x0b\x32\x1c.parcelo.v1.CompleteResponseH\x00\x12(\n\x04\x66\x61il\x18\x05 \x01(\x0b\x32\x18.parcelo.v1.FailResponseH\x00\x42\x05\n\x03msg\"\\\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06queues\x18\x02 \x03(\t\x12\x0b\n\x03sdk\x18\x04 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\rJ\x04\x08\x03\x10\x04R\x08\x63\x61pacity\"z\n\x07Welcome\x12\x1b\n\x13\x63oordinator_version\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x01\x10\x02R\x15heartbeat_interval_ms\"\x8a\x01\n\x0cLeaseRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\'\n\x04wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08withdraw\x18\x06 \x01(\x08J\x04\x08\x04\x10\x05R\x07wait_ms\"\xca\x01\n\x05Lease\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.parcelo.v1.LeaseKind\x12\r\n\x05start\x18\x04 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x07 \x01(\x04\x12\x0f\n\x07\x64\x65tails\x18\x08 \x01(\x0c\x12\x0f\n\x07is_leaf\x18\n \x01(\x08J\x04\x08\t\x10\nJ\x04\x08\x0b\x10\x0cR\x06ttl_msR\ntimeout_ms\"\xed\x01\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\x12\x16\n\x0emax_range_size\x18\x04 \x01(\x04\x12,\n\tlease_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cleaf_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x06reduce\x18\x07 \x01(\x0e\x32\x12.parcelo.v1.Reduce\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\"R\n\nLeaseGrant\x12!\n\x06leases\x18\x01 \x03(\x0b\x32\x11.parcelo.v1.Lease\x12!\n\x04jobs\x18\x02 \x03(\x0b\x32\x13.parcelo.v1.JobInfo\"\xc6\x01\n\x0eLeaseHeartbeat\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12\x13\n\x06\x63ursor\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\x0c\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nsplittable\x18\x06 \x01(\x08\x12\x0f\n\x07\x63laimed\x18\x07 \x01(\x04\x12(\n\x06shrink\x18\x08 \x01(\x0b\x32\x18.parcelo.v1.ShrinkAnswerB\t\n\x07_cursorJ\x04\x08\x04\x10\x05R\x0ehas_checkpoint\"1\n\x0cShrinkAnswer\x12\x0f\n\x07new_end\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\"Q\n\x10HeartbeatRequest\x12*\n\x06leases\x18\x01 \x03(\x0b\x32\x1a.parcelo.v1.LeaseHeartbeat\x12\x11\n\tworker_id\x18\x02 \x01(\t\"h\n\tDirective\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.parcelo.v1.DirectiveAction\x12\x0f\n\x07new_end\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\">\n\x11HeartbeatResponse\x12)\n\ndirectives\x18\x01 \x03(\x0b\x32\x15.parcelo.v1.Directive\"\x91\x01\n\x0f\x43ompleteRequest\x12\x0e\n\x06\x66\x65nces\x18\x01 \x03(\x04\x12\x0f\n\x07skipped\x18\x02 \x03(\x04\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\x04\x12\x14\n\x0cresults_json\x18\x05 \x03(\t\x12\x12\n\nhandler_us\x18\x06 \x03(\x04\x12\x0c\n\x04\x65nds\x18\x07 \x03(\x04\"U\n\tRejection\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12(\n\x06reason\x18\x02 \x01(\x0e\x32\x18.parcelo.v1.RejectReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"a\n\x10\x43ompleteResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x04\x12\'\n\x08rejected\x18\x02 \x03(\x0b\x32\x15.parcelo.v1.Rejection\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\"\xa6\x01\n\x07\x46\x61ilure\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x06\x63ursor\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\x0c\x12\x10\n\x08released\x18\x07 \x01(\x08\x12\x11\n\tpermanent\x18\x08 \x01(\x08\x42\t\n\x07_cursorJ\x04\x08\x02\x10\x03J\x04\x08\x06\x10\x07R\tretryableR\x0ehas_checkpoint\"[\n\x0b\x46\x61ilRequest\x12%\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x13.parcelo.v1.Failure\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\"]\n\x0c\x46\x61ilResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x04\x12\'\n\x08rejected\x18\x02 \x03(\x0b\x32\x15.parcelo.v1.Rejection\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\"\x14\n\x12ListWorkersRequest\"\xb2\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\r\x12\x0e\n\x06\x63redit\x18\x05 \x01(\r\x12\x0b\n\x03sdk\x18\x06 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_heartbeat_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bleases_held\x18\t \x01(\r\x12\x18\n\x10leaves_completed\x18\n \x01(\x04\x12\x15\n\rleaves_failed\x18\x0b \x01(\x04\x12\x0f\n\x07streams\x18\x0c \x01(\r\">\n\x13ListWorkersResponse\x12\'\n\x07workers\x18\x01 \x03(\x0b\x32\x16.parcelo.v1.WorkerInfo*R\n\tLeaseKind\x12\x1a\n\x16LEASE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fLEASE_KIND_LEAF\x10\x01\x12\x14\n\x10LEASE_KIND_PROBE\x10\x02*\xc5\x01\n\x0f\x44irectiveAction\x12 \n\x1c\x44IRECTIVE_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44IRECTIVE_ACTION_CONTINUE\x10\x01\x12\x1b\n\x17\x44IRECTIVE_ACTION_CANCEL\x10\x02\x12\x1b\n\x17\x44IRECTIVE_ACTION_SHRINK\x10\x03\x12\x19\n\x15\x44IRECTIVE_ACTION_LOST\x10\x04\x12\x1c\n\x18\x44IRECTIVE_ACTION_RELEASE\x10\x05*\xa8\x01\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19REJECT_REASON_STALE_FENCE\x10\x01\x12\x1a\n\x16REJECT_REASON_JOB_GONE\x10\x02\x12 \n\x1cREJECT_REASON_INVALID_RESULT\x10\x03\x12\x1c\n\x18REJECT_REASON_NOT_HOLDER\x10\x04\x32\xa5\x03\n\rWorkerService\x12=\n\x04Work\x12\x17.parcelo.v1.WorkRequest\x1a\x18.parcelo.v1.WorkResponse(\x01\x30\x01\x12\x39\n\x05Lease\x12\x18.parcelo.v1.LeaseRequest\x1a\x16.parcelo.v1.LeaseGrant\x12H\n\tHeartbeat\x12\x1c.parcelo.v1.HeartbeatRequest\x1a\x1d.parcelo.v1.HeartbeatResponse\x12\x45\n\x08\x43omplete\x12\x1b.parcelo.v1.CompleteRequest\x1a\x1c.parcelo.v1.CompleteResponse\x12\x39\n\x04\x46\x61il\x12\x17.parcelo.v1.FailRequest\x1a\x18.parcelo.v1.FailResponse\x12N\n\x0bListWorkers\x12\x1e.parcelo.v1.ListWorkersRequest\x1a\x1f.parcelo.v1.ListWorkersResponseBE\n\x0e\x64\x65v.parcelo.v1P\x01Z$parcelo.dev/gen/parcelo/v1;parcelov1\xaa\x02\nParcelo.V1b\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17parcelo/v1/worker.proto\x12\nparcelo.v1\x1a\x1egoogle/protobuf/duration.proto\x1a\x1fgoogle/protobuf/timestamp.proto\x1a\x16parcelo/v1/types.proto\"\xf0\x01\n\x0bWorkRequest\x12\"\n\x05hello\x18\x01 \x01(\x0b\x32\x11.parcelo.v1.HelloH\x00\x12)\n\x05lease\x18\x02 \x01(\x0b\x32\x18.parcelo.v1.LeaseRequestH\x00\x12\x31\n\theartbeat\x18\x03 \x01(\x0b\x32\x1c.parcelo.v1.HeartbeatRequestH\x00\x12/\n\x08\x63omplete\x18\x04 \x01(\x0b\x32\x1b.parcelo.v1.CompleteRequestH\x00\x12\'\n\x04\x66\x61il\x18\x05 \x01(\x0b\x32\x17.parcelo.v1.FailRequestH\x00\x42\x05\n\x03msg\"\xf6\x01\n\x0cWorkResponse\x12&\n\x07welcome\x18\x01 \x01(\x0b\x32\x13.parcelo.v1.WelcomeH\x00\x12\'\n\x05grant\x18\x02 \x01(\x0b\x32\x16.parcelo.v1.LeaseGrantH\x00\x12\x32\n\theartbeat\x18\x03 \x01(\x0b\x32\x1d.parcelo.v1.HeartbeatResponseH\x00\x12\x30\n\x08\x63omplete\x18\x04 \x01(\x0b\x32\x1c.parcelo.v1.CompleteResponseH\x00\x12(\n\x04\x66\x61il\x18\x05 \x01(\x0b\x32\x18.parcelo.v1.FailResponseH\x00\x42\x05\n\x03msg\"s\n\x05Hello\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0e\n\x06queues\x18\x02 \x03(\t\x12\x0b\n\x03sdk\x18\x04 \x01(\t\x12\x13\n\x0b\x63oncurrency\x18\x05 \x01(\r\x12\x15\n\rpacked_grants\x18\x06 \x01(\x08J\x04\x08\x03\x10\x04R\x08\x63\x61pacity\"z\n\x07Welcome\x12\x1b\n\x13\x63oordinator_version\x18\x02 \x01(\t\x12\x35\n\x12heartbeat_interval\x18\x03 \x01(\x0b\x32\x19.google.protobuf.DurationJ\x04\x08\x01\x10\x02R\x15heartbeat_interval_ms\"\x8a\x01\n\x0cLeaseRequest\x12\r\n\x05\x63ount\x18\x01 \x01(\r\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\'\n\x04wait\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x10\n\x08withdraw\x18\x06 \x01(\x08J\x04\x08\x04\x10\x05R\x07wait_ms\"\xca\x01\n\x05Lease\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12\x0e\n\x06job_id\x18\x02 \x01(\t\x12#\n\x04kind\x18\x03 \x01(\x0e\x32\x15.parcelo.v1.LeaseKind\x12\r\n\x05start\x18\x04 \x01(\x04\x12\x0b\n\x03\x65nd\x18\x05 \x01(\x04\x12\x0f\n\x07\x61ttempt\x18\x06 \x01(\r\x12\x0e\n\x06\x63ursor\x18\x07 \x01(\x04\x12\x0f\n\x07\x64\x65tails\x18\x08 \x01(\x0c\x12\x0f\n\x07is_leaf\x18\n \x01(\x08J\x04\x08\t\x10\nJ\x04\x08\x0b\x10\x0cR\x06ttl_msR\ntimeout_ms\"\xed\x01\n\x07JobInfo\x12\x0e\n\x06job_id\x18\x01 \x01(\t\x12\r\n\x05queue\x18\x02 \x01(\t\x12\x13\n\x0bparams_json\x18\x03 \x01(\t\x12\x16\n\x0emax_range_size\x18\x04 \x01(\x04\x12,\n\tlease_ttl\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x0cleaf_timeout\x18\x06 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\"\n\x06reduce\x18\x07 \x01(\x0e\x32\x12.parcelo.v1.Reduce\x12\x13\n\x0btraceparent\x18\x08 \x01(\t\"|\n\nLeaseGrant\x12!\n\x06leases\x18\x01 \x03(\x0b\x32\x11.parcelo.v1.Lease\x12!\n\x04jobs\x18\x02 \x03(\x0b\x32\x13.parcelo.v1.JobInfo\x12(\n\x06packed\x18\x03 \x01(\x0b\x32\x18.parcelo.v1.PackedLeases\"\xd2\x01\n\x0cPackedLeases\x12\x13\n\x0brun_job_ids\x18\x01 \x03(\t\x12\x13\n\x0brun_lengths\x18\x02 \x03(\r\x12\x0e\n\x06\x66\x65nces\x18\x03 \x03(\x04\x12\x0e\n\x06starts\x18\x04 \x03(\x04\x12\x0c\n\x04\x65nds\x18\x05 \x03(\x04\x12\x10\n\x08\x61ttempts\x18\x06 \x03(\r\x12\x0e\n\x06probes\x18\x07 \x03(\r\x12\x15\n\rprobe_is_leaf\x18\x08 \x03(\x08\x12\x0f\n\x07resumed\x18\t \x03(\r\x12\x0f\n\x07\x63ursors\x18\n \x03(\x04\x12\x0f\n\x07\x64\x65tails\x18\x0b \x03(\x0c\"\xc6\x01\n\x0eLeaseHeartbeat\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12\x13\n\x06\x63ursor\x18\x02 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07\x64\x65tails\x18\x03 \x01(\x0c\x12\x0f\n\x07message\x18\x05 \x01(\t\x12\x12\n\nsplittable\x18\x06 \x01(\x08\x12\x0f\n\x07\x63laimed\x18\x07 \x01(\x04\x12(\n\x06shrink\x18\x08 \x01(\x0b\x32\x18.parcelo.v1.ShrinkAnswerB\t\n\x07_cursorJ\x04\x08\x04\x10\x05R\x0ehas_checkpoint\"1\n\x0cShrinkAnswer\x12\x0f\n\x07new_end\x18\x01 \x01(\x04\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x02 \x01(\x08\"Q\n\x10HeartbeatRequest\x12*\n\x06leases\x18\x01 \x03(\x0b\x32\x1a.parcelo.v1.LeaseHeartbeat\x12\x11\n\tworker_id\x18\x02 \x01(\t\"h\n\tDirective\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12+\n\x06\x61\x63tion\x18\x02 \x01(\x0e\x32\x1b.parcelo.v1.DirectiveAction\x12\x0f\n\x07new_end\x18\x03 \x01(\x04\x12\x0e\n\x06reason\x18\x04 \x01(\t\">\n\x11HeartbeatResponse\x12)\n\ndirectives\x18\x01 \x03(\x0b\x32\x15.parcelo.v1.Directive\"\x91\x01\n\x0f\x43ompleteRequest\x12\x0e\n\x06\x66\x65nces\x18\x01 \x03(\x04\x12\x0f\n\x07skipped\x18\x02 \x03(\x04\x12\x11\n\tworker_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\x04\x12\x14\n\x0cresults_json\x18\x05 \x03(\t\x12\x12\n\nhandler_us\x18\x06 \x03(\x04\x12\x0c\n\x04\x65nds\x18\x07 \x03(\x04\"U\n\tRejection\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12(\n\x06reason\x18\x02 \x01(\x0e\x32\x18.parcelo.v1.RejectReason\x12\x0f\n\x07message\x18\x03 \x01(\t\"a\n\x10\x43ompleteResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x04\x12\'\n\x08rejected\x18\x02 \x03(\x0b\x32\x15.parcelo.v1.Rejection\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\"\xa6\x01\n\x07\x46\x61ilure\x12\r\n\x05\x66\x65nce\x18\x01 \x01(\x04\x12\x0f\n\x07message\x18\x03 \x01(\t\x12\x13\n\x06\x63ursor\x18\x04 \x01(\x04H\x00\x88\x01\x01\x12\x0f\n\x07\x64\x65tails\x18\x05 \x01(\x0c\x12\x10\n\x08released\x18\x07 \x01(\x08\x12\x11\n\tpermanent\x18\x08 \x01(\x08\x42\t\n\x07_cursorJ\x04\x08\x02\x10\x03J\x04\x08\x06\x10\x07R\tretryableR\x0ehas_checkpoint\"[\n\x0b\x46\x61ilRequest\x12%\n\x08\x66\x61ilures\x18\x01 \x03(\x0b\x32\x13.parcelo.v1.Failure\x12\x11\n\tworker_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\"]\n\x0c\x46\x61ilResponse\x12\x10\n\x08\x61\x63\x63\x65pted\x18\x01 \x03(\x04\x12\'\n\x08rejected\x18\x02 \x03(\x0b\x32\x15.parcelo.v1.Rejection\x12\x12\n\nrequest_id\x18\x03 \x01(\x04\"\x14\n\x12ListWorkersRequest\"\xb2\x02\n\nWorkerInfo\x12\x11\n\tworker_id\x18\x01 \x01(\t\x12\x0f\n\x07\x61\x64\x64ress\x18\x02 \x01(\t\x12\x0e\n\x06queues\x18\x03 \x03(\t\x12\x13\n\x0b\x63oncurrency\x18\x04 \x01(\r\x12\x0e\n\x06\x63redit\x18\x05 \x01(\r\x12\x0b\n\x03sdk\x18\x06 \x01(\t\x12\x30\n\x0c\x63onnected_at\x18\x07 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x35\n\x11last_heartbeat_at\x18\x08 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\x12\x13\n\x0bleases_held\x18\t \x01(\r\x12\x18\n\x10leaves_completed\x18\n \x01(\x04\x12\x15\n\rleaves_failed\x18\x0b \x01(\x04\x12\x0f\n\x07streams\x18\x0c \x01(\r\">\n\x13ListWorkersResponse\x12\'\n\x07workers\x18\x01 \x03(\x0b\x32\x16.parcelo.v1.WorkerInfo*R\n\tLeaseKind\x12\x1a\n\x16LEASE_KIND_UNSPECIFIED\x10\x00\x12\x13\n\x0fLEASE_KIND_LEAF\x10\x01\x12\x14\n\x10LEASE_KIND_PROBE\x10\x02*\xc5\x01\n\x0f\x44irectiveAction\x12 \n\x1c\x44IRECTIVE_ACTION_UNSPECIFIED\x10\x00\x12\x1d\n\x19\x44IRECTIVE_ACTION_CONTINUE\x10\x01\x12\x1b\n\x17\x44IRECTIVE_ACTION_CANCEL\x10\x02\x12\x1b\n\x17\x44IRECTIVE_ACTION_SHRINK\x10\x03\x12\x19\n\x15\x44IRECTIVE_ACTION_LOST\x10\x04\x12\x1c\n\x18\x44IRECTIVE_ACTION_RELEASE\x10\x05*\xa8\x01\n\x0cRejectReason\x12\x1d\n\x19REJECT_REASON_UNSPECIFIED\x10\x00\x12\x1d\n\x19REJECT_REASON_STALE_FENCE\x10\x01\x12\x1a\n\x16REJECT_REASON_JOB_GONE\x10\x02\x12 \n\x1cREJECT_REASON_INVALID_RESULT\x10\x03\x12\x1c\n\x18REJECT_REASON_NOT_HOLDER\x10\x04\x32\xa5\x03\n\rWorkerService\x12=\n\x04Work\x12\x17.parcelo.v1.WorkRequest\x1a\x18.parcelo.v1.WorkResponse(\x01\x30\x01\x12\x39\n\x05Lease\x12\x18.parcelo.v1.LeaseRequest\x1a\x16.parcelo.v1.LeaseGrant\x12H\n\tHeartbeat\x12\x1c.parcelo.v1.HeartbeatRequest\x1a\x1d.parcelo.v1.HeartbeatResponse\x12\x45\n\x08\x43omplete\x12\x1b.parcelo.v1.CompleteRequest\x1a\x1c.parcelo.v1.CompleteResponse\x12\x39\n\x04\x46\x61il\x12\x17.parcelo.v1.FailRequest\x1a\x18.parcelo.v1.FailResponse\x12N\n\x0bListWorkers\x12\x1e.parcelo.v1.ListWorkersRequest\x1a\x1f.parcelo.v1.ListWorkersResponseBE\n\x0e\x64\x65v.parcelo.v1P\x01Z$parcelo.dev/gen/parcelo/v1;parcelov1\xaa\x02\nParcelo.V1b\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -35,56 +35,58 @@ _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'parcelo.v1.worker_pb2', _gl
 if not _descriptor._USE_C_DESCRIPTORS:
   _globals['DESCRIPTOR']._loaded_options = None
   _globals['DESCRIPTOR']._serialized_options = b'\n\016dev.parcelo.v1P\001Z$parcelo.dev/gen/parcelo/v1;parcelov1\252\002\nParcelo.V1'
-  _globals['_LEASEKIND']._serialized_start=3099
-  _globals['_LEASEKIND']._serialized_end=3181
-  _globals['_DIRECTIVEACTION']._serialized_start=3184
-  _globals['_DIRECTIVEACTION']._serialized_end=3381
-  _globals['_REJECTREASON']._serialized_start=3384
-  _globals['_REJECTREASON']._serialized_end=3552
+  _globals['_LEASEKIND']._serialized_start=3377
+  _globals['_LEASEKIND']._serialized_end=3459
+  _globals['_DIRECTIVEACTION']._serialized_start=3462
+  _globals['_DIRECTIVEACTION']._serialized_end=3659
+  _globals['_REJECTREASON']._serialized_start=3662
+  _globals['_REJECTREASON']._serialized_end=3830
   _globals['_WORKREQUEST']._serialized_start=129
   _globals['_WORKREQUEST']._serialized_end=369
   _globals['_WORKRESPONSE']._serialized_start=372
   _globals['_WORKRESPONSE']._serialized_end=618
   _globals['_HELLO']._serialized_start=620
-  _globals['_HELLO']._serialized_end=712
-  _globals['_WELCOME']._serialized_start=714
-  _globals['_WELCOME']._serialized_end=836
-  _globals['_LEASEREQUEST']._serialized_start=839
-  _globals['_LEASEREQUEST']._serialized_end=977
-  _globals['_LEASE']._serialized_start=980
-  _globals['_LEASE']._serialized_end=1182
-  _globals['_JOBINFO']._serialized_start=1185
-  _globals['_JOBINFO']._serialized_end=1422
-  _globals['_LEASEGRANT']._serialized_start=1424
-  _globals['_LEASEGRANT']._serialized_end=1506
-  _globals['_LEASEHEARTBEAT']._serialized_start=1509
-  _globals['_LEASEHEARTBEAT']._serialized_end=1707
-  _globals['_SHRINKANSWER']._serialized_start=1709
-  _globals['_SHRINKANSWER']._serialized_end=1758
-  _globals['_HEARTBEATREQUEST']._serialized_start=1760
-  _globals['_HEARTBEATREQUEST']._serialized_end=1841
-  _globals['_DIRECTIVE']._serialized_start=1843
-  _globals['_DIRECTIVE']._serialized_end=1947
-  _globals['_HEARTBEATRESPONSE']._serialized_start=1949
-  _globals['_HEARTBEATRESPONSE']._serialized_end=2011
-  _globals['_COMPLETEREQUEST']._serialized_start=2014
-  _globals['_COMPLETEREQUEST']._serialized_end=2159
-  _globals['_REJECTION']._serialized_start=2161
-  _globals['_REJECTION']._serialized_end=2246
-  _globals['_COMPLETERESPONSE']._serialized_start=2248
-  _globals['_COMPLETERESPONSE']._serialized_end=2345
-  _globals['_FAILURE']._serialized_start=2348
-  _globals['_FAILURE']._serialized_end=2514
-  _globals['_FAILREQUEST']._serialized_start=2516
-  _globals['_FAILREQUEST']._serialized_end=2607
-  _globals['_FAILRESPONSE']._serialized_start=2609
-  _globals['_FAILRESPONSE']._serialized_end=2702
-  _globals['_LISTWORKERSREQUEST']._serialized_start=2704
-  _globals['_LISTWORKERSREQUEST']._serialized_end=2724
-  _globals['_WORKERINFO']._serialized_start=2727
-  _globals['_WORKERINFO']._serialized_end=3033
-  _globals['_LISTWORKERSRESPONSE']._serialized_start=3035
-  _globals['_LISTWORKERSRESPONSE']._serialized_end=3097
-  _globals['_WORKERSERVICE']._serialized_start=3555
-  _globals['_WORKERSERVICE']._serialized_end=3976
+  _globals['_HELLO']._serialized_end=735
+  _globals['_WELCOME']._serialized_start=737
+  _globals['_WELCOME']._serialized_end=859
+  _globals['_LEASEREQUEST']._serialized_start=862
+  _globals['_LEASEREQUEST']._serialized_end=1000
+  _globals['_LEASE']._serialized_start=1003
+  _globals['_LEASE']._serialized_end=1205
+  _globals['_JOBINFO']._serialized_start=1208
+  _globals['_JOBINFO']._serialized_end=1445
+  _globals['_LEASEGRANT']._serialized_start=1447
+  _globals['_LEASEGRANT']._serialized_end=1571
+  _globals['_PACKEDLEASES']._serialized_start=1574
+  _globals['_PACKEDLEASES']._serialized_end=1784
+  _globals['_LEASEHEARTBEAT']._serialized_start=1787
+  _globals['_LEASEHEARTBEAT']._serialized_end=1985
+  _globals['_SHRINKANSWER']._serialized_start=1987
+  _globals['_SHRINKANSWER']._serialized_end=2036
+  _globals['_HEARTBEATREQUEST']._serialized_start=2038
+  _globals['_HEARTBEATREQUEST']._serialized_end=2119
+  _globals['_DIRECTIVE']._serialized_start=2121
+  _globals['_DIRECTIVE']._serialized_end=2225
+  _globals['_HEARTBEATRESPONSE']._serialized_start=2227
+  _globals['_HEARTBEATRESPONSE']._serialized_end=2289
+  _globals['_COMPLETEREQUEST']._serialized_start=2292
+  _globals['_COMPLETEREQUEST']._serialized_end=2437
+  _globals['_REJECTION']._serialized_start=2439
+  _globals['_REJECTION']._serialized_end=2524
+  _globals['_COMPLETERESPONSE']._serialized_start=2526
+  _globals['_COMPLETERESPONSE']._serialized_end=2623
+  _globals['_FAILURE']._serialized_start=2626
+  _globals['_FAILURE']._serialized_end=2792
+  _globals['_FAILREQUEST']._serialized_start=2794
+  _globals['_FAILREQUEST']._serialized_end=2885
+  _globals['_FAILRESPONSE']._serialized_start=2887
+  _globals['_FAILRESPONSE']._serialized_end=2980
+  _globals['_LISTWORKERSREQUEST']._serialized_start=2982
+  _globals['_LISTWORKERSREQUEST']._serialized_end=3002
+  _globals['_WORKERINFO']._serialized_start=3005
+  _globals['_WORKERINFO']._serialized_end=3311
+  _globals['_LISTWORKERSRESPONSE']._serialized_start=3313
+  _globals['_LISTWORKERSRESPONSE']._serialized_end=3375
+  _globals['_WORKERSERVICE']._serialized_start=3833
+  _globals['_WORKERSERVICE']._serialized_end=4254
 # @@protoc_insertion_point(module_scope)

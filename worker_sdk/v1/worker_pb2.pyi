@@ -250,6 +250,7 @@ class Hello(_message.Message):
     QUEUES_FIELD_NUMBER: _builtins.int
     SDK_FIELD_NUMBER: _builtins.int
     CONCURRENCY_FIELD_NUMBER: _builtins.int
+    PACKED_GRANTS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Name of the worker process (host:pid by default), recorded as the holder
     of every lease this stream gets and shown in GetJobTree and the
@@ -263,6 +264,12 @@ class Hello(_message.Message):
     """
     concurrency: _builtins.int
     """Handlers the worker runs at once, shown in ListWorkers (0: not said)."""
+    packed_grants: _builtins.bool
+    """The worker reads grants as packed columns (LeaseGrant.packed): the
+    coordinator then sends every lease of this stream there, never in
+    LeaseGrant.leases. False (the default, and what a worker that does not
+    know this field sends): one Lease message per lease, as before.
+    """
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Queues to take leases from, in order of preference. Empty means ["default"]."""
@@ -274,10 +281,11 @@ class Hello(_message.Message):
         queues: _abc.Iterable[_builtins.str] | None = ...,
         sdk: _builtins.str = ...,
         concurrency: _builtins.int = ...,
+        packed_grants: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "queues", b"queues", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "packed_grants", b"packed_grants", "queues", b"queues", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -476,23 +484,118 @@ class LeaseGrant(_message.Message):
 
     LEASES_FIELD_NUMBER: _builtins.int
     JOBS_FIELD_NUMBER: _builtins.int
+    PACKED_FIELD_NUMBER: _builtins.int
     @_builtins.property
-    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lease]: ...
+    def leases(self) -> _containers.RepeatedCompositeFieldContainer[Global___Lease]:
+        """One message per lease: for streams whose Hello did not set
+        packed_grants, and for the unary Lease call.
+        """
+
     @_builtins.property
     def jobs(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobInfo]: ...
+    @_builtins.property
+    def packed(self) -> Global___PackedLeases:
+        """The same leases as columns, on streams whose Hello set packed_grants
+        (then leases is empty). Unset on other streams.
+        """
+
     def __init__(
         self,
         *,
         leases: _abc.Iterable[Global___Lease] | None = ...,
         jobs: _abc.Iterable[Global___JobInfo] | None = ...,
+        packed: Global___PackedLeases | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["packed", b"packed"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "leases", b"leases"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jobs", b"jobs", "leases", b"leases", "packed", b"packed"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___LeaseGrant: _TypeAlias = LeaseGrant  # noqa: Y015
+
+@_typing.final
+class PackedLeases(_message.Message):
+    """The leases of one grant as columns: cheaper to build and to read than one
+    Lease message per lease (no message object per lease on either side, and
+    the numbers go as packed varints). Lease i, for i in [0, len(fences)), is
+    fences[i], starts[i], ends[i], and:
+
+    * job: leases come in runs of one job. Run r covers run_lengths[r]
+      consecutive leases of the job run_job_ids[r]; runs are in lease order and
+      their lengths add up to len(fences). A job may have several runs.
+    * kind and is_leaf: LEASE_KIND_LEAF with is_leaf true, unless i is in
+      probes: then LEASE_KIND_PROBE with is_leaf probe_is_leaf[k] (k: the
+      position of i in probes).
+    * attempt: attempts[i]; attempts is empty when every lease of the grant
+      is a first attempt (1), else as long as fences.
+    * cursor and details: cursor = starts[i] and no details, unless i is in
+      resumed (an earlier attempt checkpointed): then cursors[k] and
+      details[k], k the position of i in resumed. Run [cursor, end).
+
+    fences, starts and ends have the same length; probes and resumed hold
+    increasing lease indexes; probe_is_leaf is as long as probes, and cursors
+    and details as long as resumed. Per-job data (params, TTL, ...) comes in
+    LeaseGrant.jobs, once per stream, as with Lease messages.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    RUN_JOB_IDS_FIELD_NUMBER: _builtins.int
+    RUN_LENGTHS_FIELD_NUMBER: _builtins.int
+    FENCES_FIELD_NUMBER: _builtins.int
+    STARTS_FIELD_NUMBER: _builtins.int
+    ENDS_FIELD_NUMBER: _builtins.int
+    ATTEMPTS_FIELD_NUMBER: _builtins.int
+    PROBES_FIELD_NUMBER: _builtins.int
+    PROBE_IS_LEAF_FIELD_NUMBER: _builtins.int
+    RESUMED_FIELD_NUMBER: _builtins.int
+    CURSORS_FIELD_NUMBER: _builtins.int
+    DETAILS_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def run_job_ids(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    @_builtins.property
+    def run_lengths(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def fences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def starts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def ends(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def attempts(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def probes(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def probe_is_leaf(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bool]: ...
+    @_builtins.property
+    def resumed(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def cursors(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]: ...
+    @_builtins.property
+    def details(self) -> _containers.RepeatedScalarFieldContainer[_builtins.bytes]: ...
+    def __init__(
+        self,
+        *,
+        run_job_ids: _abc.Iterable[_builtins.str] | None = ...,
+        run_lengths: _abc.Iterable[_builtins.int] | None = ...,
+        fences: _abc.Iterable[_builtins.int] | None = ...,
+        starts: _abc.Iterable[_builtins.int] | None = ...,
+        ends: _abc.Iterable[_builtins.int] | None = ...,
+        attempts: _abc.Iterable[_builtins.int] | None = ...,
+        probes: _abc.Iterable[_builtins.int] | None = ...,
+        probe_is_leaf: _abc.Iterable[_builtins.bool] | None = ...,
+        resumed: _abc.Iterable[_builtins.int] | None = ...,
+        cursors: _abc.Iterable[_builtins.int] | None = ...,
+        details: _abc.Iterable[_builtins.bytes] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attempts", b"attempts", "cursors", b"cursors", "details", b"details", "ends", b"ends", "fences", b"fences", "probe_is_leaf", b"probe_is_leaf", "probes", b"probes", "resumed", b"resumed", "run_job_ids", b"run_job_ids", "run_lengths", b"run_lengths", "starts", b"starts"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PackedLeases: _TypeAlias = PackedLeases  # noqa: Y015
 
 @_typing.final
 class LeaseHeartbeat(_message.Message):
