@@ -300,3 +300,40 @@ def test_node_worker_checkpoint_failure_and_permanent_error(
     assert (0, 1, "Error: transient after a checkpoint") in failures, failures
     assert (1000, 1, "PermanentError: bad record") in failures, failures
     assert proc.terminate() == 0, proc.output()
+
+
+def test_node_workers_split_a_slow_leaf_and_claim_every_id_once(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    """Dynamic splits with Node workers only (tests/test_rebalance_e2e.py has the Python twin): 16
+    leaves of 64 ids, those of [320, 384) 100 times slower; the claiming handler returns how many
+    ids it did, so the job's sum is 1024 only if every id counted once."""
+    run_log = tmp_path / "runs.log"
+    slow = (320, 384)
+    workers = [
+        node_worker(node, coordinator, procs, log_dir, run_log, "claim_ids", "--concurrency", "4")
+        for _ in range(2)
+    ]
+    for proc in workers:
+        connected(proc)
+    job = coordinator.create_job(
+        JobOptions(
+            0,
+            1024,
+            max_range_size=64,
+            reduce="sum",
+            lease_ttl=timedelta(seconds=1.5),  # heartbeats every 0.5 s
+            params={"slow": slow, "slow_seconds": 0.1, "fast_seconds": 0.001},
+        )
+    )
+    done = coordinator.wait_status(job.id, DONE | FAILED, timeout=60)
+    assert done.status == types_pb2.JOB_STATUS_COMPLETED, done.reason
+    assert result_of(done) == 1024  # what the accepted completions did adds up to the range
+    # ``claim id id+1 fence pid`` per claim (tests/support.py's runs_with_pids reads the fence as attempt)
+    seen = [(i, fence) for i, _, fence, _ in runs_with_pids(run_log, "claim")]
+    assert Counter(i for i, _ in seen) == dict.fromkeys(range(1024), 1)
+    assert done.stats.dynamic_splits >= 1
+    slow_fences = {fence for i, fence in seen if slow[0] <= i < slow[1]}
+    assert len(slow_fences) >= 2, slow_fences  # the slow leaf went to several leases
+    for proc in workers:
+        assert proc.terminate() == 0, proc.output()

@@ -23,11 +23,24 @@ export function range(start, end) {
  * checkpointed, and the bytes it saved, or null), and `signal`, an AbortSignal aborted when the
  * handler should stop (job cancelled or paused with release, lease lost, shutdown past the drain
  * timeout; `signal.reason` is a LeaseAbortedError saying which).
+ *
+ * A handler that walks its range position by position can let the coordinator split its leaf
+ * while it runs (docs/protocol.md, "Dynamic splits"): it calls `claim(position)` before doing each
+ * position and stops at the first false. `end` starts as the leaf's end and may only shrink, when
+ * the worker accepts a SHRINK proposal (`offerShrink`). Node runs handlers and the stream's
+ * messages on one thread, and neither method awaits, so a claim and a shrink never interleave.
  */
 export class Context {
   /** @type {[bigint, Buffer] | null} */
   #checkpoint = null;
   #message = '';
+  /** @type {bigint} where this attempt stops: the leaf's end, or the new_end of an accepted SHRINK */
+  #end;
+  /** @type {bigint} one past the highest position claimed; the cursor before any claim */
+  #claimed;
+  #hasClaimed = false;
+  /** @type {bigint | null} the end of the last accepted SHRINK, or null */
+  #shrunkTo = null;
 
   /**
    * @param {object} init
@@ -49,6 +62,79 @@ export class Context {
     /** @readonly */ this.cursor = cursor;
     /** @readonly */ this.details = details;
     /** @readonly */ this.signal = signal;
+    this.#end = leaf.end;
+    this.#claimed = cursor;
+  }
+
+  /**
+   * Where this attempt stops: the leaf's end, or less once a split was accepted (it only shrinks).
+   * @returns {bigint}
+   */
+  get end() {
+    return this.#end;
+  }
+
+  /**
+   * Claim `position` (an id, or the first id of a block) before doing it: true while
+   * `position < ctx.end`, and then the position is this attempt's to do; false when the range
+   * ends before it (the leaf was split and the rest is another lease's), and the handler stops.
+   * Claiming makes the lease splittable: the coordinator may then hand the part not yet claimed to
+   * idle workers. Claim positions in increasing order.
+   *
+   * @param {bigint | number | string} position
+   * @returns {boolean}
+   */
+  claim(position) {
+    const at = BigInt(position);
+    if (at >= this.#end) return false;
+    this.#hasClaimed = true;
+    if (at + 1n > this.#claimed) this.#claimed = at + 1n;
+    return true;
+  }
+
+  /**
+   * Whether the handler claimed at least once: its heartbeats then say `splittable`. Used by the worker.
+   * @returns {boolean}
+   */
+  get splittable() {
+    return this.#hasClaimed;
+  }
+
+  /**
+   * One past the highest position claimed (the cursor before any claim). Used by the worker.
+   * @returns {bigint}
+   */
+  get claimed() {
+    return this.#claimed;
+  }
+
+  /**
+   * The end of the last accepted SHRINK (repeated in every later heartbeat and in the
+   * completion's `ends`), or null. Used by the worker.
+   * @returns {bigint | null}
+   */
+  get shrunkTo() {
+    return this.#shrunkTo;
+  }
+
+  /**
+   * A SHRINK proposal: end at `newEnd` instead. Accepted (true, and `end` becomes `newEnd`) when
+   * the handler has claimed (one that never did may not look at `end`), nothing at or past
+   * `newEnd` was claimed (`claimed <= newEnd`), and `newEnd` lies within (leaf.start, end) (the
+   * end only shrinks); `newEnd` equal to the end already accepted is accepted again. Refused
+   * (false, nothing changes) otherwise. The worker calls it only while the handler runs.
+   * Used by the worker.
+   *
+   * @param {bigint | number | string} newEnd
+   * @returns {boolean}
+   */
+  offerShrink(newEnd) {
+    const to = BigInt(newEnd);
+    const within = to < this.#end || to === this.#shrunkTo;
+    if (!this.#hasClaimed || !within || to <= this.leaf.start || this.#claimed > to) return false;
+    this.#end = to;
+    this.#shrunkTo = to;
+    return true;
   }
 
   /**

@@ -60,15 +60,17 @@ export async function count(range, ctx) {
 
 /**
  * One line `event start end attempt pid` appended to the file PARCELO_TEST_LOG names, in one
- * O_APPEND write, so that worker processes sharing the file never interleave (tests/handlers.py's _log).
+ * O_APPEND write, so that worker processes sharing the file never interleave (tests/handlers.py's
+ * _log); `number` takes the attempt's place when given.
  * @param {string} event @param {Range} range @param {Context} ctx @param {string} [extra]
+ * @param {number | bigint} [number]
  */
-function log(event, range, ctx, extra = String(process.pid)) {
+function log(event, range, ctx, extra = String(process.pid), number = ctx.attempt) {
   const path = process.env.PARCELO_TEST_LOG;
   if (!path) throw new PermanentError('PARCELO_TEST_LOG is not set');
   const fd = openSync(path, 'a', 0o644);
   try {
-    writeSync(fd, Buffer.from(`${event} ${range.start} ${range.end} ${ctx.attempt} ${extra}\n`));
+    writeSync(fd, Buffer.from(`${event} ${range.start} ${range.end} ${number} ${extra}\n`));
   } finally {
     closeSync(fd);
   }
@@ -127,6 +129,27 @@ export async function checkpoint_then_fail(range, ctx) {
 }
 
 /**
+ * A splittable handler (docs/protocol.md, "Dynamic splits"), as tests/handlers.py's claim_ids:
+ * claims each id before doing it (line `claim id id+1 fence pid`), stops at the first refused
+ * claim, and returns how many ids it did. Ids in params.slow (`[start, end)`) take
+ * params.slow_seconds (default 0.1), the others params.fast_seconds (default 0.001).
+ * @param {Range} range @param {Context} ctx
+ * @returns {Promise<number>}
+ */
+export async function claim_ids(range, ctx) {
+  const [slowStart, slowEnd] = (param(ctx.params, 'slow') ?? [0, 0]).map(BigInt);
+  const slowMs = Number(param(ctx.params, 'slow_seconds') ?? 0.1) * 1000;
+  const fastMs = Number(param(ctx.params, 'fast_seconds') ?? 0.001) * 1000;
+  let done = 0;
+  for (let id = range.start; !ctx.signal.aborted && ctx.claim(id); id++) {
+    log('claim', { start: id, end: id + 1n }, ctx, String(process.pid), ctx.fence);
+    await nap(slowStart <= id && id < slowEnd ? slowMs : fastMs, ctx);
+    done += 1;
+  }
+  return done;
+}
+
+/**
  * A pruning rule (shouldProcess, for jobs created with pruning): keep ranges that contain a
  * multiple of 10,000, as tests/handlers.py's keep_multiples.
  * @param {Range} range @param {boolean} _isLeaf
@@ -137,7 +160,7 @@ export function keep_multiples(range, _isLeaf) {
 }
 
 /** The handlers the CLI knows, by name (--handler). */
-export const HANDLERS = Object.freeze({ count, record, stall_first, checkpoint_then_fail });
+export const HANDLERS = Object.freeze({ count, record, stall_first, checkpoint_then_fail, claim_ids });
 
 /** The pruning rules the CLI knows, by name (--should-process). */
 export const SHOULD_PROCESS = Object.freeze({ keep_multiples });

@@ -11,8 +11,10 @@ import { COMPLETION_BATCH } from './defaults.js';
  */
 
 /**
- * One result kept until answered (`result`: the leaf's result as JSON, '' for none).
- * @typedef {{kind: 'complete', result: string} | {kind: 'skip'} | {kind: 'fail', failure: WireFailure}} Result
+ * One result kept until answered (`result`: the leaf's result as JSON, '' for none; `end`: the end
+ * the lease was run to after an accepted SHRINK, '0' for the lease's own end).
+ * @typedef {{kind: 'complete', result: string, end: string} | {kind: 'skip'} |
+ *   {kind: 'fail', failure: WireFailure}} Result
  */
 
 /**
@@ -26,17 +28,22 @@ export class Outbox {
   #unacked = new Map();
   /** @type {string[]} */ #complete = [];
   /** @type {string[]} the result of each of #complete, '' for none */ #results = [];
+  /** @type {string[]} the end of each of #complete, '0' for the lease's end */ #ends = [];
   /** @type {string[]} */ #skipped = [];
   /** @type {WireFailure[]} */ #failures = [];
   /** @type {Map<string, string[]>} fences of each request sent and not answered, by request_id */
   #inflight = new Map();
   #nextRequestId = 1n;
 
-  /** @param {string} fence @param {string} [result] the leaf's result as JSON ('' for none) */
-  complete(fence, result = '') {
-    this.#add(fence, { kind: 'complete', result });
+  /**
+   * @param {string} fence @param {string} [result] the leaf's result as JSON ('' for none)
+   * @param {string} [end] where the lease ended after an accepted SHRINK ('0': the lease's end)
+   */
+  complete(fence, result = '', end = '0') {
+    this.#add(fence, { kind: 'complete', result, end });
     this.#complete.push(fence);
     this.#results.push(result);
+    this.#ends.push(end);
   }
 
   /** @param {string} fence */
@@ -77,12 +84,15 @@ export class Outbox {
     while (this.#complete.length || this.#skipped.length) {
       const fences = this.#complete.splice(0, COMPLETION_BATCH);
       const results = this.#results.splice(0, fences.length);
+      const ends = this.#ends.splice(0, fences.length);
       const skipped = this.#skipped.splice(0, COMPLETION_BATCH - fences.length);
       const request_id = this.#requestId([...fences, ...skipped]);
       /** @type {any} */
       const complete = { fences, skipped, request_id };
       // One result per fence, or none at all when no leaf of the batch gave one.
       if (results.some((r) => r !== '')) complete.results_json = results;
+      // Likewise one end per fence (docs/protocol.md, "Dynamic splits"), when a lease of it shrank.
+      if (ends.some((e) => e !== '0')) complete.ends = ends;
       out.push({ complete });
     }
     while (this.#failures.length) {
@@ -131,6 +141,7 @@ export class Outbox {
   requeue() {
     this.#complete = [];
     this.#results = [];
+    this.#ends = [];
     this.#skipped = [];
     this.#failures = [];
     this.#inflight.clear();
@@ -138,6 +149,7 @@ export class Outbox {
       if (result.kind === 'complete') {
         this.#complete.push(fence);
         this.#results.push(result.result);
+        this.#ends.push(result.end);
       } else if (result.kind === 'skip') this.#skipped.push(fence);
       else this.#failures.push(result.failure);
     }

@@ -46,6 +46,12 @@ export { SDK, VERSION } from './proto.js';
  */
 
 /**
+ * A LeaseHeartbeat as it goes on the wire (uint64 fields as decimal strings).
+ * @typedef {{fence: string, cursor?: string, details?: Buffer, message?: string, splittable?: boolean,
+ *   claimed?: string, shrink?: {new_end: string, accepted: boolean}}} LeaseBeat
+ */
+
+/**
  * A lease in hand: waiting for a handler slot, or running.
  * @typedef {object} Held
  * @property {any} lease the Lease as decoded
@@ -108,6 +114,8 @@ export class Worker {
   #outbox = new Outbox();
   /** @type {Map<string, string>} job of each lease whose result is unanswered (for JOB_GONE) */
   #jobOfFence = new Map();
+  /** @type {Map<string, string>} the accepted SHRINK end of each completion unanswered, if it shrank */
+  #endOfFence = new Map();
   /** credit asked for on this stream and not granted yet */
   #outstanding = 0;
   /** @type {number | null} Welcome.heartbeat_interval */
@@ -225,20 +233,34 @@ export class Worker {
   #sendHeartbeat() {
     if (this.#held.size === 0 || !this.connection.up) return;
     const leases = [];
-    for (const held of this.#held.values()) {
-      /** @type {{fence: string, cursor?: string, details?: Buffer, message?: string}} */
-      const beat = { fence: held.fence };
-      const checkpoint = held.ctx?.lastCheckpoint;
-      if (checkpoint) {
-        beat.cursor = checkpoint[0].toString(); // proto3 optional: set only with a checkpoint
-        beat.details = checkpoint[1];
-      }
-      const message = held.ctx?.takeMessage();
-      if (message) beat.message = message;
-      leases.push(beat);
-    }
+    for (const held of this.#held.values()) leases.push(this.#beat(held));
     this.#lastBeat = Date.now();
     this.connection.send({ heartbeat: { leases, worker_id: this.workerId } });
+  }
+
+  /**
+   * The LeaseHeartbeat of a lease held: its newest checkpoint and progress message, and for a
+   * handler that claims (docs/protocol.md, "Dynamic splits") `splittable`, `claimed`, and the
+   * accepted shrink again, so that a coordinator that lost the split applies it anyway.
+   * @param {Held} held @returns {LeaseBeat}
+   */
+  #beat(held) {
+    /** @type {LeaseBeat} */
+    const beat = { fence: held.fence };
+    const ctx = held.ctx;
+    const checkpoint = ctx?.lastCheckpoint;
+    if (checkpoint) {
+      beat.cursor = checkpoint[0].toString(); // proto3 optional: set only with a checkpoint
+      beat.details = checkpoint[1];
+    }
+    const message = ctx?.takeMessage();
+    if (message) beat.message = message;
+    if (ctx?.splittable) {
+      beat.splittable = true;
+      beat.claimed = ctx.claimed.toString();
+      if (ctx.shrunkTo !== null) beat.shrink = { new_end: ctx.shrunkTo.toString(), accepted: true };
+    }
+    return beat;
   }
 
   // -- messages from the coordinator -----------------------------------------------------------
@@ -292,21 +314,58 @@ export class Worker {
 
   /** @param {any[]} directives */
   #onDirectives(directives) {
+    /** @type {LeaseBeat[]} */
+    const answers = [];
     for (const directive of directives) {
+      const action = enumName(directive.action, 'DIRECTIVE_ACTION_');
+      if (action === 'SHRINK') {
+        answers.push(this.#answerShrink(directive));
+        continue;
+      }
       const held = this.#held.get(directive.fence);
       if (held === undefined || held.dropped || held.release) continue;
-      const action = enumName(directive.action, 'DIRECTIVE_ACTION_');
       if (action === 'RELEASE') {
         held.release = true;
       } else if (action === 'CANCEL' || action === 'LOST') {
         held.dropped = true;
         this.stats.dropped += 1;
       } else {
-        continue; // CONTINUE; SHRINK is reserved and not sent yet; an action from a newer coordinator
+        continue; // CONTINUE, or an action from a newer coordinator
       }
       this.#abort(held, /** @type {'RELEASE' | 'CANCEL' | 'LOST'} */ (action), directive.reason);
     }
+    // The answers go at once, in a heartbeat of their own (not a full one: #lastBeat stays).
+    if (answers.length) this.connection.send({ heartbeat: { leases: answers, worker_id: this.workerId } });
     this.#askForLeases();
+  }
+
+  /**
+   * A SHRINK proposal (docs/protocol.md, "Dynamic splits"): accepted when the lease's handler runs,
+   * has claimed, and claimed nothing at or past `new_end` (Context.offerShrink; claims and shrinks
+   * both run on this one thread without awaiting, so they cannot cross); refused otherwise (a lease
+   * waiting for a slot, released, finished, or not ours). A lease that finished after accepting
+   * that very end accepts it again. Returns the heartbeat carrying the answer.
+   * @param {any} directive @returns {LeaseBeat}
+   */
+  #answerShrink(directive) {
+    const fence = String(directive.fence);
+    const newEnd = u64(directive.new_end);
+    const held = this.#held.get(fence);
+    let accepted;
+    /** @type {LeaseBeat} */
+    let beat;
+    if (held !== undefined) {
+      const running = held.started && held.ctx !== null && !held.dropped && !held.release && !held.given;
+      accepted = running && /** @type {Context} */ (held.ctx).offerShrink(newEnd);
+      beat = this.#beat(held);
+    } else {
+      accepted = this.#endOfFence.get(fence) === newEnd.toString();
+      beat = { fence };
+    }
+    beat.shrink = { new_end: newEnd.toString(), accepted };
+    const claimed = held?.ctx ? ` (claimed below ${held.ctx.claimed})` : '';
+    this.log.info(`lease ${fence}: SHRINK to ${newEnd} ${accepted ? 'accepted' : 'refused'}${claimed}`);
+    return beat;
   }
 
   /**
@@ -328,8 +387,12 @@ export class Worker {
   /** @param {any} answer a CompleteResponse or FailResponse */
   #onAnswer(answer) {
     const settled = this.#outbox.settle(answer);
-    for (const fence of settled.accepted) this.#jobOfFence.delete(fence);
+    for (const fence of settled.accepted) {
+      this.#jobOfFence.delete(fence);
+      this.#endOfFence.delete(fence);
+    }
     for (const rejection of settled.rejected) {
+      this.#endOfFence.delete(rejection.fence);
       this.stats.rejected += 1;
       const reason = enumName(rejection.reason, 'REJECT_REASON_');
       this.log.info(`result for lease ${rejection.fence} rejected: ${reason} ${rejection.message}`);
@@ -449,7 +512,10 @@ export class Worker {
         this.#outbox.skip(held.fence);
         this.stats.skipped += 1;
       } else {
-        this.#outbox.complete(held.fence, result);
+        // A lease that accepted a SHRINK was run to its new end: say so in CompleteRequest.ends.
+        const end = held.ctx?.shrunkTo?.toString() ?? '0';
+        if (end !== '0') this.#endOfFence.set(held.fence, end);
+        this.#outbox.complete(held.fence, result, end);
         this.stats.completed += 1;
       }
     } else {

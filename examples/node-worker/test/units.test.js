@@ -163,3 +163,114 @@ test('results are JSON with BigInts as exact integers', () => {
   cycle.self = cycle;
   assert.throws(() => encodeResult(cycle), TypeError);
 });
+
+/** A context for [100, 200) resumed at `cursor`. @param {bigint} [cursor] */
+function leafContext(cursor = 100n) {
+  return new Context({
+    jobId: 'j',
+    params: {},
+    attempt: 1,
+    fence: 1n,
+    leaf: range(100n, 200n),
+    cursor,
+    details: null,
+    signal: new AbortController().signal,
+  });
+}
+
+test('claims are true below the end and keep one past the highest position claimed', () => {
+  const ctx = leafContext();
+  assert.deepEqual([ctx.end, ctx.claimed, ctx.splittable, ctx.shrunkTo], [200n, 100n, false, null]);
+  assert.equal(ctx.claim(100n), true);
+  assert.equal(ctx.claim('149'), true); // blocks: the first id of each
+  assert.equal(ctx.claim(120), true); // lower than before: the high-water mark stays
+  assert.deepEqual([ctx.claimed, ctx.splittable], [150n, true]);
+  assert.equal(ctx.claim(199n), true);
+  assert.equal(ctx.claim(200n), false);
+  assert.equal(ctx.claimed, 200n); // a refused claim claims nothing
+  assert.equal(leafContext(130n).claimed, 130n); // before any claim: the cursor
+});
+
+test('a shrink is accepted only when nothing at or past the new end was claimed', () => {
+  const ctx = leafContext();
+  assert.equal(ctx.offerShrink(150n), false); // never claimed: a handler that may not look at end
+  assert.equal(ctx.end, 200n);
+  ctx.claim(100n);
+  ctx.claim(119n);
+  assert.equal(ctx.offerShrink(110n), false); // 119 was claimed, at or past 110
+  assert.equal(ctx.offerShrink(150n), true);
+  assert.deepEqual([ctx.end, ctx.shrunkTo], [150n, 150n]);
+  assert.equal(ctx.claim(149n), true);
+  assert.equal(ctx.claim(150n), false); // the rest is another lease's
+  assert.equal(ctx.claim(170n), false);
+  assert.equal(ctx.offerShrink('150'), true); // the same end again: accepted again
+  assert.equal(ctx.offerShrink(175n), false); // the end only shrinks
+  assert.equal(ctx.offerShrink(100n), false); // not within the leaf
+  assert.equal(ctx.claimed, 150n);
+  assert.equal(ctx.offerShrink(125n), false);
+  assert.deepEqual([ctx.end, ctx.shrunkTo], [150n, 150n]);
+});
+
+test('a shrink exactly at the claimed mark is accepted, and a shrink to the lease end is not one', () => {
+  const ctx = leafContext();
+  for (let id = 100n; id < 125n; id++) ctx.claim(id);
+  assert.equal(ctx.offerShrink(200n), false); // not a split: new_end is below the end
+  assert.equal(ctx.shrunkTo, null);
+  assert.equal(ctx.offerShrink(125n), true);
+  assert.equal(ctx.claim(124n), true); // below the end: still true, and changes nothing
+  assert.equal(ctx.claim(125n), false);
+});
+
+test('outbox sends the end of each shrunk lease beside its fence, again after requeue', () => {
+  const box = new Outbox();
+  box.complete('1', '7', '150');
+  box.complete('2', '3');
+  box.skip('3');
+  assert.deepEqual(box.take(), [
+    {
+      complete: {
+        fences: ['1', '2'],
+        skipped: ['3'],
+        request_id: '1',
+        results_json: ['7', '3'],
+        ends: ['150', '0'],
+      },
+    },
+  ]);
+  box.complete('4');
+  assert.deepEqual(box.take(), [{ complete: { fences: ['4'], skipped: [], request_id: '2' } }]); // none shrank
+  box.settle({ accepted: ['2', '3'], rejected: [], request_id: '1' });
+  box.requeue(); // a new stream: 1 and 4 again, each with its end
+  assert.deepEqual(box.take(), [
+    {
+      complete: {
+        fences: ['1', '4'],
+        skipped: [],
+        request_id: '3',
+        results_json: ['7', ''],
+        ends: ['150', '0'],
+      },
+    },
+  ]);
+});
+
+test('a heartbeat carries splittable, claimed and the shrink answer on the wire', () => {
+  const work = workerServiceClient().service.Work;
+  const back = work.requestDeserialize(
+    work.requestSerialize({
+      heartbeat: {
+        leases: [
+          { fence: '5', splittable: true, claimed: '120', shrink: { new_end: '150', accepted: true } },
+        ],
+      },
+    }),
+  ).heartbeat.leases[0];
+  assert.deepEqual(
+    [back.splittable, back.claimed, back.shrink.new_end, back.shrink.accepted],
+    [true, '120', '150', true],
+  );
+  const complete = work.requestDeserialize(
+    work.requestSerialize({ complete: { fences: ['5'], ends: ['150'] } }),
+  );
+  assert.deepEqual(complete.complete.ends, ['150']);
+});

@@ -385,3 +385,182 @@ test('heartbeats follow the shortest lease TTL held when the suggested interval 
   stream.send({ heartbeat: { directives: [{ fence: '1', action: 'DIRECTIVE_ACTION_LOST' }] } });
   await worker.stop();
 });
+
+/**
+ * A claiming handler: claims its ids one by one, pausing after the tenth until `go` resolves, and
+ * returns how many it did (it stops at the first refused claim).
+ * @param {Promise<void>} go @param {bigint[]} [claimed] every id claimed, in order
+ */
+function claimTen(go, claimed = []) {
+  return async (/** @type {any} */ range, /** @type {any} */ ctx) => {
+    let done = 0;
+    for (let id = range.start; ctx.claim(id); id++) {
+      claimed.push(id);
+      done += 1;
+      if (done === 10) await go;
+    }
+    return done;
+  };
+}
+
+/** The dynamic-split fields of a heartbeat's leases, compactly. @param {any} beat */
+function splitFields(beat) {
+  return beat.leases.map((/** @type {any} */ l) => [
+    l.fence,
+    l.splittable,
+    l.claimed,
+    l.shrink ? [l.shrink.new_end, l.shrink.accepted] : null,
+  ]);
+}
+
+/** @param {import('./fake-coordinator.js').FakeStream} stream @param {(beat: any) => boolean} until */
+async function heartbeatWhere(stream, until) {
+  for (;;) {
+    const beat = await stream.next('heartbeat');
+    if (until(beat)) return beat;
+  }
+}
+
+/** @param {any} complete @returns {[string, string][]} fence and end ('0': the lease's) of each completion */
+function endsOf(complete) {
+  return complete.fences.map((/** @type {string} */ f, /** @type {number} */ i) => [
+    f,
+    complete.ends[i] ?? '0',
+  ]);
+}
+
+test('SHRINK: accepted within what was claimed, answered at once, repeated, and sent as the end', async () => {
+  let go = () => {};
+  const claimed = [];
+  const worker = runWorker({
+    target: coord.target,
+    handler: claimTen(new Promise((resolve) => (go = () => resolve(undefined))), claimed),
+    concurrency: 1,
+    prefetch: 1,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(grant([1, 2], { reduce: 'REDUCE_SUM' }));
+  // Lease 1 runs and claimed [100, 110); lease 2 waits for the slot: not splittable.
+  const beat = await heartbeatWhere(stream, (b) => b.leases.some((l) => l.splittable));
+  assert.deepEqual(splitFields(beat), [
+    ['1', true, '110', null],
+    ['2', false, '0', null],
+  ]);
+  stream.send({
+    heartbeat: {
+      directives: [
+        { fence: '1', action: 'DIRECTIVE_ACTION_SHRINK', new_end: '150', reason: 'idle workers' },
+        { fence: '2', action: 'DIRECTIVE_ACTION_SHRINK', new_end: '250', reason: 'idle workers' },
+      ],
+    },
+  });
+  // The answers, in a heartbeat of their own: lease 2 has no handler running, so it refuses.
+  const answer = await heartbeatWhere(stream, (b) => b.leases.every((l) => l.shrink));
+  assert.deepEqual(splitFields(answer), [
+    ['1', true, '110', ['150', true]],
+    ['2', false, '0', ['250', false]],
+  ]);
+  // A proposal below what was claimed is refused and changes nothing.
+  stream.send({
+    heartbeat: { directives: [{ fence: '1', action: 'DIRECTIVE_ACTION_SHRINK', new_end: '105' }] },
+  });
+  const refused = await heartbeatWhere(stream, (b) => b.leases.length === 1);
+  assert.deepEqual(splitFields(refused), [['1', true, '110', ['105', false]]]);
+  // Every later heartbeat repeats the accepted shrink.
+  const later = await heartbeatWhere(stream, (b) => b.leases.length === 2);
+  assert.deepEqual(splitFields(later), [
+    ['1', true, '110', ['150', true]],
+    ['2', false, '0', null],
+  ]);
+  go();
+  // Lease 1 stops at 150 and completes with that end; lease 2 runs whole (its end 0: the lease's).
+  const ends = new Map();
+  /** @type {Map<string, string>} */ const results = new Map();
+  while (ends.size < 2) {
+    const complete = await stream.next('complete');
+    for (const [fence, end] of endsOf(complete)) ends.set(fence, end);
+    complete.fences.forEach((/** @type {string} */ f, /** @type {number} */ i) =>
+      results.set(f, complete.results_json[i]),
+    );
+    stream.send({ complete: { accepted: complete.fences, rejected: [], request_id: complete.request_id } });
+  }
+  assert.deepEqual(Object.fromEntries(ends), { 1: '150', 2: '0' });
+  assert.deepEqual(Object.fromEntries(results), { 1: '50', 2: '100' });
+  assert.equal(claimed.filter((id) => id < 200n).at(-1), 149n); // nothing claimed at or past 150
+  await worker.stop();
+});
+
+test('a shrunk completion resent after a reconnect keeps its end; a repeated SHRINK is accepted again', async () => {
+  let go = () => {};
+  const worker = runWorker({
+    target: coord.target,
+    handler: claimTen(new Promise((resolve) => (go = () => resolve(undefined)))),
+    concurrency: 2,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const first = await coord.stream();
+  await first.accept();
+  await first.next('lease');
+  first.send(grant([1]));
+  await heartbeatWhere(first, (b) => b.leases[0]?.claimed === '110');
+  first.send({
+    heartbeat: { directives: [{ fence: '1', action: 'DIRECTIVE_ACTION_SHRINK', new_end: '110' }] },
+  });
+  const answer = await heartbeatWhere(first, (b) => b.leases[0]?.shrink);
+  assert.deepEqual(splitFields(answer), [['1', true, '110', ['110', true]]]);
+  go(); // claim(110) is now false: the handler returns after its tenth id
+  const sent = await first.next('complete');
+  assert.deepEqual(endsOf(sent), [['1', '110']]);
+  // The same proposal again (the coordinator had not read the answer): the lease finished, but it
+  // ended there, so accepted again; a proposal for a lease the worker never had is refused.
+  first.send({
+    heartbeat: {
+      directives: [
+        { fence: '1', action: 'DIRECTIVE_ACTION_SHRINK', new_end: '110' },
+        { fence: '9', action: 'DIRECTIVE_ACTION_SHRINK', new_end: '950' },
+      ],
+    },
+  });
+  const again = await heartbeatWhere(first, (b) => b.leases.length === 2);
+  assert.deepEqual(splitFields(again), [
+    ['1', false, '0', ['110', true]],
+    ['9', false, '0', ['950', false]],
+  ]);
+  first.call.end(); // gone without answering the completion
+  const second = await coord.stream();
+  await second.accept();
+  const resent = await second.next('complete');
+  assert.deepEqual(endsOf(resent), [['1', '110']]);
+  assert.ok(resent.ends.length === resent.fences.length);
+  second.send({ complete: { accepted: ['1'], rejected: [], request_id: resent.request_id } });
+  await worker.stop();
+});
+
+test('a handler that never claims is not splittable and refuses SHRINK', async () => {
+  const worker = runWorker({
+    target: coord.target,
+    handler: holdUntilAborted,
+    concurrency: 1,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(grant([3]));
+  const beat = await stream.next('heartbeat');
+  assert.deepEqual(splitFields(beat), [['3', false, '0', null]]);
+  stream.send({
+    heartbeat: { directives: [{ fence: '3', action: 'DIRECTIVE_ACTION_SHRINK', new_end: '350' }] },
+  });
+  const answer = await heartbeatWhere(stream, (b) => b.leases[0]?.shrink);
+  assert.deepEqual(splitFields(answer), [['3', false, '0', ['350', false]]]);
+  const next = await stream.next('heartbeat');
+  assert.deepEqual(splitFields(next), [['3', false, '0', null]]);
+  stream.send({ heartbeat: { directives: [{ fence: '3', action: 'DIRECTIVE_ACTION_LOST' }] } });
+  await worker.stop();
+});
