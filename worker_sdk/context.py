@@ -113,8 +113,9 @@ class Context:
 
         ``end`` may shrink while the handler runs (the coordinator gave the rest of the leaf to
         another worker), so a handler must stop once a claim returns False: a position at or
-        past ``end`` is someone else's. A claimed position is never given away. Handlers that
-        never call it are never split. Thread-safe; cheap (a lock and a comparison).
+        past ``end`` is someone else's. A claimed position is never given away, and neither is
+        anything below it: a handler working in blocks claims each block's last id. Handlers
+        that never call it are never split. Thread-safe; cheap (a lock and a comparison).
         """
         with self._lock or self._first_lock():
             if position >= self._end:

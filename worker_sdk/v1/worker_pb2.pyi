@@ -626,7 +626,8 @@ class LeaseHeartbeat(_message.Message):
     """
     claimed: _builtins.int
     """With splittable: the first position not yet claimed (every claimed
-    position is below it); start when nothing was claimed yet.
+    position is below it); the lease's cursor (start unless it resumes from
+    a checkpoint) when nothing was claimed yet.
     """
     @_builtins.property
     def shrink(self) -> Global___ShrinkAnswer:

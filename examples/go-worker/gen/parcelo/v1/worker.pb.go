@@ -1179,7 +1179,8 @@ type LeaseHeartbeat struct {
 	// directive). A lease never heartbeated with it is never split.
 	Splittable bool `protobuf:"varint,6,opt,name=splittable,proto3" json:"splittable,omitempty"`
 	// With splittable: the first position not yet claimed (every claimed
-	// position is below it); start when nothing was claimed yet.
+	// position is below it); the lease's cursor (start unless it resumes from
+	// a checkpoint) when nothing was claimed yet.
 	Claimed uint64 `protobuf:"varint,7,opt,name=claimed,proto3" json:"claimed,omitempty"`
 	// The answer to a SHRINK directive of this lease: sent at once in a
 	// heartbeat of its own, and (when accepted) again in every later heartbeat
