@@ -207,10 +207,12 @@ def test_node_workers_ride_through_a_coordinator_kill9(
     # result that was not answered: nothing expires, and no leaf runs twice.
     assert sorted((s, e) for s, e, _ in runs(run_log)) == reference_leaves(0, 128_000, 1000)
     assert done.stats.failed_attempts == 0 and done.stats.done_nodes == done.stats.total_nodes
+    # A worker whose peer finished the job while it was in reconnect backoff connects a moment
+    # later: wait for it (bounded), do not race it.
+    wait_for(
+        lambda: all(p.output().count("connected to") >= 2 for p in workers), 20, "the workers to reconnect"
+    )
     for proc in workers:
-        # A worker whose peer finished the job while it was in reconnect backoff connects a
-        # moment later: wait for it (bounded), do not race it.
-        wait_for(lambda p=proc: p.output().count("connected to") >= 2, 20, "the worker to reconnect")
         assert proc.terminate() == 0, proc.output()
 
 
