@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from parcelo.coordinator.codec import job_info, lease_to_proto
 from parcelo.coordinator.core import Core
-from parcelo.coordinator.leases import Lease
+from parcelo.coordinator.leases import Lease, LeaseKind
 from parcelo.v1 import worker_pb2
 
 log = logging.getLogger(__name__)
@@ -38,6 +38,10 @@ class Session:
     address: str = ""
     # When the credit not yet granted was asked for (for the grant latency metric).
     waiting_since: float = 0.0
+    # Hello.concurrency: handler slots of the worker (0: not said, never counted as idle).
+    concurrency: int = 0
+    # Whether the last round that looked at this session left it credit: nothing leasable for it.
+    starved: bool = False
 
 
 def _ignore(leases: int, waited: float) -> None:
@@ -185,6 +189,7 @@ class Dispatcher:
                 self.poke()
                 break
             if session.credits <= 0:
+                session.starved = False
                 continue
             grant = worker_pb2.LeaseGrant()
             while session.credits > len(grant.leases) and len(grant.leases) < budget:
@@ -199,11 +204,50 @@ class Dispatcher:
                 self._on_grant(len(grant.leases), max(0.0, now - session.waiting_since))
                 # Credit left over waits from now on.
                 session.waiting_since = now
+            # Credit left while the round still had budget: nothing leasable for this session.
+            session.starved = session.credits > 0 and budget > 0
         else:
             if budget <= 0:
                 self._want = True
                 self.poke()
         # Grants need no prompt write (a lost grant only re-runs a leaf): the ticker's write takes them.
+
+    def revocable(self, fences: list[int], holder: str) -> set[int]:
+        """Of ``fences`` (leases ``holder`` said it has not started), those to take back now.
+
+        A lease is taken back for another worker of its queue that is idle: its stream has credit
+        the last round could not use (nothing leasable for it) and it holds fewer leases than its
+        handler slots. Each idle slot takes one lease, so a worker is not robbed for nothing; the
+        holder gives them back unrun and the next round grants them to the idle worker.
+        """
+        idle = [
+            s
+            for s in self._sessions.values()
+            if s.starved and s.credits > 0 and s.concurrency and s.worker_id != holder
+        ]
+        if not idle:
+            return set()
+        leases = self._core.leases
+        held = leases.holder_counts()  # O(live leases), only while some worker is idle
+        # Free slots and queues per idle worker (one entry for a worker with several streams).
+        free: dict[str, list[int]] = {}
+        queues: dict[str, tuple[str, ...]] = {}
+        for s in idle:
+            slots = min(s.credits, s.concurrency - held.get(s.worker_id, 0))
+            if slots > 0 and slots > free.get(s.worker_id, [0])[0]:
+                free[s.worker_id] = [slots]
+                queues[s.worker_id] = s.queues
+        out: set[int] = set()
+        for fence in fences:
+            lease = leases.get(fence)
+            if lease is None or lease.kind is not LeaseKind.LEAF:
+                continue
+            for worker, left in free.items():
+                if left[0] > 0 and lease.queue in queues[worker]:
+                    left[0] -= 1
+                    out.add(fence)
+                    break
+        return out
 
     def _add(
         self,

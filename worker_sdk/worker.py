@@ -181,6 +181,10 @@ class Worker:
         self._spans = HandlerSpans(provider) if provider is not None else None
         self._results = _Results()
         self._outstanding = 0  # credit asked for on this stream and not yet granted
+        # Leases given back on REVOKE whose room is not asked for again until a handler finds
+        # nothing waiting: the coordinator took them for an idle worker, and asking at once
+        # could win them back before that worker gets them.
+        self._revoked = 0
         self._out: asyncio.Queue[worker_pb2.WorkRequest | None] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -445,6 +449,7 @@ class Worker:
                 # Another worker is idle: give the lease back if no handler took it yet.
                 if self._unstart(held):
                     self.stats.revoked += 1
+                    self._revoked += 1
                     self._give_back(held)
                 continue
             if action == worker_pb2.DIRECTIVE_ACTION_RELEASE:
@@ -530,6 +535,11 @@ class Worker:
         outcome = self._finish(held, error, result=result)
         if spans is not None and span is not None:
             spans.end(span, error, outcome)
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        if not self._waiting:
+            self._revoked = 0  # a slot is free and nothing waits: the room is wanted again
         self._notify()
         self._pump()
 
@@ -604,8 +614,7 @@ class Worker:
             outcome = self._finish(held, error, result=result)
             if spans is not None and span is not None:
                 spans.end(span, error, outcome)
-        self._notify()
-        self._pump()
+        self._slot_freed()
 
     async def _probe(self, held: _Held) -> None:
         lease = held.lease
@@ -762,7 +771,7 @@ class Worker:
         if self._stopping or self._out is None:
             return
         pacer = self._pacer
-        want = pacer.in_hand() - len(self._held) - self._outstanding
+        want = pacer.in_hand() - len(self._held) - self._outstanding - self._revoked
         if want >= pacer.ask_batch() or (want > 0 and not self._held and not self._outstanding):
             self._outstanding += want
             self._send(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=want)))

@@ -79,6 +79,12 @@ class _DirectiveActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Direc
     """
     DIRECTIVE_ACTION_RELEASE: _DirectiveAction.ValueType  # 5
     """Checkpoint and stop; the leaf is released (job paused with release)."""
+    DIRECTIVE_ACTION_REVOKE: _DirectiveAction.ValueType  # 6
+    """Only for a lease heartbeated with waiting = true: another worker of its
+    queue is idle, so give the lease back without running it (Failure with
+    released = true; no attempt is counted, the leaf is pending again at
+    once). If its handler started meanwhile, ignore this (as CONTINUE).
+    """
 
 class DirectiveAction(_DirectiveAction, metaclass=_DirectiveActionEnumTypeWrapper): ...
 
@@ -97,6 +103,12 @@ unknown): stop, report nothing.
 """
 DIRECTIVE_ACTION_RELEASE: DirectiveAction.ValueType  # 5
 """Checkpoint and stop; the leaf is released (job paused with release)."""
+DIRECTIVE_ACTION_REVOKE: DirectiveAction.ValueType  # 6
+"""Only for a lease heartbeated with waiting = true: another worker of its
+queue is idle, so give the lease back without running it (Failure with
+released = true; no attempt is counted, the leaf is pending again at
+once). If its handler started meanwhile, ignore this (as CONTINUE).
+"""
 Global___DirectiveAction: _TypeAlias = DirectiveAction  # noqa: Y015
 
 class _RejectReason:
@@ -492,6 +504,7 @@ class LeaseHeartbeat(_message.Message):
     CURSOR_FIELD_NUMBER: _builtins.int
     DETAILS_FIELD_NUMBER: _builtins.int
     MESSAGE_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     fence: _builtins.int
     cursor: _builtins.int
     """A new checkpoint: the first id not yet done, within [start, end] of the
@@ -502,6 +515,12 @@ class LeaseHeartbeat(_message.Message):
     """Opaque checkpoint details, kept with the cursor (only with cursor)."""
     message: _builtins.str
     """Free-form progress message, shown in the tree."""
+    waiting: _builtins.bool
+    """The lease waits in the worker for a handler slot: its handler has not
+    started. The coordinator may answer DIRECTIVE_ACTION_REVOKE for it when
+    another worker of its queue is idle. Leave it false for a lease you would
+    not give back unrun (old workers never set it, and are never revoked).
+    """
     def __init__(
         self,
         *,
@@ -509,10 +528,11 @@ class LeaseHeartbeat(_message.Message):
         cursor: _builtins.int | None = ...,
         details: _builtins.bytes = ...,
         message: _builtins.str = ...,
+        waiting: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "details", b"details", "fence", b"fence", "message", b"message"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "details", b"details", "fence", b"fence", "message", b"message", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cursor: _TypeAlias = _typing.Literal["cursor"]  # noqa: Y015
     _WhichOneofArgType__cursor: _TypeAlias = _typing.Literal["_cursor", b"_cursor"]  # noqa: Y015
