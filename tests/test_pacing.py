@@ -19,19 +19,37 @@ def test_before_any_leaf_finished_a_worker_holds_one_lease_per_slot_beyond_the_r
     assert pacer.submissions(waiting=4, running=0) == 2
 
 
-def test_short_leaves_raise_the_credit_to_its_cap_and_long_ones_keep_about_half_a_second() -> None:
+def test_short_leaves_raise_the_credit_to_its_cap_and_long_ones_keep_a_quarter_second() -> None:
     fast = Pacer(4)
     fast.observe(0.000_010)
+    # The window grows by the leases finished (a slow start), up to what the mean allows.
+    assert fast.prefetch() == 5
+    fast.observe(0.000_100, leaves=10)
+    assert fast.prefetch() == 15
+    for _ in range(100):
+        fast.observe(0.000_500, leaves=50)
     assert fast.prefetch() == defaults.WORKER_PREFETCH_MAX
 
     slow = Pacer(2)
-    slow.observe(0.5)
-    # Two slots get through 4 leaves a second: half a second of work is 2 leases.
-    assert (slow.prefetch(), slow.in_hand()) == (2, 4)
+    for _ in range(10):
+        slow.observe(0.1)
+    # Two slots get through 20 leaves a second: a quarter second of work is 5 leases.
+    assert (slow.prefetch(), slow.in_hand()) == (5, 7)
 
     very_slow = Pacer(2)
     very_slow.observe(60.0)
     assert very_slow.prefetch() == 1  # the next leaf is ready when a slot frees, no more
+
+
+def test_instant_leaves_of_one_job_do_not_open_the_window_for_another_jobs_slow_ones() -> None:
+    pacer = Pacer(2)
+    pacer.observe(0.0, leaves=3)  # three leaves that took no time
+    # The mean says "as many as the cap", but only 3 leases finished: 2 + 3 beyond the running.
+    assert pacer.in_hand() == 2 + 2 + 3
+    # Then the leaves take a second: the window closes to the one lease beyond the running.
+    for _ in range(20):
+        pacer.observe(1.0)
+    assert pacer.in_hand() == 2 + 1
 
 
 def test_the_mean_follows_a_change_of_the_leaves_and_a_batch_weighs_by_its_leaves() -> None:

@@ -48,7 +48,7 @@ WORKER_PREFETCH_MAX = 512
 enough to cover the round trip to the coordinator at ~50,000 leaves/s per worker, with grants of
 over a hundred leases per message."""
 
-PREFETCH_TIME = timedelta(milliseconds=500)
+PREFETCH_TIME = timedelta(milliseconds=250)
 """Without a fixed ``prefetch``, a worker keeps about this much work in hand beyond its running
 handlers (from the leaves' observed durations): far more than a round trip to the coordinator, and
 little enough that a worker started a moment later finds leaves to run."""

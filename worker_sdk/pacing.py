@@ -9,7 +9,9 @@ leaves alike without flags:
   coordinator (results out, credit out, grants back); long ones need few, or one worker hoards
   what another could run. The pacer keeps about :data:`~parcelo.defaults.PREFETCH_TIME` of work
   in hand beyond the running handlers, at most :data:`~parcelo.defaults.WORKER_PREFETCH_MAX`
-  leases.
+  leases. What it holds grows by at most one lease per lease finished (a slow start, as TCP's
+  window): a mean learned from one job's instant leaves cannot make it grab another job's slow
+  ones by the hundred, and short leaves still reach the cap within a few round trips.
 * **Thread hops.** Sending each sync lease to the thread pool on its own costs the loop a future,
   a wake-up and a context switch per leaf, more than a no-op handler itself. A submission
   instead runs waiting leases one after another for up to
@@ -58,6 +60,9 @@ class Pacer:
         self.batch_time = batch_time
         self.mean: float | None = None
         """Mean seconds per leaf (handler run time), or None before the first leaf finished."""
+        # Leases to hold beyond the running ones right now: starts at one per slot, grows by the
+        # leases finished, never past what the mean says.
+        self._window = min(concurrency, prefetch_max)
 
     def observe(self, seconds: float, leaves: int = 1) -> None:
         """``leaves`` leaves ran for ``seconds`` in all (a sync submission reports its leaves at once)."""
@@ -68,20 +73,23 @@ class Pacer:
             self.mean = each
         else:
             self.mean += min(1.0, ALPHA * leaves) * (each - self.mean)
+        self._window = min(self._window + leaves, self._target(self.mean))
+
+    def _target(self, mean: float) -> int:
+        """Leases worth about ``prefetch_time`` of work at ``mean`` seconds a leaf (at least 1)."""
+        if mean <= 0:
+            return self.prefetch_max
+        # The slots get through concurrency / mean leaves a second while all are busy.
+        wanted = math.ceil(self.concurrency * self.prefetch_time / mean)
+        return max(1, min(wanted, self.prefetch_max))
 
     def prefetch(self) -> int:
         """Leases to keep in hand beyond the running ones."""
         if self.fixed is not None:
             return self.fixed
-        if self.mean is None:
-            # Nothing known yet: one lease per slot, so a first grant of long leaves is no hoard;
-            # short leaves finish at once and the next ask is sized from them.
-            return min(self.concurrency, self.prefetch_max)
-        if self.mean <= 0:
-            return self.prefetch_max
-        # The slots get through concurrency / mean leaves a second while all are busy.
-        wanted = math.ceil(self.concurrency * self.prefetch_time / self.mean)
-        return max(1, min(wanted, self.prefetch_max))
+        # Before any leaf finished: one lease per slot, so a first grant of long leaves is no
+        # hoard; short leaves finish at once and the window grows from them.
+        return self._window
 
     def in_hand(self) -> int:
         """Leases to hold (running and waiting) plus credit asked for and not yet granted."""

@@ -116,7 +116,7 @@ class Worker:
         queues: Queues to take leases from.
         concurrency: Handlers running at once.
         prefetch: Leases kept in hand beyond the running ones. ``None`` (the default): about
-            half a second of work, from the leaves' observed durations, at most
+            a quarter second of work, from the leaves' observed durations, at most
             ``defaults.WORKER_PREFETCH_MAX``; a number fixes the count.
         should_process: Pruning callback ``(range, is_leaf) -> bool`` for probe leases.
         worker_id: Name shown to the coordinator (default ``host:pid``).
@@ -169,6 +169,8 @@ class Worker:
         )
         self._held: dict[int, _Held] = {}
         self._waiting: deque[_Held] = deque()
+        # Sync leases pool threads finished, as (held, error, result, span), for the loop to report.
+        self._finished: deque[tuple[_Held, BaseException | None, Any, Any]] = deque()
         self._running = 0
         self._params: dict[str, dict[str, Any]] = {}
         # Lease TTL of each job, from its JobInfo: heartbeats follow the shortest held.
@@ -357,6 +359,10 @@ class Worker:
                 # Leases wait for a slot: say so soon, so an idle worker can have them (REVOKE).
                 interval = min(interval, defaults.WAITING_REPORT.total_seconds())
             await asyncio.sleep(min(interval, 0.1))
+            if self._collect():
+                # A long leaf holds a pool thread: the short ones it ran before are reported now.
+                self._notify()
+                self._ask_for_leases()
             if loop.time() - last >= interval:
                 last = loop.time()
                 self._send_heartbeat()
@@ -555,22 +561,25 @@ class Worker:
             worker_id=self.worker_id,
         )
 
-    def _run_leases(self) -> list[tuple[_Held, BaseException | None, Any, Any]]:
+    def _run_leases(self) -> None:
         """In a pool thread: run waiting leases one after another for up to the batch time.
 
-        Returns ``(held, error, result, span)`` of each lease taken, for :meth:`_ran` on the loop.
+        Each lease taken goes to ``_finished`` as ``(held, error, result, span)``, which the loop
+        reports when the submission ends, or on its next tick if a long leaf holds the thread.
         """
-        done: list[tuple[_Held, BaseException | None, Any, Any]] = []
+        done = self._finished
+        taken = 0
         waiting = self._waiting
         handler = self.handler
         spans = self._spans
         began = time.perf_counter()
         budget = self._pacer.batch_time
-        while not self._stopping and len(done) < defaults.COMPLETION_BATCH:
+        while not self._stopping and taken < defaults.COMPLETION_BATCH:
             try:
                 held = waiting.popleft()
             except IndexError:
                 break
+            taken += 1
             ctx = self._context(held.lease)
             held.ctx = ctx
             if held.dropped or held.release:
@@ -598,23 +607,34 @@ class Worker:
             done.append((held, error, result, span))
             if now - began >= budget:
                 break
-        return done
 
-    def _ran(self, future: asyncio.Future[list[tuple[_Held, BaseException | None, Any, Any]]]) -> None:
-        """On the loop: a sync submission handed back its leases; report them, start more."""
+    def _ran(self, future: asyncio.Future[None]) -> None:
+        """On the loop: a sync submission ended; report its leases, start more."""
         self._running -= 1
         if future.cancelled():
             return  # the pool was shut down (the worker is stopping)
-        done = future.result()
+        self._collect()
+        self._slot_freed()
+
+    def _collect(self) -> int:
+        """On the loop: report the sync leases pool threads finished; returns how many."""
+        finished = self._finished
         spans = self._spans
-        ran = [held.run_us for held, _, _, span in done if held.run_us]
-        if ran:
-            self._pacer.observe(sum(ran) / 1e6, len(ran))
-        for held, error, result, span in done:
+        ran = 0
+        ran_us = 0
+        count = 0
+        while finished:
+            held, error, result, span = finished.popleft()
+            count += 1
+            if held.run_us:
+                ran += 1
+                ran_us += held.run_us
             outcome = self._finish(held, error, result=result)
             if spans is not None and span is not None:
                 spans.end(span, error, outcome)
-        self._slot_freed()
+        if ran:
+            self._pacer.observe(ran_us / 1e6, ran)
+        return count
 
     async def _probe(self, held: _Held) -> None:
         lease = held.lease
