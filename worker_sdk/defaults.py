@@ -43,10 +43,10 @@ MAX_BACKOFF = timedelta(seconds=60)
 WORKER_CONCURRENCY = 4
 """Handlers run at once by one worker process."""
 
-WORKER_PREFETCH_MAX = 512
+WORKER_PREFETCH_MAX = 128
 """Most leases a worker keeps in hand beyond its running handlers when no ``prefetch`` is given:
-enough to cover the round trip to the coordinator at ~50,000 leaves/s per worker, with grants of
-over a hundred leases per message."""
+enough to cover the credit round trip (a few ms) at ~40,000 leaves/s per worker, few enough that a
+change of priorities or fair shares reaches the handlers within ~130 leases per worker."""
 
 PREFETCH_TIME = timedelta(milliseconds=250)
 """Without a fixed ``prefetch``, a worker keeps about this much work in hand beyond its running

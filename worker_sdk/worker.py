@@ -613,6 +613,9 @@ class Worker:
         self._running -= 1
         if future.cancelled():
             return  # the pool was shut down (the worker is stopping)
+        if (err := future.exception()) is not None:
+            # A defect outside the handler (which cannot raise out of _run_leases): logged.
+            log.error("a handler thread failed", exc_info=err)
         self._collect()
         self._slot_freed()
 
