@@ -12,3 +12,7 @@ async def noop(range_: Any, ctx: Any) -> None:
 async def one(range_: Any, ctx: Any) -> int:
     """Do nothing and return 1: a job with reduce sum counts its leaves (benchmark 8)."""
     return 1
+
+
+def noop_sync(range_: Any, ctx: Any) -> None:
+    """A plain ``def`` no-op, as a new user writes a handler: the default path (benchmark 10)."""

@@ -24,7 +24,7 @@ from parcelo.coordinator.codec import (
     packed_truncate,
 )
 from parcelo.coordinator.core import Core
-from parcelo.coordinator.leases import Lease
+from parcelo.coordinator.leases import Lease, LeaseKind
 from parcelo.v1 import worker_pb2
 
 log = logging.getLogger(__name__)
@@ -45,10 +45,12 @@ class Session:
     address: str = ""
     # When the credit not yet granted was asked for (for the grant latency metric).
     waiting_since: float = 0.0
-    # Handlers the worker runs at once, from its hello (0: not said).
-    concurrency: int = 0
     # The stream's hello set packed_grants: its grants carry LeaseGrant.packed, not Lease messages.
     packed: bool = False
+    # Hello.concurrency: handler slots of the worker (0: not said).
+    concurrency: int = 0
+    # Whether the last round that looked at this session left it credit: nothing leasable for it.
+    starved: bool = False
 
 
 def _ignore(leases: int, waited: float) -> None:
@@ -202,6 +204,7 @@ class Dispatcher:
                 self.poke()
                 break
             if session.credits <= 0:
+                session.starved = False
                 continue
             # Built in place: WorkResponse(grant=...) would copy the whole grant once more.
             response = worker_pb2.WorkResponse()
@@ -224,6 +227,8 @@ class Dispatcher:
                 self._on_grant(granted, max(0.0, now - session.waiting_since))
                 # Credit left over waits from now on.
                 session.waiting_since = now
+            # Credit left while the round still had budget: nothing leasable for this session.
+            session.starved = session.credits > 0 and budget > 0
         else:
             if budget <= 0:
                 self._want = True
@@ -231,8 +236,8 @@ class Dispatcher:
         # Grants need no prompt write (a lost grant only re-runs a leaf): the ticker's write takes them.
 
     def rebalance(self, now: float) -> None:
-        """Dynamic splits: when workers wait with a free handler slot (credit, and fewer leases
-        than their concurrency), have the core propose splits of running splittable leaves of
+        """Dynamic splits: when workers wait with a free handler slot (credit the last round could
+        not use, and fewer leases than their concurrency), have the core propose splits of running splittable leaves of
         their queues, and send each SHRINK to its holder at once (unasked, in a heartbeat answer
         of its own; a holder without a stream here gets it with its next heartbeat answer)."""
         core = self._core
@@ -240,7 +245,7 @@ class Dispatcher:
             return
         # At most a few times a second: a proposal is answered within a round trip anyway.
         self._rebalance_at = now + REBALANCE_INTERVAL
-        sessions = [s for s in self._sessions.values() if s.credits > 0]
+        sessions = [s for s in self._sessions.values() if s.credits > 0 and s.starved]
         if not sessions:
             return
         held = core.leases.holder_counts()
@@ -262,6 +267,43 @@ class Dispatcher:
                 )
                 answer = worker_pb2.HeartbeatResponse(directives=[directive])
                 stream.out.put_nowait(worker_pb2.WorkResponse(heartbeat=answer))
+
+    def revocable(self, fences: list[int], holder: str) -> set[int]:
+        """Of ``fences`` (leases ``holder`` said it has not started), those to take back now.
+
+        A lease is taken back for another worker of its queue that is idle: its stream has credit
+        the last round could not use (nothing leasable for it) and it holds fewer leases than its
+        handler slots. Each idle slot takes one lease, so a worker is not robbed for nothing; the
+        holder gives them back unrun and the next round grants them to the idle worker.
+        """
+        idle = [
+            s
+            for s in self._sessions.values()
+            if s.starved and s.credits > 0 and s.concurrency and s.worker_id != holder
+        ]
+        if not idle:
+            return set()
+        leases = self._core.leases
+        held = leases.holder_counts()  # O(live leases), only while some worker is idle
+        # Free slots and queues per idle worker (one entry for a worker with several streams).
+        free: dict[str, list[int]] = {}
+        queues: dict[str, tuple[str, ...]] = {}
+        for s in idle:
+            slots = min(s.credits, s.concurrency - held.get(s.worker_id, 0))
+            if slots > 0 and slots > free.get(s.worker_id, [0])[0]:
+                free[s.worker_id] = [slots]
+                queues[s.worker_id] = s.queues
+        out: set[int] = set()
+        for fence in fences:
+            lease = leases.get(fence)
+            if lease is None or lease.kind is not LeaseKind.LEAF:
+                continue
+            for worker, left in free.items():
+                if left[0] > 0 and lease.queue in queues[worker]:
+                    left[0] -= 1
+                    out.add(fence)
+                    break
+        return out
 
     def _add(
         self,

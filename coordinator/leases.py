@@ -50,6 +50,7 @@ class Action(IntEnum):
     SHRINK = 3
     LOST = 4
     RELEASE = 5
+    REVOKE = 6
 
 
 class Reject(IntEnum):

@@ -25,7 +25,7 @@ from parcelo.coordinator.core import Core
 from parcelo.coordinator.dispatcher import Dispatcher, Session
 from parcelo.coordinator.events import Event, EventType
 from parcelo.coordinator.jobs import FINISHED, QUEUE_RE, JobState, JobStatus
-from parcelo.coordinator.leases import Beat, Failure, Rejection
+from parcelo.coordinator.leases import Action, Beat, Failure, Rejection
 from parcelo.coordinator.limits import (
     DEFAULT_LIMITS,
     MAX_DETAILS_BYTES,
@@ -323,7 +323,24 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
         ]
         out = worker_pb2.HeartbeatResponse()
         now = time.time()
-        for fence, action, reason, new_end in self._core.heartbeat(beats, now, holder):
+        directives = self._core.heartbeat(beats, now, holder)
+        # Leases the worker has not started may go to an idle worker (docs/protocol.md, "Revoke").
+        waiting = [
+            fence
+            for h, (fence, action, _, _) in zip(request.leases, directives, strict=True)
+            if h.waiting and action is Action.CONTINUE
+        ]
+        revoked = self._dispatcher.revocable(waiting, holder) if waiting else set()
+        if revoked:
+            log.info(
+                "taking back %d leases worker %s has not started, for idle workers",
+                len(revoked),
+                holder,
+                extra={"worker_id": holder},
+            )
+        for fence, action, reason, new_end in directives:
+            if fence in revoked:
+                action, reason = Action.REVOKE, "another worker of the queue is idle"
             out.directives.add(fence=fence, action=int(action), reason=reason, new_end=new_end)
         self._registry.heartbeat(holder, now)
         return out

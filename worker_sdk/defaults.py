@@ -43,8 +43,24 @@ MAX_BACKOFF = timedelta(seconds=60)
 WORKER_CONCURRENCY = 4
 """Handlers run at once by one worker process."""
 
-WORKER_PREFETCH = 64
-"""Leases a worker keeps in hand beyond its running handlers; one grant message carries many."""
+WORKER_PREFETCH_MAX = 128
+"""Most leases a worker keeps in hand beyond its running handlers when no ``prefetch`` is given:
+enough to cover the credit round trip (a few ms) at ~40,000 leaves/s per worker, few enough that a
+change of priorities or fair shares reaches the handlers within ~130 leases per worker."""
+
+PREFETCH_TIME = timedelta(milliseconds=250)
+"""Without a fixed ``prefetch``, a worker keeps about this much work in hand beyond its running
+handlers (from the leaves' observed durations): far more than a round trip to the coordinator, and
+little enough that a worker started a moment later finds leaves to run."""
+
+SYNC_BATCH_TIME = timedelta(milliseconds=2)
+"""A sync handler's thread runs waiting leases one after another for up to this long before it
+hands their results back: one thread hop per batch of short leaves, not per leaf, and results
+still leave within the completion flush."""
+
+WAITING_REPORT = timedelta(seconds=1)
+"""A worker holding leases it has not started heartbeats at least this often, saying which: the
+coordinator can take them back for an idle worker (``DIRECTIVE_ACTION_REVOKE``) within a second."""
 
 COMPLETION_BATCH = 256
 """Most completions a worker sends in one message."""

@@ -1,10 +1,13 @@
 """The Python worker: pull leases over one stream, run the handler, heartbeat, report in batches.
 
 One asyncio loop per worker process. Sync handlers run in a thread pool of
-``concurrency`` threads; async handlers run as tasks on the loop. Results are
-batched (one message per few milliseconds) and kept until the coordinator
-acknowledges them, so a reconnect after a coordinator restart sends them again.
-See docs/protocol.md for the wire contract this follows.
+``concurrency`` threads, each submission taking waiting leases one after another
+for a couple of milliseconds (one thread hop per batch of short leaves); async
+handlers run as tasks on the loop. How many leases are kept in hand follows the
+leaves' observed durations (``pacing.Pacer``). Results are batched (one message
+per few milliseconds) and kept until the coordinator acknowledges them, so a
+reconnect after a coordinator restart sends them again. See docs/protocol.md for
+the wire contract this follows.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from parcelo.channel import TLS, open_aio_channel, token_metadata
 from parcelo.context import Context, Handler, Range, ShouldProcess
 from parcelo.errors import PermanentError
 from parcelo.grants import GrantedLease, leases_of
+from parcelo.pacing import Pacer
 from parcelo.tracing import HandlerSpans, global_provider
 from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
@@ -52,6 +56,7 @@ class WorkerStats:
     skipped: int = 0
     failed: int = 0
     released: int = 0
+    revoked: int = 0
     rejected: int = 0
     dropped: int = 0
     connects: int = 0
@@ -59,11 +64,17 @@ class WorkerStats:
 
 @dataclass(eq=False, slots=True)
 class _Held:
-    """A lease in hand: waiting for a slot, or running."""
+    """A lease in hand: waiting for a slot, or running.
+
+    A leaf lease waits in ``Worker._waiting`` until a handler takes it; whoever removes it from
+    there (the loop starting an async handler, a pool thread starting a sync one, or the loop
+    giving it back) owns its start, so "not started" is "still in the deque" and needs no lock.
+    """
 
     lease: GrantedLease
+    # Set when its handler starts (on the loop for async handlers, in the pool thread for sync ones).
     ctx: Context | None = None
-    task: asyncio.Future[Any] | None = None
+    task: asyncio.Future[Any] | None = None  # async handlers only
     # The handler's run time in microseconds, once it ran (sent with its completion).
     run_us: int = 0
     # Set by directives: report nothing (cancel/lost), or give the lease back (release).
@@ -123,7 +134,9 @@ class Worker:
         handler: ``(range, ctx)``, plain or async.
         queues: Queues to take leases from.
         concurrency: Handlers running at once.
-        prefetch: Leases kept in hand beyond the running ones.
+        prefetch: Leases kept in hand beyond the running ones. ``None`` (the default): about
+            a quarter second of work, from the leaves' observed durations, at most
+            ``defaults.WORKER_PREFETCH_MAX``; a number fixes the count.
         should_process: Pruning callback ``(range, is_leaf) -> bool`` for probe leases.
         worker_id: Name shown to the coordinator (default ``host:pid``).
         drain_timeout: On stop, how long running handlers get to finish.
@@ -146,7 +159,7 @@ class Worker:
         *,
         queues: Sequence[str] = (defaults.DEFAULT_QUEUE,),
         concurrency: int = defaults.WORKER_CONCURRENCY,
-        prefetch: int = defaults.WORKER_PREFETCH,
+        prefetch: int | None = None,
         should_process: ShouldProcess | None = None,
         worker_id: str | None = None,
         drain_timeout: timedelta = defaults.DRAIN_TIMEOUT,
@@ -156,13 +169,14 @@ class Worker:
     ) -> None:
         if concurrency < 1:
             raise ValueError("concurrency must be at least 1")
-        if prefetch < 0:
+        if prefetch is not None and prefetch < 0:
             raise ValueError("prefetch must not be negative")
         self.target = target
         self.handler = handler
         self.queues = list(queues) or [defaults.DEFAULT_QUEUE]
         self.concurrency = concurrency
         self.prefetch = prefetch
+        self._pacer = Pacer(concurrency, prefetch)
         self.should_process = should_process
         self.worker_id = worker_id or f"{socket.gethostname()}:{os.getpid()}"
         self.drain_timeout = drain_timeout
@@ -174,6 +188,8 @@ class Worker:
         )
         self._held: dict[int, _Held] = {}
         self._waiting: deque[_Held] = deque()
+        # Sync leases pool threads finished, as (held, error, result, span), for the loop to report.
+        self._finished: deque[tuple[_Held, BaseException | None, Any, Any]] = deque()
         self._running = 0
         self._params: dict[str, dict[str, Any]] = {}
         # Lease TTL of each job, from its JobInfo: heartbeats follow the shortest held.
@@ -189,6 +205,10 @@ class Worker:
         # (sent again with the completion after a reconnect).
         self._shrunk: dict[int, int] = {}
         self._outstanding = 0  # credit asked for on this stream and not yet granted
+        # Leases given back on REVOKE whose room is not asked for again until a handler finds
+        # nothing waiting: the coordinator took them for an idle worker, and asking at once
+        # could win them back before that worker gets them.
+        self._revoked = 0
         self._out: asyncio.Queue[worker_pb2.WorkRequest | None] | None = None
         self._flush_handle: asyncio.TimerHandle | None = None
         self._stopping = False
@@ -245,10 +265,10 @@ class Worker:
             if not await self._wait_until(lambda: self._running == 0, self.drain_timeout.total_seconds()):
                 log.warning("drain timeout: stopping %d running handlers", self._running)
                 for held in list(self._held.values()):
-                    if held.task is not None and held.ctx is not None:
+                    if held.ctx is not None:
                         held.release = True
                         held.ctx.cancelled.set()
-                        if self._is_async:
+                        if held.task is not None:
                             held.task.cancel()
                 await self._wait_until(lambda: self._running == 0, 5)
             self._flush()
@@ -362,7 +382,14 @@ class Worker:
             interval = self._default_interval()
             if interval_ms:
                 interval = min(interval, interval_ms / 1000)
+            if self._waiting:
+                # Leases wait for a slot: say so soon, so an idle worker can have them (REVOKE).
+                interval = min(interval, defaults.WAITING_REPORT.total_seconds())
             await asyncio.sleep(min(interval, 0.1))
+            if self._collect():
+                # A long leaf holds a pool thread: the short ones it ran before are reported now.
+                self._notify()
+                self._ask_for_leases()
             if loop.time() - last >= interval:
                 last = loop.time()
                 self._send_heartbeat()
@@ -386,6 +413,10 @@ class Worker:
                     beat.cursor, beat.details = checkpoint
                 beat.message = ctx.take_message()
                 _claims(beat, ctx)
+            elif held.lease.kind == worker_pb2.LEASE_KIND_LEAF and not held.release:
+                # Not started (a pool thread may be starting it right now: a REVOKE for it then
+                # finds it gone from the deque and is ignored).
+                beat.waiting = True
         self._send(worker_pb2.WorkRequest(heartbeat=request))
 
     # -- messages from the coordinator ----------------------------------------------------------
@@ -450,22 +481,29 @@ class Worker:
             if action == worker_pb2.DIRECTIVE_ACTION_SHRINK:
                 self._answer_shrink(directive.fence, held, directive.new_end)
                 continue
+            if action == worker_pb2.DIRECTIVE_ACTION_REVOKE:
+                # Another worker is idle: give the lease back if no handler took it yet.
+                if self._unstart(held):
+                    self.stats.revoked += 1
+                    self._revoked += 1
+                    self._give_back(held)
+                continue
             if action == worker_pb2.DIRECTIVE_ACTION_RELEASE:
                 held.release = True
             else:  # CANCEL or LOST: the lease is gone; report nothing.
                 held.dropped = True
                 self.stats.dropped += 1
-            if held.task is None:
+            # The flags are set before the start is looked at: a pool thread sets ctx before it
+            # reads them, so it either sees them (and skips the handler) or its ctx is seen here.
+            if held.lease.kind == worker_pb2.LEASE_KIND_PROBE or self._unstart(held):
                 # Not started yet: forget it (release: give it back at once).
-                with contextlib.suppress(ValueError):
-                    self._waiting.remove(held)
                 if held.release and not held.dropped:
                     self._give_back(held)
                 else:
                     self._held.pop(directive.fence, None)
             elif held.ctx is not None:
                 held.ctx.cancelled.set()
-                if self._is_async:
+                if held.task is not None:
                     held.task.cancel()
         self._ask_for_leases()
 
@@ -487,23 +525,42 @@ class Worker:
     # -- running --------------------------------------------------------------------------------
 
     def _pump(self) -> None:
-        while self._waiting and self._running < self.concurrency and not self._stopping:
-            held = self._waiting.popleft()
-            lease = held.lease
-            held.ctx = Context(
-                job_id=lease.job_id,
-                params=self._params.get(lease.job_id, {}),
-                attempt=lease.attempt,
-                fence=lease.fence,
-                leaf=Range(lease.start, lease.end),
-                cursor=lease.cursor or lease.start,
-                details=lease.details or None,
-            )
-            self._running += 1
-            held.task = asyncio.get_running_loop().create_task(self._run(held))
+        if self._is_async:
+            while self._waiting and self._running < self.concurrency and not self._stopping:
+                held = self._waiting.popleft()
+                held.ctx = self._context(held.lease)
+                self._running += 1
+                held.task = asyncio.get_running_loop().create_task(self._run(held))
+        elif not self._stopping:
+            # Each submission takes waiting leases itself, so only start as many as the waiting
+            # work needs (a thread per lease for long leaves, one for a crowd of short ones).
+            loop = asyncio.get_running_loop()
+            for _ in range(self._pacer.submissions(len(self._waiting), self._running)):
+                self._running += 1
+                loop.run_in_executor(self._pool, self._run_leases).add_done_callback(self._ran)
         self._ask_for_leases()
 
+    def _context(self, lease: GrantedLease) -> Context:
+        return Context(
+            job_id=lease.job_id,
+            params=self._params.get(lease.job_id, {}),
+            attempt=lease.attempt,
+            fence=lease.fence,
+            leaf=Range(lease.start, lease.end),
+            cursor=lease.cursor or lease.start,
+            details=lease.details or None,
+        )
+
+    def _unstart(self, held: _Held) -> bool:
+        """Take ``held`` out of the waiting leases; False when a handler already took it."""
+        try:
+            self._waiting.remove(held)
+        except ValueError:
+            return False
+        return True
+
     async def _run(self, held: _Held) -> None:
+        """One async handler run, as a task on the loop."""
         ctx = held.ctx
         assert ctx is not None
         # The leaf itself unless an earlier attempt checkpointed: one Range less per leaf.
@@ -511,35 +568,14 @@ class Worker:
         error: BaseException | None = None
         result: Any = None
         spans = self._spans
-        span = None
-        if spans is not None:
-            lease = held.lease
-            span = spans.start(
-                job_id=lease.job_id,
-                traceparent=self._traceparents.get(lease.job_id, ""),
-                fence=lease.fence,
-                start=range_.start,
-                end=range_.end,
-                attempt=lease.attempt,
-                worker_id=self.worker_id,
-            )
+        span = self._span(held.lease, range_) if spans is not None else None
         started = time.perf_counter()
         try:
-            if self._is_async:
-                if spans is not None and span is not None:
-                    with spans.current(span):
-                        result = await self.handler(range_, ctx)
-                else:
+            if spans is not None and span is not None:
+                with spans.current(span):
                     result = await self.handler(range_, ctx)
             else:
-                assert self._pool is not None
-                call = self._traced(span, range_, ctx) if span is not None else None
-                if call is not None:
-                    result = await asyncio.get_running_loop().run_in_executor(self._pool, call)
-                else:
-                    result = await asyncio.get_running_loop().run_in_executor(
-                        self._pool, self.handler, range_, ctx
-                    )
+                result = await self.handler(range_, ctx)
         except asyncio.CancelledError:
             error = None if (held.dropped or held.release) else asyncio.CancelledError()
         except Exception as err:
@@ -547,11 +583,107 @@ class Worker:
         finally:
             self._running -= 1
             held.run_us = max(1, int((time.perf_counter() - started) * 1e6))
+        self._pacer.observe(held.run_us / 1e6)
         outcome = self._finish(held, error, result=result)
         if spans is not None and span is not None:
             spans.end(span, error, outcome)
+        self._slot_freed()
+
+    def _slot_freed(self) -> None:
+        if not self._waiting:
+            self._revoked = 0  # a slot is free and nothing waits: the room is wanted again
         self._notify()
         self._pump()
+
+    def _span(self, lease: GrantedLease, range_: Range) -> Any:
+        assert self._spans is not None
+        return self._spans.start(
+            job_id=lease.job_id,
+            traceparent=self._traceparents.get(lease.job_id, ""),
+            fence=lease.fence,
+            start=range_.start,
+            end=range_.end,
+            attempt=lease.attempt,
+            worker_id=self.worker_id,
+        )
+
+    def _run_leases(self) -> None:
+        """In a pool thread: run waiting leases one after another for up to the batch time.
+
+        Each lease taken goes to ``_finished`` as ``(held, error, result, span)``, which the loop
+        reports when the submission ends, or on its next tick if a long leaf holds the thread.
+        """
+        done = self._finished
+        taken = 0
+        waiting = self._waiting
+        handler = self.handler
+        spans = self._spans
+        began = time.perf_counter()
+        budget = self._pacer.batch_time
+        while not self._stopping and taken < defaults.COMPLETION_BATCH:
+            try:
+                held = waiting.popleft()
+            except IndexError:
+                break
+            taken += 1
+            ctx = self._context(held.lease)
+            held.ctx = ctx
+            if held.dropped or held.release:
+                # A directive came as this thread took the lease: not run; _finish reports what
+                # the directive asked for (nothing, or the lease given back).
+                done.append((held, None, None, None))
+                continue
+            range_ = Range(ctx.cursor, ctx.leaf.end)
+            span = self._span(held.lease, range_) if spans is not None else None
+            error: BaseException | None = None
+            result: Any = None
+            started = time.perf_counter()
+            try:
+                if spans is not None and span is not None:
+                    with spans.current(span):
+                        result = handler(range_, ctx)
+                else:
+                    result = handler(range_, ctx)
+            except BaseException as err:
+                # SystemExit or KeyboardInterrupt raised in a pool thread stops nothing else:
+                # like any error, it fails this leaf instead of leaving it held by nobody.
+                error = err
+            now = time.perf_counter()
+            held.run_us = max(1, int((now - started) * 1e6))
+            done.append((held, error, result, span))
+            if now - began >= budget:
+                break
+
+    def _ran(self, future: asyncio.Future[None]) -> None:
+        """On the loop: a sync submission ended; report its leases, start more."""
+        self._running -= 1
+        if future.cancelled():
+            return  # the pool was shut down (the worker is stopping)
+        if (err := future.exception()) is not None:
+            # A defect outside the handler (which cannot raise out of _run_leases): logged.
+            log.error("a handler thread failed", exc_info=err)
+        self._collect()
+        self._slot_freed()
+
+    def _collect(self) -> int:
+        """On the loop: report the sync leases pool threads finished; returns how many."""
+        finished = self._finished
+        spans = self._spans
+        ran = 0
+        ran_us = 0
+        count = 0
+        while finished:
+            held, error, result, span = finished.popleft()
+            count += 1
+            if held.run_us:
+                ran += 1
+                ran_us += held.run_us
+            outcome = self._finish(held, error, result=result)
+            if spans is not None and span is not None:
+                spans.end(span, error, outcome)
+        if ran:
+            self._pacer.observe(ran_us / 1e6, ran)
+        return count
 
     async def _probe(self, held: _Held) -> None:
         lease = held.lease
@@ -569,17 +701,6 @@ class Worker:
         # A probe frees its slot without going through _pump: ask for more now, or a worker whose
         # grants held only probes would wait for ever.
         self._ask_for_leases()
-
-    def _traced(self, span: Any, range_: Range, ctx: Context) -> Any:
-        """The sync handler call, run in a pool thread with ``span`` current there."""
-        spans = self._spans
-        assert spans is not None
-
-        def call() -> Any:
-            with spans.current(span):
-                return self.handler(range_, ctx)
-
-        return call
 
     def _finish(
         self, held: _Held, error: BaseException | None, *, skip: bool = False, result: Any = None
@@ -657,8 +778,12 @@ class Worker:
         self._schedule_flush()
 
     def _release_waiting(self) -> None:
-        while self._waiting:
-            self._give_back(self._waiting.popleft())
+        while True:
+            try:  # pool threads may take the last ones meanwhile: they run them
+                held = self._waiting.popleft()
+            except IndexError:
+                break
+            self._give_back(held)
         self._flush()
 
     # -- sending results and asking for more ----------------------------------------------------
@@ -721,7 +846,8 @@ class Worker:
     def _ask_for_leases(self) -> None:
         if self._stopping or self._out is None:
             return
-        want = self.concurrency + self.prefetch - len(self._held) - self._outstanding
-        if want >= max(1, self.prefetch // 4) or (want > 0 and not self._held and not self._outstanding):
+        pacer = self._pacer
+        want = pacer.in_hand() - len(self._held) - self._outstanding - self._revoked
+        if want >= pacer.ask_batch() or (want > 0 and not self._held and not self._outstanding):
             self._outstanding += want
             self._send(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=want)))

@@ -48,9 +48,10 @@ from parcelo.worker import Worker
 @click.option(
     "--prefetch",
     type=click.IntRange(min=0),
-    default=defaults.WORKER_PREFETCH,
-    show_default=True,
-    help="Leases kept in hand beyond the running ones.",
+    default=None,
+    help="Leases kept in hand beyond the running ones [default: about "
+    f"{defaults.PREFETCH_TIME.total_seconds():g} s of work, from the leaves' observed durations, "
+    f"at most {defaults.WORKER_PREFETCH_MAX}].",
 )
 @click.option(
     "--drain-timeout",
@@ -72,7 +73,7 @@ def main(
     should_spec: str | None,
     queues: tuple[str, ...],
     concurrency: int,
-    prefetch: int,
+    prefetch: int | None,
     drain_timeout: float,
     worker_id: str | None,
     log_level: str,

@@ -84,6 +84,12 @@ class _DirectiveActionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Direc
     """
     DIRECTIVE_ACTION_RELEASE: _DirectiveAction.ValueType  # 5
     """Checkpoint and stop; the leaf is released (job paused with release)."""
+    DIRECTIVE_ACTION_REVOKE: _DirectiveAction.ValueType  # 6
+    """Only for a lease heartbeated with waiting = true: another worker of its
+    queue is idle, so give the lease back without running it (Failure with
+    released = true; no attempt is counted, the leaf is pending again at
+    once). If its handler started meanwhile, ignore this (as CONTINUE).
+    """
 
 class DirectiveAction(_DirectiveAction, metaclass=_DirectiveActionEnumTypeWrapper): ...
 
@@ -107,6 +113,12 @@ unknown): stop, report nothing.
 """
 DIRECTIVE_ACTION_RELEASE: DirectiveAction.ValueType  # 5
 """Checkpoint and stop; the leaf is released (job paused with release)."""
+DIRECTIVE_ACTION_REVOKE: DirectiveAction.ValueType  # 6
+"""Only for a lease heartbeated with waiting = true: another worker of its
+queue is idle, so give the lease back without running it (Failure with
+released = true; no attempt is counted, the leaf is pending again at
+once). If its handler started meanwhile, ignore this (as CONTINUE).
+"""
 Global___DirectiveAction: _TypeAlias = DirectiveAction  # noqa: Y015
 
 class _RejectReason:
@@ -608,6 +620,7 @@ class LeaseHeartbeat(_message.Message):
     SPLITTABLE_FIELD_NUMBER: _builtins.int
     CLAIMED_FIELD_NUMBER: _builtins.int
     SHRINK_FIELD_NUMBER: _builtins.int
+    WAITING_FIELD_NUMBER: _builtins.int
     fence: _builtins.int
     cursor: _builtins.int
     """A new checkpoint: the first id not yet done, within [start, end] of the
@@ -629,6 +642,12 @@ class LeaseHeartbeat(_message.Message):
     position is below it); the lease's cursor (start unless it resumes from
     a checkpoint) when nothing was claimed yet.
     """
+    waiting: _builtins.bool
+    """The lease waits in the worker for a handler slot: its handler has not
+    started. The coordinator may answer DIRECTIVE_ACTION_REVOKE for it when
+    another worker of its queue is idle. Leave it false for a lease you would
+    not give back unrun (old workers never set it, and are never revoked).
+    """
     @_builtins.property
     def shrink(self) -> Global___ShrinkAnswer:
         """The answer to a SHRINK directive of this lease: sent at once in a
@@ -647,10 +666,11 @@ class LeaseHeartbeat(_message.Message):
         splittable: _builtins.bool = ...,
         claimed: _builtins.int = ...,
         shrink: Global___ShrinkAnswer | None = ...,
+        waiting: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "cursor", b"cursor", "shrink", b"shrink"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "claimed", b"claimed", "cursor", b"cursor", "details", b"details", "fence", b"fence", "message", b"message", "shrink", b"shrink", "splittable", b"splittable"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_cursor", b"_cursor", "claimed", b"claimed", "cursor", b"cursor", "details", b"details", "fence", b"fence", "message", b"message", "shrink", b"shrink", "splittable", b"splittable", "waiting", b"waiting"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__cursor: _TypeAlias = _typing.Literal["cursor"]  # noqa: Y015
     _WhichOneofArgType__cursor: _TypeAlias = _typing.Literal["_cursor", b"_cursor"]  # noqa: Y015
