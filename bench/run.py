@@ -157,6 +157,18 @@ def throughput(work: Path, leaves: int) -> float:
 
 
 THROUGHPUT_RUNS = 3
+
+
+def paired_medians(pairs: list[tuple[float, float]]) -> tuple[float, float, float]:
+    """Of back-to-back pairs ``(a, b)``: the median a, the median b and the median paired a / b
+    (a pair shares the host's mood, so its ratio is steadier than the ratio of medians)."""
+    return (
+        statistics.median(p[0] for p in pairs),
+        statistics.median(p[1] for p in pairs),
+        statistics.median(p[0] / p[1] for p in pairs),
+    )
+
+
 WIDTH_PAIRS = 6
 CHOICE_PAIRS = 3
 
@@ -186,11 +198,8 @@ def many_jobs(jobs: int = 10_000) -> tuple[float, float, float]:
     """One job against ``jobs`` runnable jobs on one queue, in pairs: (median rate of one, median
     rate of many, median of the paired ratios). In process: it measures the choice, not the wire."""
     pairs = [(_core_rate(1), _core_rate(jobs)) for _ in range(CHOICE_PAIRS)]
-    return (
-        statistics.median(p[0] for p in pairs),
-        statistics.median(p[1] for p in pairs),
-        statistics.median(p[1] / p[0] for p in pairs),
-    )
+    crowd, alone, share = paired_medians([(b, a) for a, b in pairs])
+    return alone, crowd, share
 
 
 DEFAULT_PAIRS = 3
@@ -269,11 +278,7 @@ def results(work: Path, leaves: int = 1 << 17) -> tuple[float, float, float]:
         for proc in workers:
             proc.terminate(timeout=30)
         coord.stop()
-    return (
-        statistics.median(p[0] for p in pairs),
-        statistics.median(p[1] for p in pairs),
-        statistics.median(p[0] / p[1] for p in pairs),
-    )
+    return paired_medians(pairs)
 
 
 def width(work: Path) -> tuple[float, float, float, int]:
@@ -500,11 +505,7 @@ def skew(work: Path) -> tuple[float, float, float]:
         for proc in workers:
             proc.terminate(timeout=30)
         coord.stop()
-    return (
-        statistics.median(p[0] for p in pairs),
-        statistics.median(p[1] for p in pairs),
-        statistics.median(p[0] / p[1] for p in pairs),
-    )
+    return paired_medians(pairs)
 
 
 def machine() -> str:
