@@ -119,7 +119,7 @@ async def _sdk(packed: bool) -> float:
                     )
                 )
     took = time.perf_counter() - began
-    assert worker.stats.completed == len(grants) * BATCH and not worker._results.unacked
+    assert worker.stats.completed == len(grants) * BATCH and not worker._outbox.unanswered()
     return took / (len(grants) * BATCH) * 1e6
 
 

@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from importlib.metadata import version
 from typing import Any
@@ -37,6 +37,7 @@ from parcelo.channel import TLS, open_aio_channel, token_metadata
 from parcelo.context import Context, Handler, Range, ShouldProcess
 from parcelo.errors import PermanentError
 from parcelo.grants import GrantedLease, leases_of
+from parcelo.outbox import Outbox
 from parcelo.pacing import Pacer
 from parcelo.tracing import HandlerSpans, global_provider
 from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
@@ -104,26 +105,6 @@ def backoff_delays(initial: float, maximum: float, rng: random.Random) -> Any:
     while True:
         yield delay * (0.8 + 0.4 * rng.random())
         delay = min(maximum, delay * 2)
-
-
-@dataclass
-class _Results:
-    """Results waiting to be sent, and those sent but not yet acknowledged (by fence)."""
-
-    complete: list[int] = field(default_factory=list)
-    # The result (JSON) of each of ``complete``, "" for none.
-    results: list[str] = field(default_factory=list)
-    # The handler run time (microseconds) of each of ``complete``, 0 when not measured.
-    run_us: list[int] = field(default_factory=list)
-    skipped: list[int] = field(default_factory=list)
-    # Where each of ``complete`` was run to: its lease's end, or where a SHRINK it accepted ended it.
-    ends: list[int] = field(default_factory=list)
-    failures: list[worker_pb2.Failure] = field(default_factory=list)
-    # By fence: ("complete", result JSON), ("skip", None) or ("fail", the failure).
-    unacked: dict[int, tuple[str, worker_pb2.Failure | str | None]] = field(default_factory=dict)
-
-    def pending(self) -> int:
-        return len(self.complete) + len(self.skipped) + len(self.failures)
 
 
 class Worker:
@@ -200,10 +181,7 @@ class Worker:
         self._traceparents: dict[str, str] = {}
         provider = tracer_provider if tracer_provider is not None else global_provider()
         self._spans = HandlerSpans(provider) if provider is not None else None
-        self._results = _Results()
-        # Completions of leases a SHRINK ended early, not yet acknowledged: fence -> where they ended
-        # (sent again with the completion after a reconnect).
-        self._shrunk: dict[int, int] = {}
+        self._outbox = Outbox()
         self._outstanding = 0  # credit asked for on this stream and not yet granted
         # Leases given back on REVOKE whose room is not asked for again until a handler finds
         # nothing waiting: the coordinator took them for an idle worker, and asking at once
@@ -272,7 +250,7 @@ class Worker:
                             held.task.cancel()
                 await self._wait_until(lambda: self._running == 0, 5)
             self._flush()
-            await self._wait_until(lambda: not self._results.unacked and not self._results.pending(), 10)
+            await self._wait_until(lambda: not self._outbox.unanswered(), 10)
         finally:
             connection.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -430,11 +408,9 @@ class Worker:
         elif kind in ("complete", "fail"):
             answer = msg.complete if kind == "complete" else msg.fail
             for fence in answer.accepted:
-                self._results.unacked.pop(fence, None)
-                self._shrunk.pop(fence, None)
+                self._outbox.answered(fence)
             for rejection in answer.rejected:
-                self._results.unacked.pop(rejection.fence, None)
-                self._shrunk.pop(rejection.fence, None)
+                self._outbox.answered(rejection.fence)
                 self.stats.rejected += 1
                 log.info(
                     "result for lease %d rejected: %s",
@@ -714,7 +690,7 @@ class Worker:
         if held.release:
             self._give_back(held, checkpoint)
             return "released"
-        results = self._results
+        outbox = self._outbox
         text = ""
         if error is None and result is not None and held.lease.job_id in self._reducing:
             try:
@@ -730,19 +706,11 @@ class Worker:
         outcome = "failed"
         if error is None:
             if skip:
-                results.skipped.append(fence)
-                results.unacked[fence] = ("skip", None)
+                outbox.skip(fence)
                 self.stats.skipped += 1
                 outcome = "skipped"
             else:
-                results.complete.append(fence)
-                results.results.append(text)
-                results.run_us.append(held.run_us)
-                end = _ran_to(held)
-                results.ends.append(end)
-                if end:
-                    self._shrunk[fence] = end
-                results.unacked[fence] = ("complete", text)
+                outbox.complete(fence, text, held.run_us, _ran_to(held))
                 self.stats.completed += 1
                 outcome = "completed"
         else:
@@ -753,8 +721,7 @@ class Worker:
             )
             if checkpoint is not None:
                 failure.cursor, failure.details = checkpoint
-            results.failures.append(failure)
-            results.unacked[fence] = ("fail", failure)
+            outbox.fail(failure)
             self.stats.failed += 1
             log.info(
                 "leaf [%d, %d) of %s failed: %s",
@@ -772,8 +739,7 @@ class Worker:
         failure = worker_pb2.Failure(fence=held.lease.fence, released=True, message="released")
         if checkpoint is not None:
             failure.cursor, failure.details = checkpoint
-        self._results.failures.append(failure)
-        self._results.unacked[failure.fence] = ("fail", failure)
+        self._outbox.fail(failure)
         self.stats.released += 1
         self._schedule_flush()
 
@@ -789,7 +755,7 @@ class Worker:
     # -- sending results and asking for more ----------------------------------------------------
 
     def _schedule_flush(self) -> None:
-        if self._results.pending() >= defaults.COMPLETION_BATCH:
+        if self._outbox.pending() >= defaults.COMPLETION_BATCH:
             self._flush()
         elif self._flush_handle is None:
             self._flush_handle = asyncio.get_running_loop().call_later(
@@ -800,47 +766,13 @@ class Worker:
         if self._flush_handle is not None:
             self._flush_handle.cancel()
             self._flush_handle = None
-        results = self._results
-        if self._out is None or not results.pending():
-            return  # kept in unacked; sent again on reconnect
-        if results.complete or results.skipped:
-            self._send(
-                worker_pb2.WorkRequest(
-                    complete=worker_pb2.CompleteRequest(
-                        fences=results.complete,
-                        skipped=results.skipped,
-                        worker_id=self.worker_id,
-                        # One per fence, or none at all when no leaf gave one.
-                        results_json=results.results if any(results.results) else (),
-                        handler_us=results.run_us if any(results.run_us) else (),
-                        ends=results.ends if any(results.ends) else (),
-                    )
-                )
-            )
-            results.complete, results.results, results.run_us, results.skipped = [], [], [], []
-            results.ends = []
-        if results.failures:
-            self._send(
-                worker_pb2.WorkRequest(
-                    fail=worker_pb2.FailRequest(failures=results.failures, worker_id=self.worker_id)
-                )
-            )
-            results.failures = []
+        if self._out is None or not self._outbox.pending():
+            return  # kept unanswered; sent again on reconnect
+        for request in self._outbox.take(self.worker_id):
+            self._send(request)
 
     def _resend_unacked(self) -> None:
-        results = self._results
-        results.complete, results.results, results.skipped, results.failures = [], [], [], []
-        results.run_us, results.ends = [], []
-        for fence, (kind, item) in results.unacked.items():
-            if kind == "complete":
-                results.complete.append(fence)
-                results.results.append(item if isinstance(item, str) else "")
-                results.run_us.append(0)  # counted when first sent
-                results.ends.append(self._shrunk.get(fence, 0))
-            elif kind == "skip":
-                results.skipped.append(fence)
-            elif isinstance(item, worker_pb2.Failure):
-                results.failures.append(item)
+        self._outbox.requeue_unanswered()
         self._flush()
 
     def _ask_for_leases(self) -> None:
