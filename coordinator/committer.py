@@ -23,7 +23,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 from parcelo.coordinator.changes import Changes
 from parcelo.coordinator.core import Core
-from parcelo.coordinator.store import Batch, Store
+from parcelo.coordinator.records import Batch
+from parcelo.coordinator.store import Store
 
 log = logging.getLogger(__name__)
 

@@ -18,8 +18,9 @@ from google.protobuf.duration_pb2 import Duration
 from grpc import aio
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from parcelo.coordinator.records import Batch, Op
 from parcelo.coordinator.server import SERVICES, Config, Coordinator
-from parcelo.coordinator.store import Batch, Op, Store
+from parcelo.coordinator.store import Store
 from parcelo.v1 import (
     admin_pb2,
     admin_pb2_grpc,

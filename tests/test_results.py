@@ -15,8 +15,9 @@ from rocksdict import Options, Rdict
 from parcelo.coordinator.core import Core
 from parcelo.coordinator.jobs import JobStatus
 from parcelo.coordinator.leases import Lease, LeaseKind, Reject
+from parcelo.coordinator.records import FORMAT_KEY, FORMAT_VERSION
 from parcelo.coordinator.results import Reduce, ResultError, combine, conflict, encode, parse
-from parcelo.coordinator.store import FORMAT_KEY, FORMAT_VERSION, Store
+from parcelo.coordinator.store import Store
 from parcelo.coordinator.tree import Node, RangeTree, Status
 from parcelo.v1 import types_pb2
 from tests.test_core import commit, new_core, raw

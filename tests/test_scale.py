@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 
 from parcelo import JobOptions
-from parcelo.coordinator.store import Store, node_prefix
+from parcelo.coordinator.records import node_prefix
+from parcelo.coordinator.store import Store
 from parcelo.testing import CoordinatorProcess, Proc, start_worker, wait_for
 from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
 from tests.support import RawWorker

@@ -22,7 +22,8 @@ from parcelo.coordinator.errors import InvalidArgument
 from parcelo.coordinator.events import STAT_FIELDS, EventType, Stats
 from parcelo.coordinator.jobs import JobStatus
 from parcelo.coordinator.leases import Action, LeaseKind, Reject
-from parcelo.coordinator.store import FORMAT_KEY, Store, StoreFormatError
+from parcelo.coordinator.records import FORMAT_KEY
+from parcelo.coordinator.store import Store, StoreFormatError
 from parcelo.coordinator.tree import Status
 from parcelo.testing import BIN
 from parcelo.v1 import types_pb2, worker_pb2

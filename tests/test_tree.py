@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 from parcelo.coordinator.codec import StoredLease
 from parcelo.coordinator.events import STAT_FIELDS
 from parcelo.coordinator.leases import Lease
-from parcelo.coordinator.store import decode_node, encode_node
+from parcelo.coordinator.records import decode_node, encode_node
 from parcelo.coordinator.tree import Node, RangeTree, Status, leaf_count, split_point
 from tests.support import reference_leaves
 
