@@ -18,7 +18,7 @@ from typing import Any
 from setuptools import setup  # type: ignore[import-untyped]
 
 # The per-leaf hot path, found by profiling (docs/benchmarks.md). I/O modules stay interpreted.
-COMPILED = ("results", "scheduler", "tree", "leases", "events", "jobs", "codec", "records", "core")
+COMPILED = ("results", "runs", "scheduler", "tree", "leases", "events", "jobs", "codec", "records", "core")
 
 
 def _ext_modules() -> list[Any]:

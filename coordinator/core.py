@@ -13,7 +13,7 @@ import logging
 import math
 import random
 import uuid
-from collections.abc import Callable, Collection, Iterable, Sequence
+from collections.abc import Callable, Collection, Iterable, Mapping, Sequence
 from itertools import chain, repeat
 
 from parcelo import defaults
@@ -37,6 +37,7 @@ from parcelo.coordinator.leases import (
     Beat,
     Failure,
     FenceAllocator,
+    LeafFailure,
     Lease,
     LeaseKind,
     LeaseTable,
@@ -46,9 +47,10 @@ from parcelo.coordinator.leases import (
 from parcelo.coordinator.limits import DEFAULT_LIMITS, MAX_REASON_BYTES, Limits
 from parcelo.coordinator.queues import QueueTable
 from parcelo.coordinator.results import Reduce, ResultError, conflict, parse, reduce_of
+from parcelo.coordinator.runs import runs_allowed
 from parcelo.coordinator.scheduler import Entry, Scheduler, bucket
 from parcelo.coordinator.schedules import LABEL, ScheduleTable, due_ticks, job_spec
-from parcelo.coordinator.tree import Node, RangeTree, Status
+from parcelo.coordinator.tree import Node, RangeTree, Status, leaf_at, leaf_count
 from parcelo.v1 import schedules_pb2, types_pb2
 
 log = logging.getLogger(__name__)
@@ -332,11 +334,19 @@ class Core:
     # -- leases ---------------------------------------------------------------------------------
 
     def lease(
-        self, queues: Iterable[str], count: int, now: float, holder: str = "", exclude: Collection[str] = ()
+        self,
+        queues: Iterable[str],
+        count: int,
+        now: float,
+        holder: str = "",
+        exclude: Collection[str] = (),
+        *,
+        runs: bool = False,
     ) -> list[Lease]:
         """Up to ``count`` leases for ``holder`` from the given queues, in the scheduler's order.
 
-        Jobs named in ``exclude`` are passed over.
+        Jobs named in ``exclude`` are passed over. ``runs``: the holder runs leaf runs (a lease
+        of several leaves, see ``runs``); fair shares and rate limits count their leaves.
         """
         out: list[Lease] = []
         scheduler = self.scheduler
@@ -356,18 +366,24 @@ class Core:
                     scheduler.served(entry, 0, now, drained=True)
                     passed.append(job.id)
                     continue
-                granted, short = self._lease_from(job, quota, now, holder, out)
-                scheduler.served(entry, granted, now, drained=granted < quota and not short)
+                leaves, drained, short = self._lease_from(job, quota, now, holder, out, runs)
+                scheduler.served(entry, leaves, now, drained=drained)
         for job_id in passed:
             scheduler.wake(job_id, now)
         return out
 
     def _lease_from(
-        self, job: JobState, quota: int, now: float, holder: str, out: list[Lease]
-    ) -> tuple[int, bool]:
-        """Lease up to ``quota`` nodes of ``job`` into ``out``; returns how many, and whether the
-        fences ran out."""
+        self, job: JobState, quota: int, now: float, holder: str, out: list[Lease], runs: bool
+    ) -> tuple[int, bool, bool]:
+        """Lease nodes of ``job`` into ``out`` until ``quota`` leaves; returns how many leaves,
+        whether the tree had no more, and whether the fences ran out."""
         tree = job.tree
+        run_width = 0
+        if runs and runs_allowed(job.spec, tree.reduce):
+            run_leaves = job.pace.run_leaves()
+            if run_leaves > 1:
+                run_width = run_leaves * tree.max_range_size
+        size = tree.max_range_size
         if job.status is JobStatus.PENDING and tree.has_work(now):
             job.start(now)
             self._event(job, EventType.JOB_STARTED, now)
@@ -376,11 +392,12 @@ class Core:
         grant = self.leases.grant
         job_id, queue = job.id, job.queue
         ttl, timeout = job.lease_ttl, job.leaf_timeout
-        granted = 0
-        short = False
-        while granted < quota:
-            node = tree.next_work(now)
+        granted = leaves = 0
+        short = drained = False
+        while leaves < quota:
+            node = tree.next_work(now, run_width)
             if node is None:
+                drained = True
                 break
             fence = allocate()
             if fence is None:
@@ -391,6 +408,8 @@ class Core:
             tree.lease(node, lease)
             out.append(lease)
             granted += 1
+            width = node.end - node.start
+            leaves += 1 if width <= size or kind is LeaseKind.PROBE else leaf_count(width, size)
             if kind is LeaseKind.LEAF:
                 started.append((node.start, node.end, node.attempts))
         splits = tree.take_splits()
@@ -399,7 +418,7 @@ class Core:
         if granted:
             self.events.append_nodes(job_id, EventType.NODE_STARTED, now, started)
             self._touch(job)
-        return granted, short
+        return leaves, drained, short
 
     def unsent(self, fences: Iterable[int], now: float) -> None:
         """Leases :meth:`lease` made that were never sent: as if never granted (attempts not counted)."""
@@ -455,6 +474,7 @@ class Core:
         holder: str | None = None,
         ends: Sequence[int] = (),
         handler_us: Sequence[int] = (),
+        failed_leaves: Mapping[int, Sequence[LeafFailure]] | None = None,
     ) -> tuple[list[int], list[Rejection]]:
         """Apply completions (and skips); returns (accepted fences, rejections).
 
@@ -463,7 +483,9 @@ class Core:
         ``holder``: the worker reporting; a live lease another worker holds is NOT_HOLDER.
         ``ends``: empty, or where each of ``fences`` was run to (0: its end; a shrunk lease's
         new end, applied here if a restart lost the split). ``handler_us``: empty, or how long
-        each handler ran (adaptive leaf size measures leaves with it).
+        each handler ran (adaptive leaf size and leaf runs measure leaves with it).
+        ``failed_leaves``: by fence, the leaves of a leaf run that failed (the rest of the run is
+        done); a leaf that is not one of the run's is INVALID_RESULT and fails the run's attempt.
         """
         accepted: list[int] = []
         rejected: list[Rejection] = []
@@ -507,6 +529,14 @@ class Core:
                     Rejection(fence, Reject.INVALID_RESULT, f"end {end} is not a split point of the lease")
                 )
                 continue
+            failures = failed_leaves.get(fence) if failed_leaves and not skip else None
+            if failures:
+                why = self._misfit(job, lease, failures)
+                if why:
+                    self._fail_lease(job, lease, why, False, now)
+                    self._touch(job)
+                    rejected.append(Rejection(fence, Reject.INVALID_RESULT, why))
+                    continue
             node = lease.node
             if job is not batch_job:
                 if batch_job is not None:
@@ -520,17 +550,26 @@ class Core:
                     finished = tree.skip(held)
                     self.events.append(job.id, EventType.NODE_SKIPPED, now, held.start, held.end)
             else:
-                finished = tree.complete(node, value, size)
                 if lease.kind is LeaseKind.PROBE:
+                    finished = tree.complete(node)
                     self._wake(job, now)
                 else:
-                    done.append((node.start, node.end, 0))
-                    for more in lease.more:
-                        finished = tree.complete(more)
-                        done.append((more.start, more.end, 0))
+                    us = handler_us[i] if handler_us else 0
+                    width = lease.end - node.start
+                    max_size = tree.max_range_size
+                    if us:
+                        # Leaf runs are sized from the handler time per leaf.
+                        job.pace.observe(us, 1 if width <= max_size else leaf_count(width, max_size))
                     if tree.target_leaf_seconds:
-                        us = handler_us[i] if handler_us and not skip else 0
-                        tree.observe(node, us / 1e6 if us else now - lease.granted_at, lease.end - node.start)
+                        tree.observe(node, us / 1e6 if us else now - lease.granted_at, width)
+                    if failures:
+                        finished = self._run_failed(job, lease, value, size, failures, now, done)
+                    else:
+                        finished = tree.complete(node, value, size)
+                        done.append((node.start, node.end, 0))
+                        for more in lease.more:
+                            finished = tree.complete(more)
+                            done.append((more.start, more.end, 0))
                     self._lease_ended(job, now)
                 if value is not None and tree.result_size(self.max_result_bytes):
                     self.events.append_nodes(job.id, EventType.NODE_COMPLETED, now, done)
@@ -545,6 +584,49 @@ class Core:
         if batch_job is not None:
             self.events.append_nodes(batch_job.id, EventType.NODE_COMPLETED, now, done)
         return accepted, rejected
+
+    def _misfit(self, job: JobState, lease: Lease, failures: Sequence[LeafFailure]) -> str:
+        """Why the failed leaves reported with a completion of ``lease`` cannot be taken ("" when
+        they can): each must be a leaf by the rule of one of the nodes a leaf run holds."""
+        if lease.kind is not LeaseKind.LEAF:
+            return "failed leaves were reported for a probe"
+        size = job.tree.max_range_size
+        for failure in failures:
+            held = next((n for n in lease.nodes if n.start <= failure.start < n.end), None)
+            if held is None or leaf_at(held.start, held.end, failure.start, size) != (
+                failure.start,
+                failure.end,
+            ):
+                return f"[{failure.start}, {failure.end}) is not a leaf of the run's range"
+        return ""
+
+    def _run_failed(
+        self,
+        job: JobState,
+        lease: Lease,
+        value: object,
+        size: int,
+        failures: Sequence[LeafFailure],
+        now: float,
+        done: list[tuple[int, int, int]],
+    ) -> bool:
+        """A leaf run finished with some of its leaves failed: each failed leaf becomes a node of
+        its own and fails (retried on its own), the rest completes. Returns whether the tree
+        finished with a completion (a failure that finishes it finishes the job itself)."""
+        tree = job.tree
+        tree.isolate(lease, [(f.start, f.end) for f in failures])
+        failed = {(f.start, f.end): f for f in failures}
+        finished = False
+        for held in list(lease.nodes):
+            failure = failed.get((held.start, held.end))
+            if failure is not None:
+                self._fail_node(job, held, failure.message, not failure.permanent, now)
+                finished = False
+            else:
+                finished = tree.complete(held, value, size)
+                value, size = None, 0  # the run's result goes with its first done node
+                done.append((held.start, held.end, 0))
+        return finished
 
     def _check_result(self, fence: int, text: str, now: float) -> object:
         """The value of the result ``text`` of a live leaf lease (None when its job keeps no
@@ -606,7 +688,7 @@ class Core:
                 rejected.append(taken)
                 continue
             job, lease = taken
-            if failure.cursor is not None and lease.kind is LeaseKind.LEAF:
+            if failure.cursor is not None and lease.kind is LeaseKind.LEAF and lease.node.is_leaf:
                 job.tree.checkpoint_lease(lease, failure.cursor, failure.details)
             if failure.released:
                 for node in lease.nodes:
@@ -689,7 +771,8 @@ class Core:
                 self._answered(job, lease, *beat.shrink, now)
             if beat.claimed >= 0 and leaf:
                 self._claimed(job, lease, beat.claimed, now)  # before the checkpoint moves done_upto
-            if beat.cursor is not None and leaf:
+            if beat.cursor is not None and leaf and node.is_leaf:
+                # (A leaf run has no checkpoints: it is retried leaf by leaf, from their starts.)
                 job.tree.checkpoint_lease(lease, beat.cursor, beat.details)
                 self._touch(job)
             if beat.message and beat.message != node.message:

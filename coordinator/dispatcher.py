@@ -47,6 +47,8 @@ class Session:
     waiting_since: float = 0.0
     # The stream's hello set packed_grants: its grants carry LeaseGrant.packed, not Lease messages.
     packed: bool = False
+    # The stream's hello set leaf_runs (with packed_grants): it may be granted leaf runs.
+    runs: bool = False
     # Hello.concurrency: handler slots of the worker (0: not said).
     concurrency: int = 0
     # Whether the last round that looked at this session left it credit: nothing leasable for it.
@@ -213,7 +215,7 @@ class Dispatcher:
             granted = 0
             while session.credits > granted and granted < budget:
                 wanted = min(session.credits, budget) - granted
-                leases = core.lease(session.queues, wanted, now, session.worker_id, broken)
+                leases = core.lease(session.queues, wanted, now, session.worker_id, broken, runs=session.runs)
                 if not leases:
                     break
                 added, gave_back = add(session, grant, leases, broken)

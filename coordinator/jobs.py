@@ -25,6 +25,7 @@ from typing import NamedTuple, TypeVar
 from parcelo import defaults
 from parcelo.coordinator.errors import FailedPrecondition, InvalidArgument, NotFound
 from parcelo.coordinator.limits import MAX_ID_BYTES, MAX_LABELS_BYTES, MAX_PARAMS_BYTES
+from parcelo.coordinator.runs import LeafPace
 from parcelo.coordinator.tree import RangeTree
 from parcelo.v1 import types_pb2
 
@@ -256,6 +257,7 @@ class JobState:
         "leaf_timeout",
         "lease_ttl",
         "order",
+        "pace",
         "reason",
         "rebalance",
         "release_requested",
@@ -289,6 +291,8 @@ class JobState:
         self.lease_ttl = _seconds(spec.lease_ttl)
         self.leaf_timeout = _seconds(spec.leaf_timeout) if spec.HasField("leaf_timeout") else 0.0
         self.deadline = _seconds(spec.deadline) if spec.HasField("deadline") else 0.0
+        # Handler time per leaf, from completions: how long a leaf run may be (``runs``).
+        self.pace = LeafPace()
         # Whether running leaves of splittable handlers may be split (unset: yes).
         self.rebalance = spec.rebalance if spec.HasField("rebalance") else True
         r = spec.retry

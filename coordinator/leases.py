@@ -83,6 +83,16 @@ class Failure:
 
 
 @dataclass(frozen=True, slots=True)
+class LeafFailure:
+    """A leaf of a leaf run that failed, as reported with the run's completion."""
+
+    start: int
+    end: int
+    message: str
+    permanent: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Beat:
     """One lease's heartbeat: an optional checkpoint and progress message; for a splittable
     handler, its first unclaimed position (-1: it does not claim) and its answer to a SHRINK

@@ -397,8 +397,9 @@ class Scheduler:
         return None
 
     def served(self, entry: Entry, count: int, now: float, drained: bool) -> None:
-        """``count`` leases came from ``entry`` (as :meth:`choose` offered); ``drained``: its tree
-        had no more to lease."""
+        """``count`` leaves came from ``entry`` (as :meth:`choose` offered; a leaf run counts its
+        leaves, so fair shares and rate limits hold per leaf); ``drained``: its tree had no more
+        to lease."""
         state = self._queues[entry.queue]
         if state.bucket is not None:
             state.bucket.take(count)

@@ -25,7 +25,7 @@ from parcelo.coordinator.core import Core
 from parcelo.coordinator.dispatcher import Dispatcher, Session
 from parcelo.coordinator.events import Event, EventType
 from parcelo.coordinator.jobs import FINISHED, QUEUE_RE, JobState, JobStatus
-from parcelo.coordinator.leases import Action, Beat, Failure, Rejection
+from parcelo.coordinator.leases import Action, Beat, Failure, LeafFailure, Rejection
 from parcelo.coordinator.limits import (
     DEFAULT_LIMITS,
     MAX_DETAILS_BYTES,
@@ -354,6 +354,9 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     name, f"has {given} entries for {len(request.fences)} fences: give one per fence, or none"
                 )
         handler_us = request.handler_us
+        failed = _failed_leaves(request) if request.failed_leaves else None
+        if failed:
+            self._limits.check_count("failed_leaves", len(request.failed_leaves))
         accepted, rejected = self._core.complete(
             request.fences,
             request.skipped,
@@ -362,6 +365,7 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
             holder,
             request.ends,
             handler_us if len(handler_us) == len(request.fences) else (),
+            failed,
         )
         out = worker_pb2.CompleteResponse(accepted=accepted, request_id=request.request_id)
         _rejections(rejected, out.rejected)
@@ -460,6 +464,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                 session.queues = _queues(hello.queues, "hello.queues")
                 session.concurrency = hello.concurrency
                 session.packed = hello.packed_grants
+                # Leaf runs are granted in packed columns only (a run is a lease wider than a leaf).
+                session.runs = hello.packed_grants and hello.leaf_runs
                 self._stream_started(session.worker_id)
                 session.said_hello = True
                 self._registry.connected(session, hello, time.time())
@@ -553,3 +559,21 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
     ) -> worker_pb2.ListWorkersResponse:
         workers = self._registry.workers(self._core.leases.holder_counts())
         return worker_pb2.ListWorkersResponse(workers=workers)
+
+
+def _failed_leaves(request: worker_pb2.CompleteRequest) -> dict[int, list[LeafFailure]]:
+    """``request.failed_leaves`` by fence; INVALID_ARGUMENT when one names a fence the request
+    does not complete or an empty range."""
+    fences = set(request.fences)
+    out: dict[int, list[LeafFailure]] = {}
+    for item in request.failed_leaves:
+        if item.fence not in fences:
+            raise errors.InvalidArgument(
+                "failed_leaves", f"names fence {item.fence}, which is not one of this request's fences"
+            )
+        if item.start >= item.end:
+            raise errors.InvalidArgument(
+                "failed_leaves", f"has an empty range [{item.start}, {item.end}) for fence {item.fence}"
+            )
+        out.setdefault(item.fence, []).append(LeafFailure(item.start, item.end, item.message, item.permanent))
+    return out

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import itertools
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from enum import IntEnum
 
 from parcelo.coordinator.leases import Lease, LeaseKind
@@ -57,6 +57,17 @@ def grid_point(start: int, end: int, at_least: int, min_size: int) -> int:
         else:
             lo = mid
     return best
+
+
+def leaf_at(start: int, end: int, position: int, max_range_size: int) -> tuple[int, int]:
+    """The leaf by the rule of the node ``[start, end)`` that holds ``position`` (inside it)."""
+    while end - start > max_range_size:
+        mid = split_point(start, end)
+        if position < mid:
+            end = mid
+        else:
+            start = mid
+    return start, end
 
 
 def leaf_count(width: int, max_range_size: int) -> int:
@@ -295,11 +306,13 @@ class RangeTree:
             self._held is not None or bool(self._heap) or bool(self._delayed and self._delayed[0][0] <= now)
         )
 
-    def next_work(self, now: float) -> Node | None:
-        """The next node to lease: a leaf to run, or (with pruning) a node to probe.
+    def next_work(self, now: float, run_width: int = 0) -> Node | None:
+        """The next node to lease: a leaf to run, (with pruning) a node to probe, or a leaf run.
 
-        Inner nodes that need no probe are split on the way, lazily. The
-        returned node is still pending; :meth:`lease` takes it.
+        Inner nodes that need no probe are split on the way, lazily. ``run_width`` > 0: a node
+        no wider than that which never ran is returned whole, as a *leaf run* (its leaves by the
+        rule, run one after another under one lease). The returned node is still pending;
+        :meth:`lease` takes it.
         """
         held = self._held
         if held is not None:
@@ -319,7 +332,7 @@ class RangeTree:
                 heapq.heappop(heap)
                 node.queued = False
                 continue
-            if (node.is_leaf and not self._too_slow(node)) or not node.probed:
+            if self._ready(node, run_width):
                 return node
             heapq.heappop(heap)
             node.queued = False
@@ -327,10 +340,20 @@ class RangeTree:
             # left one comes first: descend through it without a round trip through the heap.
             while True:
                 node = self._split(node)
-                if (node.is_leaf and not self._too_slow(node)) or not node.probed:
+                if self._ready(node, run_width):
                     self._held = node
                     return node
         return None
+
+    def _ready(self, node: Node, run_width: int) -> bool:
+        """Whether ``next_work`` hands out the pending ``node`` as it is (else it is split): a
+        leaf to run, a node to probe, or a fresh node at most ``run_width`` wide as a leaf run."""
+        if not node.probed:
+            return True
+        if node.is_leaf:
+            return not self._too_slow(node)
+        # A run only from a node that never ran: a retried one is split, each leaf on its own.
+        return node.end - node.start <= run_width and not node.attempts and not node.cursor
 
     def _too_slow(self, node: Node) -> bool:
         """Adaptive leaf size: whether the leaf ``node`` is estimated to run longer than the
@@ -387,6 +410,9 @@ class RangeTree:
         probed = not self.pruning
         left = node.left = _node(start, mid, depth, node, self.max_range_size, probed)
         right = node.right = _node(mid, end, depth, node, self.max_range_size, probed)
+        if node.attempts:
+            # A leaf run that was retried: each of its leaves had that many attempts inside it.
+            left.attempts = right.attempts = node.attempts
         self._push(right)
         self._splits.append((start, end, 0))
         return left
@@ -551,11 +577,27 @@ class RangeTree:
         by ``lease`` (returned in order), those after go back to pending."""
         cursor, details = node.cursor, node.details
         self._forget_checkpoint(node)
+        held: list[Node] = []
+        for piece in self._carve(node, new_end, lease):
+            if piece.start >= new_end:
+                # Given away: it waits as if never leased (its attempts so far still count).
+                self.release(piece)
+                continue
+            held.append(piece)
+            if cursor > piece.start:
+                self.checkpoint(piece, cursor, details if cursor < piece.end else b"")
+        return held
+
+    def _carve(self, node: Node, point: int, lease: Lease) -> list[Node]:
+        """Split the held ``node`` by the rule down to ``point`` (a split point strictly inside
+        it): the pieces, in range order, cover it with a boundary at ``point`` and are all held
+        by ``lease`` with the node's attempts."""
         attempts = node.attempts
         node.lease = None
         node.is_leaf = False
         self._mark(node)
-        held: list[Node] = []
+        before: list[Node] = []
+        after: list[Node] = []
         size = self.max_range_size
         x = node
         while True:
@@ -564,34 +606,44 @@ class RangeTree:
             left = x.left = _node(x.start, mid, depth, x, size, True)
             right = x.right = _node(mid, x.end, depth, x, size, True)
             self.total_nodes += 2
-            # Every node of a dynamic split is written: ``restore`` cannot imply them from a leaf.
+            # Every node of a carve is written: ``restore`` cannot imply them from a leased node.
             self._mark(left)
             self._mark(right)
-            if new_end <= mid:
-                # Given away: it waits as if never leased (its attempts so far still count).
-                right.attempts = attempts - 1
-                self.pending_nodes += 1
-                self._push(right)
-                inner, last = left, new_end == mid
-            else:
-                inner, last = right, False
-                held.append(left)
-            if last:
-                held.append(left)
+            if point == mid:
+                before.append(left)
+                after.append(right)
                 break
-            # The node that holds new_end inside it is split again.
+            if point < mid:
+                after.append(right)
+                inner = left
+            else:
+                before.append(left)
+                inner = right
+            # The node that holds ``point`` inside it is split again.
             inner.status = Status.RUNNING
             inner.is_leaf = False
             self.running_nodes += 1
             x = inner
-        for piece in held:
+        after.reverse()
+        pieces = before + after
+        for piece in pieces:
             piece.status = Status.RUNNING
             piece.lease = lease
             piece.attempts = attempts
             self.running_nodes += 1
-            if cursor > piece.start:
-                self.checkpoint(piece, cursor, details if cursor < piece.end else b"")
-        return held
+        return pieces
+
+    def isolate(self, lease: Lease, leaves: Iterable[tuple[int, int]]) -> None:
+        """Carve the nodes ``lease`` holds so that each of ``leaves`` (leaves by the rule inside
+        them, see :func:`leaf_at`) is one node of it: a leaf run some of whose leaves failed."""
+        nodes = list(lease.nodes)
+        for point in sorted({p for leaf in leaves for p in leaf}):
+            for i, node in enumerate(nodes):
+                if node.start < point < node.end:
+                    nodes[i : i + 1] = self._carve(node, point, lease)
+                    break
+        lease.node = nodes[0]
+        lease.more = tuple(nodes[1:])
 
     def checkpoint_lease(self, lease: Lease, cursor: int, details: bytes) -> None:
         """:meth:`checkpoint` for a lease, which may hold several nodes: each node the cursor

@@ -210,3 +210,22 @@ def cost_by_region(range_: Any, ctx: Any) -> None:
     slow_ids = max(0, min(range_.end, below) - range_.start)
     fast_ids = (range_.end - range_.start) - slow_ids
     time.sleep(slow_ids * float(ctx.params["slow_seconds"]) + fast_ids * float(ctx.params["fast_seconds"]))
+
+
+async def arecord(range_: Any, ctx: Any) -> None:
+    """``record`` as an async handler (it never awaits: a leaf run runs it without a task)."""
+    _log("run", range_, ctx)
+
+
+def width_flaky(range_: Any, ctx: Any) -> int:
+    """Log the run and return the leaf's width; the first attempt of every leaf whose start is
+    ``params['every']`` apart (from ``params['offset']``) fails, and the leaf at
+    ``params['bad_start']`` fails for good."""
+    from parcelo import PermanentError
+
+    _log("run", range_, ctx)
+    if range_.start == ctx.params.get("bad_start"):
+        raise PermanentError("bad record")
+    if range_.start % ctx.params["every"] == ctx.params["offset"] and ctx.attempt == 1:
+        raise RuntimeError("transient")
+    return int(range_.end - range_.start)

@@ -33,7 +33,8 @@ def test_job_runs_every_leaf_once_with_exact_stats(
     coordinator: Coordinator, procs: list[Proc], log_dir: Path, tmp_path: Path
 ) -> None:
     run_log = tmp_path / "runs.log"
-    job = coordinator.create_job(JobOptions(0, 100_000, max_range_size=1000))
+    # One leaf a lease (no leaf runs), so that the tree's stats count every leaf as a node.
+    job = coordinator.create_job(JobOptions(0, 100_000, max_range_size=1000, leaf_runs=False))
     workers(coordinator, procs, log_dir, run_log, "record")
     done = coordinator.wait_status(job.id, COMPLETED | {types_pb2.JOB_STATUS_FAILED})
     assert done.status == types_pb2.JOB_STATUS_COMPLETED

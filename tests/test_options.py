@@ -50,6 +50,7 @@ FULL = JobOptions(
     min_range_size=10,
     target_leaf_seconds=timedelta(seconds=30),
     rebalance=False,
+    leaf_runs=False,
 )
 FULL_PARAMS = '{"k":[1,2]}'
 
@@ -254,7 +255,7 @@ def test_job_create_flags_build_the_options(monkeypatch: pytest.MonkeyPatch) -> 
     args += ["--label", "team=search", "--reduce", "merge", "--max-concurrency", "3"]
     args += ["--max-leases-per-second", "2.5", "--burst", "4", "--weight", "2", "--fairness-key", "tenant-a"]
     args += ["--run-after", "2029-05-06T07:08:09+00:00"]
-    args += ["--min-range-size", "10", "--target-leaf-seconds", "30", "--no-rebalance"]
+    args += ["--min-range-size", "10", "--target-leaf-seconds", "30", "--no-rebalance", "--no-leaf-runs"]
     result = CliRunner().invoke(cli, ["--target", "127.0.0.1:1", "job", "create", *args])
     assert (result.exit_code, result.stdout) == (0, "made\n"), result.output
     assert seen == [dataclasses.replace(FULL, params=FULL_PARAMS)]

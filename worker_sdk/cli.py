@@ -398,6 +398,11 @@ def flag_message(err: ConfigError, flags: Mapping[str, str]) -> str:
     default=True,
     help="Split running leaves of handlers that claim (ctx.claim) when workers wait [default: on].",
 )
+@click.option(
+    "--leaf-runs/--no-leaf-runs",
+    default=True,
+    help="Lease subtrees of short leaves as one unit to workers that run them [default: on].",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the created job as JSON instead of its id.")
 @pass_obj
 def create(obj: _Obj, /, as_json: bool, **values: Any) -> None:

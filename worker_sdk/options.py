@@ -235,6 +235,9 @@ class JobOptions:
             before leasing them (``None``: off).
         rebalance: Split running leaves of handlers that claim their positions
             (``ctx.claim``) when workers wait and nothing is pending.
+        leaf_runs: Lease whole subtrees of short leaves (a couple of milliseconds of handler
+            time in all) as one unit to workers that run them; ``False`` keeps every lease one
+            leaf, each with its own attempts, checkpoints and claims.
 
     Raises:
         ConfigError: An option is out of range or of the wrong type; ``err.field`` names it.
@@ -266,6 +269,7 @@ class JobOptions:
     min_range_size: int = 0
     target_leaf_seconds: timedelta | None = None
     rebalance: bool = True
+    leaf_runs: bool = True
 
     def __post_init__(self) -> None:
         _check_int("start", self.start, range(MAX_U64 + 1), "between 0 and 2**64 - 1")
@@ -322,8 +326,9 @@ class JobOptions:
                 f"must be at most max_range_size ({self.max_range_size}), got {self.min_range_size}",
             )
         _check_duration("target_leaf_seconds", self.target_leaf_seconds, zero_ok=False)
-        if not isinstance(self.rebalance, bool):
-            raise _bad("rebalance", f"must be True or False, got {self.rebalance!r}")
+        for name in ("rebalance", "leaf_runs"):
+            if not isinstance(getattr(self, name), bool):
+                raise _bad(name, f"must be True or False, got {getattr(self, name)!r}")
         if self.reduce is not None and self.reduce not in REDUCES:
             raise _bad("reduce", f"must be one of {', '.join(REDUCES)} (got {self.reduce!r})")
 
@@ -360,6 +365,7 @@ class JobOptions:
             target_leaf_seconds=_duration(self.target_leaf_seconds),
             # Unset on the wire unless turned off, like every option at its default.
             rebalance=None if self.rebalance else False,
+            leaf_runs=None if self.leaf_runs else False,
         )
 
     @classmethod
@@ -400,6 +406,7 @@ class JobOptions:
                 spec.target_leaf_seconds.ToTimedelta() if spec.HasField("target_leaf_seconds") else None
             ),
             rebalance=spec.rebalance if spec.HasField("rebalance") else True,
+            leaf_runs=spec.leaf_runs if spec.HasField("leaf_runs") else True,
         )
 
 

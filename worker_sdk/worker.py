@@ -39,6 +39,7 @@ from parcelo.errors import PermanentError
 from parcelo.grants import GrantedLease, leases_of
 from parcelo.outbox import Outbox
 from parcelo.pacing import Pacer
+from parcelo.runs import RunResult, leaves
 from parcelo.tracing import HandlerSpans, global_provider
 from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
@@ -83,6 +84,11 @@ class _Held:
     release: bool = False
     # Whether a heartbeat told the coordinator its handler claims (so it may be split).
     claims_told: bool = False
+    # A leaf run (docs/protocol.md, "Leaf runs"): its leaves, where they were run to so far, and
+    # the ones that failed. None: the lease is one leaf.
+    leaves: list[tuple[int, int]] | None = None
+    done_to: int = 0
+    failed_leaves: list[worker_pb2.LeafFailure] | None = None
 
 
 def _claims(beat: worker_pb2.LeaseHeartbeat, ctx: Context) -> bool:
@@ -99,7 +105,10 @@ def _claims(beat: worker_pb2.LeaseHeartbeat, ctx: Context) -> bool:
 
 
 def _ran_to(held: _Held) -> int:
-    """Where a lease was run to when a SHRINK ended it early (0: its end)."""
+    """Where a lease was run to when a SHRINK (or, for a leaf run, a RELEASE) ended it early
+    (0: its end)."""
+    if held.leaves is not None:
+        return held.done_to if held.done_to < held.lease.end else 0
     ctx = held.ctx
     return ctx.end if ctx is not None and ctx.end < ctx.leaf.end else 0
 
@@ -182,6 +191,10 @@ class Worker:
         self._ttls: dict[str, float] = {}
         # Jobs whose leaf results the coordinator keeps (a reduce): only theirs are encoded and sent.
         self._reducing: set[str] = set()
+        # Each job's reduce and max_range_size, from its JobInfo: a lease wider than that is a
+        # leaf run, whose leaves' results are combined here.
+        self._reduces: dict[str, int] = {}
+        self._sizes: dict[str, int] = {}
         # Each job's trace context, from its JobInfo: the parent of its handler spans.
         self._traceparents: dict[str, str] = {}
         provider = tracer_provider if tracer_provider is not None else global_provider()
@@ -318,6 +331,7 @@ class Worker:
                 sdk=SDK,
                 concurrency=self.concurrency,
                 packed_grants=True,
+                leaf_runs=True,
             )
             await call.write(worker_pb2.WorkRequest(hello=hello))
             welcome = await call.read()
@@ -399,7 +413,10 @@ class Worker:
         for fence, held in self._held.items():
             beat = request.leases.add(fence=fence)
             ctx = held.ctx
-            if ctx is not None:
+            if ctx is not None and held.leaves is not None:
+                # A leaf run has no checkpoints and is never split: a message at most.
+                beat.message = ctx.take_message()
+            elif ctx is not None:
                 checkpoint = ctx.last_checkpoint
                 if checkpoint is not None:
                     beat.cursor, beat.details = checkpoint
@@ -440,6 +457,8 @@ class Worker:
                 self._ttls[info.job_id] = info.lease_ttl.ToMilliseconds() / 1000
             if info.reduce not in (types_pb2.REDUCE_UNSPECIFIED, types_pb2.REDUCE_NONE):
                 self._reducing.add(info.job_id)
+            self._reduces[info.job_id] = info.reduce
+            self._sizes[info.job_id] = info.max_range_size
             if info.traceparent:
                 self._traceparents[info.job_id] = info.traceparent
             try:
@@ -448,8 +467,13 @@ class Worker:
                 self._params[info.job_id] = {}
         leases = leases_of(grant)
         self._outstanding = max(0, self._outstanding - len(leases))
+        sizes = self._sizes
         for lease in leases:
             held = _Held(lease)
+            size = sizes.get(lease.job_id, 0)
+            if size and lease.end - lease.start > size and lease.kind == worker_pb2.LEASE_KIND_LEAF:
+                held.leaves = leaves(lease.start, lease.end, size)
+                held.claims_told = True  # never splittable: nothing to tell
             if self._stopping:
                 self._held[lease.fence] = held
                 self._give_back(held)
@@ -501,7 +525,8 @@ class Worker:
         """Accept a SHRINK unless the handler claimed at or past ``new_end`` (a lease not
         running yet has no claims, and is not split), and answer at once."""
         ctx = held.ctx
-        accepted = ctx is not None and ctx.shrink(new_end)
+        # A leaf run is never split (it is short, and its handler's claims are its leaves').
+        accepted = ctx is not None and held.leaves is None and ctx.shrink(new_end)
         beat = worker_pb2.LeaseHeartbeat(fence=fence)
         if ctx is not None:
             _claims(beat, ctx)
@@ -518,9 +543,13 @@ class Worker:
         if self._is_async:
             while self._waiting and self._running < self.concurrency and not self._stopping:
                 held = self._waiting.popleft()
-                held.ctx = self._context(held.lease)
                 self._running += 1
-                held.task = asyncio.get_running_loop().create_task(self._run(held))
+                if held.leaves is None:
+                    held.ctx = self._context(held.lease)
+                    held.task = asyncio.get_running_loop().create_task(self._run(held))
+                else:
+                    held.ctx = self._leaf_context(held.lease, *held.leaves[0])
+                    held.task = asyncio.get_running_loop().create_task(self._run_leaf_run(held))
         elif not self._stopping:
             # Each submission takes waiting leases itself, so only start as many as the waiting
             # work needs (a thread per lease for long leaves, one for a crowd of short ones).
@@ -539,6 +568,18 @@ class Worker:
             leaf=Range(lease.start, lease.end),
             cursor=lease.cursor or lease.start,
             details=lease.details or None,
+        )
+
+    def _leaf_context(self, lease: GrantedLease, start: int, end: int) -> Context:
+        """The context of one leaf ``[start, end)`` of a leaf run (a first attempt, no checkpoint)."""
+        return Context(
+            job_id=lease.job_id,
+            params=self._params.get(lease.job_id, {}),
+            attempt=lease.attempt,
+            fence=lease.fence,
+            leaf=Range(start, end),
+            cursor=start,
+            details=None,
         )
 
     def _unstart(self, held: _Held) -> bool:
@@ -579,6 +620,120 @@ class Worker:
             spans.end(span, error, outcome)
         self._slot_freed()
 
+    async def _run_leaf_run(self, held: _Held) -> None:
+        """A leaf run with an async handler: its leaves one after another in this one task (an
+        ``await`` of each handler, no task per leaf)."""
+        assert held.leaves is not None
+        lease = held.lease
+        combined = RunResult(self._reduces.get(lease.job_id, 0))
+        handler = self.handler
+        spans = self._spans
+        began = time.perf_counter()
+        run_us = 0
+        try:
+            for start, end in held.leaves:
+                if held.dropped or held.release:
+                    break
+                ctx, span = self._next_leaf(held, start, end)
+                error: BaseException | None = None
+                result: Any = None
+                started = time.perf_counter()
+                try:
+                    if spans is not None and span is not None:
+                        with spans.current(span):
+                            result = await handler(ctx.leaf, ctx)
+                    else:
+                        result = await handler(ctx.leaf, ctx)
+                except asyncio.CancelledError:
+                    if held.dropped or held.release:
+                        break  # this leaf is not done; what ran before it is reported
+                    error = asyncio.CancelledError()
+                except Exception as err:
+                    error = err
+                run_us += int((time.perf_counter() - started) * 1e6)
+                self._leaf_ran(held, combined, start, end, error, result, span)
+        finally:
+            self._running -= 1
+            held.run_us = max(1, run_us)
+        self._pacer.observe(time.perf_counter() - began)
+        self._finish(held, None, result=combined.value)
+        self._slot_freed()
+
+    def _leaf_run_in_thread(self, held: _Held) -> Any:
+        """In a pool thread: a leaf run with a sync handler, its leaves one after another;
+        returns their results combined."""
+        assert held.leaves is not None
+        lease = held.lease
+        combined = RunResult(self._reduces.get(lease.job_id, 0))
+        handler = self.handler
+        spans = self._spans
+        run_us = 0
+        for start, end in held.leaves:
+            if held.dropped or held.release:
+                break
+            ctx, span = self._next_leaf(held, start, end)
+            error: BaseException | None = None
+            result: Any = None
+            started = time.perf_counter()
+            try:
+                if spans is not None and span is not None:
+                    with spans.current(span):
+                        result = handler(ctx.leaf, ctx)
+                else:
+                    result = handler(ctx.leaf, ctx)
+            except BaseException as err:  # as in _run_leases: it fails this leaf only
+                error = err
+            run_us += int((time.perf_counter() - started) * 1e6)
+            self._leaf_ran(held, combined, start, end, error, result, span)
+        held.run_us = max(1, run_us)
+        return combined.value
+
+    def _next_leaf(self, held: _Held, start: int, end: int) -> tuple[Context, Any]:
+        """The context (the one made when the run started, for its first leaf) and span (None
+        without tracing) of the leaf ``[start, end)`` of a leaf run about to run."""
+        ctx = held.ctx if start == held.lease.start else None
+        if ctx is None:
+            ctx = held.ctx = self._leaf_context(held.lease, start, end)
+        return ctx, self._span(held.lease, ctx.leaf) if self._spans is not None else None
+
+    def _leaf_ran(
+        self,
+        held: _Held,
+        combined: RunResult,
+        start: int,
+        end: int,
+        error: BaseException | None,
+        result: Any,
+        span: Any,
+    ) -> None:
+        """One leaf of a leaf run ran: its result is combined, or it is noted as failed."""
+        if error is None:
+            why = combined.add(result)
+            if why:
+                error = PermanentError(why)
+        if error is not None:
+            failure = worker_pb2.LeafFailure(
+                fence=held.lease.fence,
+                start=start,
+                end=end,
+                message=f"{type(error).__name__}: {error}"[:MAX_MESSAGE],
+                permanent=isinstance(error, PermanentError),
+            )
+            if held.failed_leaves is None:
+                held.failed_leaves = []
+            held.failed_leaves.append(failure)
+            log.info(
+                "leaf [%d, %d) of %s failed: %s",
+                start,
+                end,
+                held.lease.job_id,
+                failure.message,
+                extra={"job_id": held.lease.job_id, "fence": held.lease.fence, "worker_id": self.worker_id},
+            )
+        held.done_to = end
+        if span is not None and self._spans is not None:
+            self._spans.end(span, error, "failed" if error is not None else "completed")
+
     def _slot_freed(self) -> None:
         if not self._waiting:
             self._revoked = 0  # a slot is free and nothing waits: the room is wanted again
@@ -616,12 +771,18 @@ class Worker:
             except IndexError:
                 break
             taken += 1
-            ctx = self._context(held.lease)
+            run = held.leaves
+            ctx = self._context(held.lease) if run is None else self._leaf_context(held.lease, *run[0])
             held.ctx = ctx
             if held.dropped or held.release:
                 # A directive came as this thread took the lease: not run; _finish reports what
                 # the directive asked for (nothing, or the lease given back).
                 done.append((held, None, None, None))
+                continue
+            if run is not None:
+                done.append((held, None, self._leaf_run_in_thread(held), None))
+                if time.perf_counter() - began >= budget:
+                    break
                 continue
             range_ = Range(ctx.cursor, ctx.leaf.end)
             span = self._span(held.lease, range_) if spans is not None else None
@@ -700,10 +861,12 @@ class Worker:
         fence = held.lease.fence
         if self._held.pop(fence, None) is None or held.dropped:
             return "dropped"
-        checkpoint = held.ctx.last_checkpoint if held.ctx is not None else None
-        if held.release:
+        run = held.leaves is not None
+        checkpoint = held.ctx.last_checkpoint if held.ctx is not None and not run else None
+        if held.release and not (run and held.done_to > held.lease.start):
             self._give_back(held, checkpoint)
             return "released"
+        # (A leaf run released part way completes what it ran: _ran_to says how far.)
         outbox = self._outbox
         text = ""
         if error is None and result is not None and held.lease.job_id in self._reducing:
@@ -724,8 +887,14 @@ class Worker:
                 self.stats.skipped += 1
                 outcome = "skipped"
             else:
-                outbox.complete(fence, text, held.run_us, _ran_to(held))
-                self.stats.completed += 1
+                failed = held.failed_leaves or ()
+                outbox.complete(fence, text, held.run_us, _ran_to(held), failed)
+                if held.leaves is None:
+                    self.stats.completed += 1
+                else:  # counted per leaf, as if each had been a lease
+                    ran = sum(1 for _, end in held.leaves if end <= held.done_to)
+                    self.stats.completed += ran - len(failed)
+                    self.stats.failed += len(failed)
                 outcome = "completed"
         else:
             failure = worker_pb2.Failure(

@@ -376,6 +376,7 @@ class JobSpec(_message.Message):
     MIN_RANGE_SIZE_FIELD_NUMBER: _builtins.int
     TARGET_LEAF_SECONDS_FIELD_NUMBER: _builtins.int
     REBALANCE_FIELD_NUMBER: _builtins.int
+    LEAF_RUNS_FIELD_NUMBER: _builtins.int
     job_id: _builtins.str
     """Optional caller-chosen id ([A-Za-z0-9._-], 1..128 chars). Creating a job
     with an id that exists and the same spec returns the existing job; a
@@ -435,6 +436,12 @@ class JobSpec(_message.Message):
     rebalance: _builtins.bool
     """Split running leaves of splittable handlers (those that claim their
     positions) when workers wait and nothing is pending. Unset means true.
+    """
+    leaf_runs: _builtins.bool
+    """Leaf runs (docs/protocol.md, "Leaf runs"): lease whole subtrees of short
+    leaves as one unit to workers that run them. Unset means true; false keeps
+    every lease one leaf (each leaf then shows in the tree and the events on
+    its own, with its own attempts, checkpoints and claims).
     """
     @_builtins.property
     def range(self) -> Global___Range:
@@ -503,15 +510,20 @@ class JobSpec(_message.Message):
         min_range_size: _builtins.int = ...,
         target_leaf_seconds: _duration_pb2.Duration | None = ...,
         rebalance: _builtins.bool | None = ...,
+        leaf_runs: _builtins.bool | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_rebalance", b"_rebalance", "_weight", b"_weight", "deadline", b"deadline", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "range", b"range", "rebalance", b"rebalance", "retry", b"retry", "run_after", b"run_after", "target_leaf_seconds", b"target_leaf_seconds", "weight", b"weight"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_leaf_runs", b"_leaf_runs", "_rebalance", b"_rebalance", "_weight", b"_weight", "deadline", b"deadline", "leaf_runs", b"leaf_runs", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "range", b"range", "rebalance", b"rebalance", "retry", b"retry", "run_after", b"run_after", "target_leaf_seconds", b"target_leaf_seconds", "weight", b"weight"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_rebalance", b"_rebalance", "_weight", b"_weight", "burst", b"burst", "deadline", b"deadline", "fairness_key", b"fairness_key", "job_id", b"job_id", "labels", b"labels", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_concurrency", b"max_concurrency", "max_leases_per_second", b"max_leases_per_second", "max_range_size", b"max_range_size", "min_range_size", b"min_range_size", "params_json", b"params_json", "priority", b"priority", "pruning", b"pruning", "queue", b"queue", "range", b"range", "rebalance", b"rebalance", "reduce", b"reduce", "request_id", b"request_id", "retry", b"retry", "run_after", b"run_after", "start_paused", b"start_paused", "target_leaf_seconds", b"target_leaf_seconds", "weight", b"weight"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_leaf_runs", b"_leaf_runs", "_rebalance", b"_rebalance", "_weight", b"_weight", "burst", b"burst", "deadline", b"deadline", "fairness_key", b"fairness_key", "job_id", b"job_id", "labels", b"labels", "leaf_runs", b"leaf_runs", "leaf_timeout", b"leaf_timeout", "lease_ttl", b"lease_ttl", "max_concurrency", b"max_concurrency", "max_leases_per_second", b"max_leases_per_second", "max_range_size", b"max_range_size", "min_range_size", b"min_range_size", "params_json", b"params_json", "priority", b"priority", "pruning", b"pruning", "queue", b"queue", "range", b"range", "rebalance", b"rebalance", "reduce", b"reduce", "request_id", b"request_id", "retry", b"retry", "run_after", b"run_after", "start_paused", b"start_paused", "target_leaf_seconds", b"target_leaf_seconds", "weight", b"weight"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType__leaf_runs: _TypeAlias = _typing.Literal["leaf_runs"]  # noqa: Y015
+    _WhichOneofArgType__leaf_runs: _TypeAlias = _typing.Literal["_leaf_runs", b"_leaf_runs"]  # noqa: Y015
     _WhichOneofReturnType__rebalance: _TypeAlias = _typing.Literal["rebalance"]  # noqa: Y015
     _WhichOneofArgType__rebalance: _TypeAlias = _typing.Literal["_rebalance", b"_rebalance"]  # noqa: Y015
     _WhichOneofReturnType__weight: _TypeAlias = _typing.Literal["weight"]  # noqa: Y015
     _WhichOneofArgType__weight: _TypeAlias = _typing.Literal["_weight", b"_weight"]  # noqa: Y015
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__leaf_runs) -> _WhichOneofReturnType__leaf_runs | None: ...
     @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__rebalance) -> _WhichOneofReturnType__rebalance | None: ...
     @_typing.overload

@@ -263,6 +263,7 @@ class Hello(_message.Message):
     SDK_FIELD_NUMBER: _builtins.int
     CONCURRENCY_FIELD_NUMBER: _builtins.int
     PACKED_GRANTS_FIELD_NUMBER: _builtins.int
+    LEAF_RUNS_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Name of the worker process (host:pid by default), recorded as the holder
     of every lease this stream gets and shown in GetJobTree and the
@@ -282,6 +283,14 @@ class Hello(_message.Message):
     LeaseGrant.leases. False (the default, and what a worker that does not
     know this field sends): one Lease message per lease, as before.
     """
+    leaf_runs: _builtins.bool
+    """The worker runs leaf runs (docs/protocol.md, "Leaf runs"): the coordinator
+    may then grant a lease wider than its job's max_range_size, which the
+    worker splits by the rule into its leaves and runs one after another in
+    one handler slot, completing it with one CompleteRequest entry
+    (failed_leaves naming the leaves that failed). Only with packed_grants.
+    False (the default): every lease is one leaf.
+    """
     @_builtins.property
     def queues(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Queues to take leases from, in order of preference. Empty means ["default"]."""
@@ -294,10 +303,11 @@ class Hello(_message.Message):
         sdk: _builtins.str = ...,
         concurrency: _builtins.int = ...,
         packed_grants: _builtins.bool = ...,
+        leaf_runs: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "packed_grants", b"packed_grants", "queues", b"queues", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["concurrency", b"concurrency", "leaf_runs", b"leaf_runs", "packed_grants", b"packed_grants", "queues", b"queues", "sdk", b"sdk", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -798,6 +808,7 @@ class CompleteRequest(_message.Message):
     RESULTS_JSON_FIELD_NUMBER: _builtins.int
     HANDLER_US_FIELD_NUMBER: _builtins.int
     ENDS_FIELD_NUMBER: _builtins.int
+    FAILED_LEAVES_FIELD_NUMBER: _builtins.int
     worker_id: _builtins.str
     """Unary calls: who sends it, checked against each lease's holder (the
     worker_id of the unary Lease that got it; empty: the peer address). On a
@@ -840,6 +851,17 @@ class CompleteRequest(_message.Message):
         still covers only what was run. Empty, or one per fence.
         """
 
+    @_builtins.property
+    def failed_leaves(self) -> _containers.RepeatedCompositeFieldContainer[Global___LeafFailure]:
+        """Leaf runs only: the leaves of a run (one of fences) that failed. The rest
+        of the run, up to its end in ends, counts as done; each leaf named here
+        fails on its own (retried with backoff while attempts remain, or to error
+        with permanent), as if it had been leased alone. A leaf that is not one of
+        its run's leaves by the rule, or a fence that is not a run of this
+        request, is refused (REJECT_REASON_INVALID_RESULT; the run's attempt
+        fails).
+        """
+
     def __init__(
         self,
         *,
@@ -850,14 +872,51 @@ class CompleteRequest(_message.Message):
         results_json: _abc.Iterable[_builtins.str] | None = ...,
         handler_us: _abc.Iterable[_builtins.int] | None = ...,
         ends: _abc.Iterable[_builtins.int] | None = ...,
+        failed_leaves: _abc.Iterable[Global___LeafFailure] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends", b"ends", "fences", b"fences", "handler_us", b"handler_us", "request_id", b"request_id", "results_json", b"results_json", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["ends", b"ends", "failed_leaves", b"failed_leaves", "fences", b"fences", "handler_us", b"handler_us", "request_id", b"request_id", "results_json", b"results_json", "skipped", b"skipped", "worker_id", b"worker_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___CompleteRequest: _TypeAlias = CompleteRequest  # noqa: Y015
+
+@_typing.final
+class LeafFailure(_message.Message):
+    """A leaf of a leaf run that failed (CompleteRequest.failed_leaves)."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    FENCE_FIELD_NUMBER: _builtins.int
+    START_FIELD_NUMBER: _builtins.int
+    END_FIELD_NUMBER: _builtins.int
+    MESSAGE_FIELD_NUMBER: _builtins.int
+    PERMANENT_FIELD_NUMBER: _builtins.int
+    fence: _builtins.int
+    """The run's fence."""
+    start: _builtins.int
+    """The leaf, one of the run's leaves by the split rule."""
+    end: _builtins.int
+    message: _builtins.str
+    permanent: _builtins.bool
+    """Do not retry this leaf: it goes to error at once."""
+    def __init__(
+        self,
+        *,
+        fence: _builtins.int = ...,
+        start: _builtins.int = ...,
+        end: _builtins.int = ...,
+        message: _builtins.str = ...,
+        permanent: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["end", b"end", "fence", b"fence", "message", b"message", "permanent", b"permanent", "start", b"start"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LeafFailure: _TypeAlias = LeafFailure  # noqa: Y015
 
 @_typing.final
 class Rejection(_message.Message):
