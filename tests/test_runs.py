@@ -20,7 +20,7 @@ from parcelo.coordinator.leases import LeafFailure, Lease, LeaseKind, Reject
 from parcelo.coordinator.runs import MAX_RUN_LEAVES, MIN_SAMPLES, LeafPace
 from parcelo.coordinator.store import Store
 from parcelo.coordinator.tree import Status, leaf_at
-from parcelo.runs import RunResult, leaves
+from parcelo.runs import RunResult, first_leaf, leaves
 from parcelo.v1 import types_pb2
 
 SIZE = 10  # ids per leaf
@@ -83,7 +83,7 @@ def test_runs_come_once_leaves_are_measured_short_and_only_to_workers_that_run_t
     assert [width(r) // SIZE for r in runs] == [4, 8, 32, 64, 64, 64, 64, 64]
     for run in runs:
         assert run.node.start % width(run) == 0 and not run.node.is_leaf
-        assert len(leaves(run.node.start, run.node.end, SIZE)) == width(run) // SIZE
+        assert len(list(leaves(run.node.start, run.node.end, SIZE))) == width(run) // SIZE
     core.complete([r.fence for r in runs], [], 2, holder="a", handler_us=[128] * 8)
     core.complete([r.fence for r in plain], [], 2, holder="old")
     assert ids_done(job) == (MIN_SAMPLES + 4 + 4 + 8 + 32 + 5 * 64) * SIZE
@@ -154,7 +154,7 @@ def test_a_whole_job_of_runs_completes_with_every_id_once() -> None:
         assert got, "work left but nothing leased"
         leases += len(got)
         # Each run's result is its leaf count, as a worker that combines `return 1` sends it.
-        counts = [str(len(leaves(r.node.start, r.end, SIZE))) for r in got]
+        counts = [str(len(list(leaves(r.node.start, r.end, SIZE)))) for r in got]
         core.complete([r.fence for r in got], [], 2, counts, holder="a", handler_us=[64] * len(got))
     assert job.tree.result == 4096 - MIN_SAMPLES and ids_done(job) == 4096 * SIZE
     assert leases < 4096 // 32  # runs of 64, after the first 16 single leaves
@@ -297,7 +297,8 @@ def test_fair_shares_count_the_leaves_of_runs() -> None:
 
 def test_leaf_at_and_the_sdk_split_agree_with_the_tree() -> None:
     for start, end, size in [(0, 640, 10), (3, 1000, 7), (0, 1, 1), (10, 17, 3)]:
-        got = leaves(start, end, size)
+        got = list(leaves(start, end, size))
+        assert first_leaf(start, end, size) == got[0][1]
         assert got[0][0] == start and got[-1][1] == end
         assert all(a[1] == b[0] and 0 < b[1] - b[0] <= size for a, b in itertools.pairwise(got))
         assert all(leaf_at(start, end, lo, size) == (lo, hi) for lo, hi in got)
@@ -336,7 +337,7 @@ def test_any_mix_of_runs_failures_early_ends_and_expiries_counts_each_id_once(da
         fences, ends, failed = [], [], {}
         for lease in got:
             what = data.draw(st.sampled_from(["done", "fail", "end", "expire"]))
-            run = leaves(lease.node.start, lease.end, SIZE)
+            run = list(leaves(lease.node.start, lease.end, SIZE))
             if what == "expire":
                 continue
             fences.append(lease.fence)

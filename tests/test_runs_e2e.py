@@ -44,8 +44,9 @@ def test_short_leaves_run_as_runs_and_every_leaf_runs_once(
     assert all(attempt == 1 for _, _, attempt in runs(run_log))
     widths = _started_widths(coordinator, job.id)
     # The first leaves went one by one (nothing measured yet, and what the workers prefetched
-    # then), then whole subtrees of up to 64: most leaves ran in runs.
-    assert widths[1] >= 16 and max(widths) == 64
+    # then), then whole subtrees (of up to 64 leaves: about 2 ms of these ~20 µs handlers, fewer
+    # on a busy host): most leaves ran in runs.
+    assert widths[1] >= 16 and max(widths) in (16, 32, 64)
     assert sum(n * count for n, count in widths.items()) == len(leaves)
     assert sum(n * count for n, count in widths.items() if n > 1) > len(leaves) // 2
     # Runs are never split into their leaves: the tree made fewer nodes than leaves (one leaf a
@@ -155,10 +156,10 @@ def test_pause_with_release_stops_runs_between_leaves_and_no_leaf_runs_twice(
     start_recording_workers(coordinator, procs, log_dir, run_log, "record", n=2)
     wait_for(lambda: coordinator.get_job(job.id).stats.range_processed >= 30_000, 60, "a fifth done")
     coordinator.jobs.PauseJob(jobs_pb2.PauseJobRequest(job_id=job.id, release=True), timeout=10)
+
     # Each run stops after the leaf it is in; what it ran is completed, the rest given back.
-    paused = wait_for(
-        lambda: (got := coordinator.get_job(job.id)).stats.active_leases == 0 and got, 20, "leases back"
-    )
+    wait_for(lambda: coordinator.get_job(job.id).stats.active_leases == 0, 20, "leases back")
+    paused = coordinator.get_job(job.id)  # (paused: nothing changes any more)
     ran_while_paused = len(runs(run_log))
     assert paused.stats.range_processed == ran_while_paused * SIZE < 163_840
     coordinator.jobs.ResumeJob(jobs_pb2.ResumeJobRequest(job_id=job.id), timeout=10)

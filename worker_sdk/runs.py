@@ -10,24 +10,30 @@ leaves go as one value, combined here the way the job's reduce combines them. Pu
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 from parcelo.v1 import types_pb2
 
 
-def leaves(start: int, end: int, max_range_size: int) -> list[tuple[int, int]]:
-    """The leaves of ``[start, end)`` by the split rule, in range order."""
-    out: list[tuple[int, int]] = []
+def leaves(start: int, end: int, max_range_size: int) -> Iterator[tuple[int, int]]:
+    """The leaves of ``[start, end)`` by the split rule, in range order (made as they are read:
+    the run loop takes them one at a time)."""
     stack = [(start, end)]
     while stack:
         lo, hi = stack.pop()
-        if hi - lo <= max_range_size:
-            out.append((lo, hi))
-        else:
+        while hi - lo > max_range_size:
             mid = lo + (hi - lo) // 2
             stack.append((mid, hi))
-            stack.append((lo, mid))
-    return out
+            hi = mid
+        yield lo, hi
+
+
+def first_leaf(start: int, end: int, max_range_size: int) -> int:
+    """The end of the first leaf of ``[start, end)`` by the split rule."""
+    while end - start > max_range_size:
+        end = start + (end - start) // 2
+    return end
 
 
 _NAMES: dict[int, str] = {

@@ -39,7 +39,7 @@ from parcelo.errors import PermanentError
 from parcelo.grants import GrantedLease, leases_of
 from parcelo.outbox import Outbox
 from parcelo.pacing import Pacer
-from parcelo.runs import RunResult, leaves
+from parcelo.runs import RunResult, first_leaf, leaves
 from parcelo.tracing import HandlerSpans, global_provider
 from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 
@@ -84,9 +84,10 @@ class _Held:
     release: bool = False
     # Whether a heartbeat told the coordinator its handler claims (so it may be split).
     claims_told: bool = False
-    # A leaf run (docs/protocol.md, "Leaf runs"): its leaves, where they were run to so far, and
-    # the ones that failed. None: the lease is one leaf.
-    leaves: list[tuple[int, int]] | None = None
+    # A leaf run (docs/protocol.md, "Leaf runs"): its job's max_range_size (0: the lease is one
+    # leaf), how many of its leaves ran and up to where, and the ones that failed.
+    run_size: int = 0
+    ran: int = 0
     done_to: int = 0
     failed_leaves: list[worker_pb2.LeafFailure] | None = None
 
@@ -107,7 +108,7 @@ def _claims(beat: worker_pb2.LeaseHeartbeat, ctx: Context) -> bool:
 def _ran_to(held: _Held) -> int:
     """Where a lease was run to when a SHRINK (or, for a leaf run, a RELEASE) ended it early
     (0: its end)."""
-    if held.leaves is not None:
+    if held.run_size:
         return held.done_to if held.done_to < held.lease.end else 0
     ctx = held.ctx
     return ctx.end if ctx is not None and ctx.end < ctx.leaf.end else 0
@@ -413,7 +414,7 @@ class Worker:
         for fence, held in self._held.items():
             beat = request.leases.add(fence=fence)
             ctx = held.ctx
-            if ctx is not None and held.leaves is not None:
+            if ctx is not None and held.run_size:
                 # A leaf run has no checkpoints and is never split: a message at most.
                 beat.message = ctx.take_message()
             elif ctx is not None:
@@ -472,7 +473,7 @@ class Worker:
             held = _Held(lease)
             size = sizes.get(lease.job_id, 0)
             if size and lease.end - lease.start > size and lease.kind == worker_pb2.LEASE_KIND_LEAF:
-                held.leaves = leaves(lease.start, lease.end, size)
+                held.run_size = size
                 held.claims_told = True  # never splittable: nothing to tell
             if self._stopping:
                 self._held[lease.fence] = held
@@ -526,7 +527,7 @@ class Worker:
         running yet has no claims, and is not split), and answer at once."""
         ctx = held.ctx
         # A leaf run is never split (it is short, and its handler's claims are its leaves').
-        accepted = ctx is not None and held.leaves is None and ctx.shrink(new_end)
+        accepted = ctx is not None and not held.run_size and ctx.shrink(new_end)
         beat = worker_pb2.LeaseHeartbeat(fence=fence)
         if ctx is not None:
             _claims(beat, ctx)
@@ -544,11 +545,11 @@ class Worker:
             while self._waiting and self._running < self.concurrency and not self._stopping:
                 held = self._waiting.popleft()
                 self._running += 1
-                if held.leaves is None:
+                if not held.run_size:
                     held.ctx = self._context(held.lease)
                     held.task = asyncio.get_running_loop().create_task(self._run(held))
                 else:
-                    held.ctx = self._leaf_context(held.lease, *held.leaves[0])
+                    held.ctx = self._first_leaf(held)
                     held.task = asyncio.get_running_loop().create_task(self._run_leaf_run(held))
         elif not self._stopping:
             # Each submission takes waiting leases itself, so only start as many as the waiting
@@ -623,7 +624,6 @@ class Worker:
     async def _run_leaf_run(self, held: _Held) -> None:
         """A leaf run with an async handler: its leaves one after another in this one task (an
         ``await`` of each handler, no task per leaf)."""
-        assert held.leaves is not None
         lease = held.lease
         combined = RunResult(self._reduces.get(lease.job_id, 0))
         handler = self.handler
@@ -631,7 +631,7 @@ class Worker:
         began = time.perf_counter()
         run_us = 0
         try:
-            for start, end in held.leaves:
+            for start, end in leaves(lease.start, lease.end, held.run_size):
                 if held.dropped or held.release:
                     break
                 ctx, span = self._next_leaf(held, start, end)
@@ -662,13 +662,12 @@ class Worker:
     def _leaf_run_in_thread(self, held: _Held) -> Any:
         """In a pool thread: a leaf run with a sync handler, its leaves one after another;
         returns their results combined."""
-        assert held.leaves is not None
         lease = held.lease
         combined = RunResult(self._reduces.get(lease.job_id, 0))
         handler = self.handler
         spans = self._spans
         run_us = 0
-        for start, end in held.leaves:
+        for start, end in leaves(lease.start, lease.end, held.run_size):
             if held.dropped or held.release:
                 break
             ctx, span = self._next_leaf(held, start, end)
@@ -687,6 +686,11 @@ class Worker:
             self._leaf_ran(held, combined, start, end, error, result, span)
         held.run_us = max(1, run_us)
         return combined.value
+
+    def _first_leaf(self, held: _Held) -> Context:
+        """The context of a leaf run's first leaf (made as the run starts: a started lease has one)."""
+        lease = held.lease
+        return self._leaf_context(lease, lease.start, first_leaf(lease.start, lease.end, held.run_size))
 
     def _next_leaf(self, held: _Held, start: int, end: int) -> tuple[Context, Any]:
         """The context (the one made when the run started, for its first leaf) and span (None
@@ -731,6 +735,7 @@ class Worker:
                 extra={"job_id": held.lease.job_id, "fence": held.lease.fence, "worker_id": self.worker_id},
             )
         held.done_to = end
+        held.ran += 1
         if span is not None and self._spans is not None:
             self._spans.end(span, error, "failed" if error is not None else "completed")
 
@@ -771,15 +776,15 @@ class Worker:
             except IndexError:
                 break
             taken += 1
-            run = held.leaves
-            ctx = self._context(held.lease) if run is None else self._leaf_context(held.lease, *run[0])
+            run = held.run_size
+            ctx = self._first_leaf(held) if run else self._context(held.lease)
             held.ctx = ctx
             if held.dropped or held.release:
                 # A directive came as this thread took the lease: not run; _finish reports what
                 # the directive asked for (nothing, or the lease given back).
                 done.append((held, None, None, None))
                 continue
-            if run is not None:
+            if run:
                 done.append((held, None, self._leaf_run_in_thread(held), None))
                 if time.perf_counter() - began >= budget:
                     break
@@ -861,7 +866,7 @@ class Worker:
         fence = held.lease.fence
         if self._held.pop(fence, None) is None or held.dropped:
             return "dropped"
-        run = held.leaves is not None
+        run = bool(held.run_size)
         checkpoint = held.ctx.last_checkpoint if held.ctx is not None and not run else None
         if held.release and not (run and held.done_to > held.lease.start):
             self._give_back(held, checkpoint)
@@ -889,11 +894,10 @@ class Worker:
             else:
                 failed = held.failed_leaves or ()
                 outbox.complete(fence, text, held.run_us, _ran_to(held), failed)
-                if held.leaves is None:
+                if not run:
                     self.stats.completed += 1
                 else:  # counted per leaf, as if each had been a lease
-                    ran = sum(1 for _, end in held.leaves if end <= held.done_to)
-                    self.stats.completed += ran - len(failed)
+                    self.stats.completed += held.ran - len(failed)
                     self.stats.failed += len(failed)
                 outcome = "completed"
         else:
