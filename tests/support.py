@@ -29,6 +29,7 @@ from parcelo.channel import Metadata
 from parcelo.client import Client
 from parcelo.coordinator.server import Config, Coordinator
 from parcelo.coordinator.store import Store
+from parcelo.grants import GrantedLease, leases_of
 from parcelo.testing import CoordinatorProcess, Proc, start_worker
 from parcelo.v1 import types_pb2, worker_pb2, worker_pb2_grpc
 from tests.handlers import keep_multiples
@@ -218,12 +219,16 @@ class RawWorker:
         worker_id: str = "raw",
         queues: tuple[str, ...] = ("default",),
         metadata: Metadata = (),
+        *,
+        leaf_runs: bool = False,
     ) -> None:
         self._out: queue.Queue[worker_pb2.WorkRequest | None] = queue.Queue()
         self._in: queue.Queue[worker_pb2.WorkResponse | Exception] = queue.Queue()
-        self._out.put(
-            worker_pb2.WorkRequest(hello=worker_pb2.Hello(worker_id=worker_id, queues=list(queues)))
+        # Leaf runs come in packed grants only (read them with lease_packed).
+        hello = worker_pb2.Hello(
+            worker_id=worker_id, queues=list(queues), packed_grants=leaf_runs, leaf_runs=leaf_runs
         )
+        self._out.put(worker_pb2.WorkRequest(hello=hello))
         self._call = worker_pb2_grpc.WorkerServiceStub(channel).Work(self._requests(), metadata=metadata)
         self._reader = threading.Thread(target=self._read, daemon=True)
         self._reader.start()
@@ -269,10 +274,23 @@ class RawWorker:
             leases.extend(self.next("grant", timeout).grant.leases)
         return leases
 
+    def lease_packed(self, count: int, timeout: float = 10) -> list[GrantedLease]:
+        """As :meth:`lease`, for a stream whose hello set packed_grants."""
+        self._out.put(worker_pb2.WorkRequest(lease=worker_pb2.LeaseRequest(count=count)))
+        leases: list[GrantedLease] = []
+        while len(leases) < count:
+            leases.extend(leases_of(self.next("grant", timeout).grant))
+        return leases
+
     def complete(self, fences: list[int], skipped: list[int] | None = None) -> worker_pb2.CompleteResponse:
         self._out.put(
             worker_pb2.WorkRequest(complete=worker_pb2.CompleteRequest(fences=fences, skipped=skipped or []))
         )
+        return self.next("complete").complete
+
+    def complete_request(self, request: worker_pb2.CompleteRequest) -> worker_pb2.CompleteResponse:
+        """Send ``request`` as it is (results, handler times, failed leaves) and read its answer."""
+        self._out.put(worker_pb2.WorkRequest(complete=request))
         return self.next("complete").complete
 
     def heartbeat(self, *beats: worker_pb2.LeaseHeartbeat) -> worker_pb2.HeartbeatResponse:

@@ -50,3 +50,18 @@ def test_after_a_reconnect_every_unanswered_result_is_sent_again_with_its_end() 
     # The run time counted when first sent; the end goes again, so a split a restart lost is made.
     assert not complete.complete.handler_us and list(complete.complete.ends) == [500]
     assert [f.fence for f in fail.fail.failures] == [4] and fail.fail.failures[0].released
+
+
+def test_a_leaf_runs_failed_leaves_go_with_its_completion_and_again_after_a_reconnect() -> None:
+    box = Outbox()
+    bad = worker_pb2.LeafFailure(fence=7, start=30, end=40, message="RuntimeError: x")
+    box.complete(7, "63", 640, 0, [bad])
+    box.complete(8, "64", 640, 0)
+    [request] = box.take("w")
+    assert list(request.complete.fences) == [7, 8] and list(request.complete.failed_leaves) == [bad]
+    box.answered(8)
+    box.requeue_unanswered()  # a new stream: run 7 was never answered
+    [again] = box.take("w")
+    assert list(again.complete.fences) == [7] and list(again.complete.failed_leaves) == [bad]
+    assert list(again.complete.results_json) == ["63"]
+    assert not again.complete.handler_us  # its run time counted once

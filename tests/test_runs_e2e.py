@@ -8,12 +8,13 @@ from collections import Counter
 from datetime import timedelta
 from pathlib import Path
 
+import grpc
 import pytest
 
 from parcelo import JobOptions, RetryPolicy, result_of
 from parcelo.testing import CoordinatorProcess, Proc, wait_for
-from parcelo.v1 import jobs_pb2, types_pb2
-from tests.support import reference_leaves, runs, start_recording_workers
+from parcelo.v1 import jobs_pb2, types_pb2, worker_pb2
+from tests.support import RawWorker, reference_leaves, runs, start_recording_workers
 
 pytestmark = pytest.mark.integration
 
@@ -167,3 +168,70 @@ def test_pause_with_release_stops_runs_between_leaves_and_no_leaf_runs_twice(
     assert done.status == types_pb2.JOB_STATUS_COMPLETED
     assert sorted((s, e) for s, e, _ in runs(run_log)) == leaves  # none twice, none lost
     assert max(_started_widths(coordinator, job.id)) > 1  # runs were granted
+
+
+def test_a_raw_protocol_worker_following_the_protocol_page_runs_a_leaf_run(
+    coordinator: CoordinatorProcess,
+) -> None:
+    """docs/protocol.md, "Leaf runs", message by message: single leaves until 16 completions
+    reported handler_us, then a run; its completion names one failed leaf, which comes back alone
+    as attempt 2 while the rest of the run counts as done."""
+    retry = RetryPolicy(initial_backoff=timedelta(milliseconds=10))
+    job = coordinator.create_job(JobOptions(0, 4096 * SIZE, max_range_size=SIZE, retry=retry))
+    raw = RawWorker(coordinator.channel, leaf_runs=True)
+    try:
+        first = raw.lease_packed(16)
+        assert all(lease.end - lease.start == SIZE for lease in first)  # nothing measured yet
+        done = raw.complete_request(
+            worker_pb2.CompleteRequest(fences=[r.fence for r in first], handler_us=[5] * 16)
+        )
+        assert sorted(done.accepted) == sorted(r.fence for r in first)
+        [run] = raw.lease_packed(1)
+        assert SIZE < run.end - run.start <= 64 * SIZE and run.attempt == 1
+        leaves = reference_leaves(run.start, run.end, SIZE)
+        bad = leaves[1]
+        failed = worker_pb2.LeafFailure(fence=run.fence, start=bad[0], end=bad[1], message="RuntimeError: x")
+        answer = raw.complete_request(
+            worker_pb2.CompleteRequest(
+                fences=[run.fence], handler_us=[len(leaves) * 5], failed_leaves=[failed]
+            )
+        )
+        assert list(answer.accepted) == [run.fence] and not answer.rejected
+        got = coordinator.get_job(job.id)
+        assert got.stats.range_processed == (16 + len(leaves) - 1) * SIZE
+        assert got.stats.failed_attempts == 1
+        # Everything else, until the failed leaf comes back on its own.
+        again: list[tuple[int, int, int]] = []
+        while got.status != types_pb2.JOB_STATUS_COMPLETED:
+            leases = raw.lease_packed(1)
+            again += [(r.start, r.end, r.attempt) for r in leases if r.start == bad[0]]
+            raw.complete_request(worker_pb2.CompleteRequest(fences=[r.fence for r in leases]))
+            got = coordinator.get_job(job.id)
+        assert again == [(bad[0], bad[1], 2)]
+        assert got.stats.range_processed == 4096 * SIZE
+    finally:
+        raw.close()
+
+
+def test_failed_leaves_a_request_cannot_hold_are_invalid_arguments(coordinator: CoordinatorProcess) -> None:
+    coordinator.create_job(JobOptions(0, 100, max_range_size=SIZE))
+    raw = RawWorker(coordinator.channel)
+    try:
+        [lease] = raw.lease(1)
+        for failure, why in [
+            (
+                worker_pb2.LeafFailure(fence=lease.fence + 1, start=0, end=10),
+                "not one of this request's fences",
+            ),
+            (worker_pb2.LeafFailure(fence=lease.fence, start=10, end=10), "empty range"),
+        ]:
+            request = worker_pb2.CompleteRequest(
+                fences=[lease.fence], failed_leaves=[failure], worker_id="raw"
+            )
+            with pytest.raises(grpc.RpcError) as err:
+                coordinator.workers.Complete(request, timeout=10)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and why in str(err.value.details())
+        # The lease is untouched by the refused requests: it completes as usual.
+        assert list(raw.complete([lease.fence]).accepted) == [lease.fence]
+    finally:
+        raw.close()
