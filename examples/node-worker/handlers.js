@@ -177,7 +177,14 @@ export function keep_multiples(range, _isLeaf) {
 }
 
 /** The handlers the CLI knows, by name (--handler). */
-export const HANDLERS = Object.freeze({ count, record, stall_first, checkpoint_then_fail, claim_ids, width_flaky });
+export const HANDLERS = Object.freeze({
+  count,
+  record,
+  stall_first,
+  checkpoint_then_fail,
+  claim_ids,
+  width_flaky,
+});
 
 /** The pruning rules the CLI knows, by name (--should-process). */
 export const SHOULD_PROCESS = Object.freeze({ keep_multiples });

@@ -122,6 +122,7 @@ export function decodePacked(packed) {
   if (probeIsLeaf.length !== probes.length) bad('probe_is_leaf is not as long as probes');
   if (cursors.length !== resumed.length || details.length !== resumed.length)
     bad('cursors and details are not as long as resumed');
+  /** @type {any[]} */
   const leases = [];
   for (let r = 0; r < jobs.length; r++) {
     for (let k = 0; k < lengths[r]; k++) {
@@ -144,7 +145,8 @@ export function decodePacked(packed) {
   /** @param {number[]} indexes @param {string} name */
   const increasing = (indexes, name) => {
     for (let k = 0; k < indexes.length; k++) {
-      if (indexes[k] >= n || (k > 0 && indexes[k] <= indexes[k - 1])) bad(`${name} is not increasing lease indexes`);
+      if (indexes[k] >= n || (k > 0 && indexes[k] <= indexes[k - 1]))
+        bad(`${name} is not increasing lease indexes`);
     }
   };
   increasing(probes, 'probes');
@@ -174,7 +176,8 @@ const BIGINT_TEXT = /"\\u0000bigint:(-?\d+)"/g;
 export function encodeResult(value) {
   const text = JSON.stringify(value, (_key, v) => {
     if (typeof v === 'bigint') return `${BIGINT_MARK}${v}`;
-    if (typeof v === 'string' && v.startsWith(BIGINT_MARK)) throw new TypeError('a string starts with the BigInt mark');
+    if (typeof v === 'string' && v.startsWith(BIGINT_MARK))
+      throw new TypeError('a string starts with the BigInt mark');
     return v;
   });
   if (text === undefined) throw new TypeError(`${typeof value} is not a JSON value`);

@@ -30,7 +30,9 @@ export function* leaves(start, end, maxRangeSize) {
  */
 export function isLeafRun(lease, maxRangeSize) {
   return (
-    lease.kind !== 'LEASE_KIND_PROBE' && maxRangeSize > 0n && BigInt(lease.end) - BigInt(lease.start) > maxRangeSize
+    lease.kind !== 'LEASE_KIND_PROBE' &&
+    maxRangeSize > 0n &&
+    BigInt(lease.end) - BigInt(lease.start) > maxRangeSize
   );
 }
 
@@ -79,7 +81,8 @@ export class RunResult {
     const had = this.value;
     if (had === null) this.value = value;
     else if (this.#name === 'sum') {
-      this.value = typeof had === 'bigint' && typeof value === 'bigint' ? had + value : Number(had) + Number(value);
+      this.value =
+        typeof had === 'bigint' && typeof value === 'bigint' ? had + value : Number(had) + Number(value);
     } else if (this.#name === 'min') this.value = value < had ? value : had;
     else this.value = value > had ? value : had;
     return '';

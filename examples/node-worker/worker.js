@@ -617,7 +617,8 @@ export class Worker {
     }
     this.#jobOfFence.set(held.fence, held.lease.job_id);
     let result = '';
-    if (combined.value !== null && this.#jobs.get(held.lease.job_id)?.reducing) result = encodeResult(combined.value);
+    if (combined.value !== null && this.#jobs.get(held.lease.job_id)?.reducing)
+      result = encodeResult(combined.value);
     const end = held.doneTo === u64(held.lease.end) ? '0' : held.doneTo.toString();
     this.#outbox.complete(held.fence, result, end, us.toString(), held.failedLeaves);
     // Counted per leaf, as if each had been a lease.

@@ -156,7 +156,10 @@ test('outbox sends results beside their fences, or none when no leaf gave one', 
 });
 
 test('results are JSON with BigInts as exact integers', () => {
-  assert.equal(encodeResult({ n: (1n << 70n) + 1n, list: [2n, 'x'] }), '{"n":1180591620717411303425,"list":[2,"x"]}');
+  assert.equal(
+    encodeResult({ n: (1n << 70n) + 1n, list: [2n, 'x'] }),
+    '{"n":1180591620717411303425,"list":[2,"x"]}',
+  );
   assert.equal(encodeResult(3), '3');
   assert.throws(() => encodeResult(undefined), /not a JSON value/);
   assert.throws(() => encodeResult({ s: '\u0000bigint:1' }), /BigInt mark/);
@@ -298,7 +301,17 @@ function pageExample() {
 test('a packed grant decodes to the leases of the page example: jobs by runs, attempts, probes, resumed', () => {
   const leases = decodePacked(pageExample());
   assert.deepEqual(
-    leases.map((l) => [l.fence, l.job_id, l.kind, l.start, l.end, l.attempt, l.cursor, l.details.toString(), l.is_leaf]),
+    leases.map((l) => [
+      l.fence,
+      l.job_id,
+      l.kind,
+      l.start,
+      l.end,
+      l.attempt,
+      l.cursor,
+      l.details.toString(),
+      l.is_leaf,
+    ]),
     [
       ['41', 'a', 'LEASE_KIND_LEAF', '0', '1000', 1, '0', '', true],
       ['42', 'a', 'LEASE_KIND_LEAF', '1000', '2000', 2, '1500', '<opaque>', true],
@@ -337,7 +350,9 @@ test('a packed grant without attempts is all first attempts; a job may have seve
 test('a packed grant decodes the same through the real protobuf encoding', () => {
   // A WorkResponse{grant{packed}} encoded as a coordinator sends it, read back as the worker reads it.
   const work = /** @type {any} */ (workerServiceClient().service.Work);
-  const msg = work.responseDeserialize(work.responseSerialize({ grant: { packed: pageExample(), jobs: [] } }));
+  const msg = work.responseDeserialize(
+    work.responseSerialize({ grant: { packed: pageExample(), jobs: [] } }),
+  );
   assert.deepEqual(msg.grant.leases, []);
   const leases = decodePacked(msg.grant.packed);
   assert.deepEqual(
@@ -419,7 +434,7 @@ test('a lease is a leaf run when it is a leaf lease wider than its job max_range
 
 test('a run combines its leaves results by the job reduce, exactly', () => {
   const sum = new RunResult('REDUCE_SUM');
-  for (const v of [1, 2n, undefined, null, (1n << 70n)]) assert.equal(sum.add(v), '');
+  for (const v of [1, 2n, undefined, null, 1n << 70n]) assert.equal(sum.add(v), '');
   assert.equal(sum.value, 3n + (1n << 70n));
   assert.equal(encodeResult(sum.value), (3n + (1n << 70n)).toString());
   const floats = new RunResult('REDUCE_SUM');
@@ -440,7 +455,10 @@ test('a leaf result a numeric reduce cannot combine is refused with the coordina
   assert.equal(sum.add('12'), 'reduce sum combines numbers; the result is a string');
   assert.equal(sum.add(true), 'reduce sum combines numbers; the result is a boolean');
   assert.equal(new RunResult('REDUCE_MAX').add([1]), 'reduce max combines numbers; the result is an array');
-  assert.equal(new RunResult('REDUCE_MIN').add({ a: 1 }), 'reduce min combines numbers; the result is an object');
+  assert.equal(
+    new RunResult('REDUCE_MIN').add({ a: 1 }),
+    'reduce min combines numbers; the result is an object',
+  );
   assert.match(sum.add(NaN), /finite numbers; the result is NaN/);
   assert.match(sum.add(Infinity), /the result is Infinity/);
   assert.equal(sum.value, null); // refused results are not combined
@@ -448,7 +466,7 @@ test('a leaf result a numeric reduce cannot combine is refused with the coordina
   assert.equal(new RunResult('REDUCE_NONE').add('x'), '');
 });
 
-test('outbox sends handler time and a run\'s failed leaves with it, again after requeue', () => {
+test("outbox sends handler time and a run's failed leaves with it, again after requeue", () => {
   const box = new Outbox();
   const failed = [{ fence: '5', start: '30', end: '40', message: 'Error: x', permanent: false }];
   box.complete('4', '', '0', '12');

@@ -568,7 +568,13 @@ test('a handler that never claims is not splittable and refuses SHRINK', async (
 // -- packed grants and leaf runs (docs/protocol.md, "Packed grants", "Leaf runs") ----------------
 
 /** JobInfo of job `j`: leaves of 10 ids, reduce sum. */
-const RUN_JOB = { job_id: 'j', params_json: '{}', lease_ttl: { seconds: 30 }, max_range_size: '10', reduce: 'REDUCE_SUM' };
+const RUN_JOB = {
+  job_id: 'j',
+  params_json: '{}',
+  lease_ttl: { seconds: 30 },
+  max_range_size: '10',
+  reduce: 'REDUCE_SUM',
+};
 
 /**
  * A packed grant of job j: `leases` as [fence, start, end] (attempt 1, no checkpoint), plus extra columns.
@@ -675,16 +681,23 @@ test('a leaf run runs its leaves in order in one slot and completes once, with e
     seen.map(([s, e]) => [s, e]),
     [...Array(8)].map((_, i) => [BigInt(i * 10), BigInt(i * 10 + 10)]),
   );
-  assert.ok(seen.every(([s, , leaf, cursor, fence, attempt]) => leaf === s && cursor === s && fence === 5n && attempt === 1));
+  assert.ok(
+    seen.every(
+      ([s, , leaf, cursor, fence, attempt]) => leaf === s && cursor === s && fence === 5n && attempt === 1,
+    ),
+  );
   assert.equal(most, 1); // one after another
   const run = done.get('5');
-  assert.deepEqual(run.failed, [{ fence: '5', start: '30', end: '40', message: 'Error: flaky', permanent: false }]);
+  assert.deepEqual(run.failed, [
+    { fence: '5', start: '30', end: '40', message: 'Error: flaky', permanent: false },
+  ]);
   assert.equal(run.result, '70'); // seven leaves of 10 ids combined by reduce sum
   assert.equal(run.end, '0'); // it ran to its end
   assert.ok(Number(run.us) >= 8 * 1000, `handler_us ${run.us} sums the leaves`);
   // Heartbeats of the run never carried a cursor nor splittable.
   for (const msg of stream.received.filter((m) => m.msg === 'heartbeat')) {
-    for (const beat of msg.heartbeat.leases) assert.deepEqual([beat.cursor, beat.splittable], [undefined, false]);
+    for (const beat of msg.heartbeat.leases)
+      assert.deepEqual([beat.cursor, beat.splittable], [undefined, false]);
   }
   stream.send({ complete: { accepted: ['5'], rejected: [], request_id: run.request_id } });
   await worker.stop();
