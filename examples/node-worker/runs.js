@@ -74,7 +74,7 @@ export class RunResult {
       return `reduce ${this.#name} combines numbers; the result is ${kind(result)}`;
     }
     if (typeof result === 'number' && !Number.isFinite(result)) {
-      return `reduce ${this.#name} combines finite numbers; the result is ${result}`;
+      return `the result is not JSON: ${result} is not a JSON number`; // the coordinator's words
     }
     /** @type {bigint | number} */
     const value = typeof result === 'number' && Number.isInteger(result) ? BigInt(result) : result;
