@@ -339,3 +339,77 @@ def test_node_workers_split_a_slow_leaf_and_claim_every_id_once(
     assert len(slow_fences) >= 2, slow_fences  # the slow leaf went to several leases
     for proc in workers:
         assert proc.terminate() == 0, proc.output()
+
+
+# -- leaf runs (docs/protocol.md, "Leaf runs"): the Node worker says packed_grants and leaf_runs --
+
+RUN_SIZE = 10
+
+
+def _started(coord: CoordinatorProcess, job_id: str) -> list[tuple[int, int]]:
+    """The ranges of the leases the NODE_STARTED events of the (finished) job show."""
+    request = jobs_pb2.WatchJobRequest(job_id=job_id, types=[types_pb2.EVENT_TYPE_NODE_STARTED])
+    return [(e.range.start, e.range.end) for e in coord.jobs.WatchJob(request, timeout=20)]
+
+
+def _started_widths(coord: CoordinatorProcess, job_id: str) -> Counter[int]:
+    """How many leases of each width (in leaves of RUN_SIZE) were started (tests/test_runs_e2e.py's helper)."""
+    return Counter((end - start) // RUN_SIZE for start, end in _started(coord, job_id))
+
+
+def test_node_workers_run_short_leaves_as_leaf_runs_and_every_leaf_once(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    leaves = reference_leaves(0, 40_960, RUN_SIZE)  # 4,096 leaves of 10 ids
+    workers = [node_worker(node, coordinator, procs, log_dir, run_log, "record") for _ in range(2)]
+    for proc in workers:
+        connected(proc)
+    job = coordinator.create_job(JobOptions(0, 40_960, max_range_size=RUN_SIZE))
+    done = coordinator.wait_status(job.id, DONE | FAILED, timeout=90)
+    assert done.status == types_pb2.JOB_STATUS_COMPLETED, done.reason
+    assert sorted((s, e) for s, e, _ in runs(run_log)) == leaves  # each leaf once, by the rule
+    assert all(attempt == 1 for _, _, attempt in runs(run_log))
+    widths = _started_widths(coordinator, job.id)
+    # Single leaves first (runs only once 16 completions reported handler_us), then runs.
+    assert widths[1] >= 16 and max(widths) > 1, widths
+    assert sum(n * count for n, count in widths.items()) == len(leaves)
+    assert sum(n * count for n, count in widths.items() if n > 1) > len(leaves) // 2, widths
+    assert done.stats.total_nodes < len(leaves)  # runs are not split: one leaf a lease makes 8,191
+    assert done.stats.range_processed == 40_960
+    for proc in workers:
+        assert proc.terminate() == 0, proc.output()
+
+
+def test_node_worker_retries_a_failing_leaf_of_a_run_alone_and_sums_exactly(
+    node: str, coordinator: CoordinatorProcess, procs: list[Proc], log_dir: Path, tmp_path: Path
+) -> None:
+    run_log = tmp_path / "runs.log"
+    # width_flaky returns its leaf's width; the first attempt of leaves starting at 370 mod 970 throws.
+    job = coordinator.create_job(
+        JobOptions(
+            0,
+            40_960,
+            max_range_size=RUN_SIZE,
+            reduce="sum",
+            params={"every": 970, "offset": 370},
+            retry=RetryPolicy(initial_backoff=timedelta(milliseconds=10), max_attempts=3),
+        )
+    )
+    workers = [node_worker(node, coordinator, procs, log_dir, run_log, "width_flaky") for _ in range(2)]
+    done = coordinator.wait_status(job.id, DONE | FAILED, timeout=90)
+    assert done.status == types_pb2.JOB_STATUS_COMPLETED, done.reason
+    assert (result_of(done), done.result_partial) == (40_960, False)  # every id counted exactly once
+    flaky = {s for s, _ in reference_leaves(0, 40_960, RUN_SIZE) if s % 970 == 370}
+    count = Counter(s for s, _, _ in runs(run_log))
+    assert {s for s, n in count.items() if n == 2} == flaky and set(count.values()) == {1, 2}
+    assert {(s, a) for s, _, a in runs(run_log) if s in flaky} == {(s, a) for s in flaky for a in (1, 2)}
+    assert done.stats.failed_attempts == len(flaky)
+    started = _started(coordinator, job.id)
+    # Some flaky leaves failed inside a leaf run (their first attempt was a lease wider than the
+    # leaf) and every flaky leaf was leased again on its own.
+    in_runs = {s for s in flaky for a, b in started if b - a > RUN_SIZE and a <= s < b}
+    assert len(in_runs) >= len(flaky) // 2, (sorted(in_runs), sorted(flaky))
+    assert all((s, s + RUN_SIZE) in started for s in flaky)
+    for proc in workers:
+        assert proc.terminate() == 0, proc.output()

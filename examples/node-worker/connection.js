@@ -39,7 +39,8 @@ export class Connection {
   /**
    * @param {object} init
    * @param {string} init.target host:port
-   * @param {{worker_id: string, queues: string[], sdk: string}} init.hello
+   * @param {{worker_id: string, queues: string[], sdk: string, concurrency?: number,
+   *   packed_grants?: boolean, leaf_runs?: boolean}} init.hello
    * @param {import('./worker.js').Logger} init.log
    * @param {ConnectionEvents} init.events
    */
@@ -69,6 +70,17 @@ export class Connection {
     if (this.#call === null) return false;
     this.#call.write(msg);
     return true;
+  }
+
+  /**
+   * End the stream that is up (a defect of the coordinator's, e.g. a packed grant that breaks its
+   * rules): the loop reconnects with backoff as after any broken stream.
+   * @param {string} why
+   */
+  reset(why) {
+    if (this.#call === null) return;
+    this.log.error(`ending the stream: ${why}`);
+    this.#call.cancel();
   }
 
   /** Half-close the stream (the coordinator then ends it), stop reconnecting, and wait for both. */

@@ -150,6 +150,23 @@ export async function claim_ids(range, ctx) {
 }
 
 /**
+ * Log the run and return the leaf's width (a BigInt), as tests/handlers.py's width_flaky: the first
+ * attempt of every leaf whose start is params.every apart (from params.offset) throws a retryable
+ * error, and the leaf at params.bad_start fails for good (PermanentError).
+ * @param {Range} range @param {Context} ctx
+ * @returns {bigint}
+ */
+export function width_flaky(range, ctx) {
+  log('run', range, ctx);
+  const bad = param(ctx.params, 'bad_start');
+  if (bad !== undefined && range.start === BigInt(bad)) throw new PermanentError('bad record');
+  const every = BigInt(param(ctx.params, 'every') ?? 1);
+  const offset = BigInt(param(ctx.params, 'offset') ?? -1);
+  if (range.start % every === offset && ctx.attempt === 1) throw new Error('transient');
+  return range.end - range.start;
+}
+
+/**
  * A pruning rule (shouldProcess, for jobs created with pruning): keep ranges that contain a
  * multiple of 10,000, as tests/handlers.py's keep_multiples.
  * @param {Range} range @param {boolean} _isLeaf
@@ -160,7 +177,14 @@ export function keep_multiples(range, _isLeaf) {
 }
 
 /** The handlers the CLI knows, by name (--handler). */
-export const HANDLERS = Object.freeze({ count, record, stall_first, checkpoint_then_fail, claim_ids });
+export const HANDLERS = Object.freeze({
+  count,
+  record,
+  stall_first,
+  checkpoint_then_fail,
+  claim_ids,
+  width_flaky,
+});
 
 /** The pruning rules the CLI knows, by name (--should-process). */
 export const SHOULD_PROCESS = Object.freeze({ keep_multiples });

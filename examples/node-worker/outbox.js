@@ -11,9 +11,17 @@ import { COMPLETION_BATCH } from './defaults.js';
  */
 
 /**
+ * A LeafFailure as it goes on the wire: a leaf of a leaf run (`fence`: the run's) whose handler failed.
+ * @typedef {{fence: string, start: string, end: string, message: string, permanent: boolean}} WireLeafFailure
+ */
+
+/**
  * One result kept until answered (`result`: the leaf's result as JSON, '' for none; `end`: the end
- * the lease was run to after an accepted SHRINK, '0' for the lease's own end).
- * @typedef {{kind: 'complete', result: string, end: string} | {kind: 'skip'} |
+ * the lease was run to after an accepted SHRINK or a leaf run's RELEASE, '0' for the lease's own
+ * end; `us`: how long its handler ran, in microseconds, '0' for not measured; `failedLeaves`: a
+ * leaf run's failed leaves).
+ * @typedef {{kind: 'complete', result: string, end: string, us: string, failedLeaves: WireLeafFailure[]} |
+ *   {kind: 'skip'} |
  *   {kind: 'fail', failure: WireFailure}} Result
  */
 
@@ -29,6 +37,8 @@ export class Outbox {
   /** @type {string[]} */ #complete = [];
   /** @type {string[]} the result of each of #complete, '' for none */ #results = [];
   /** @type {string[]} the end of each of #complete, '0' for the lease's end */ #ends = [];
+  /** @type {string[]} the handler time of each of #complete, '0' for not measured */ #us = [];
+  /** @type {WireLeafFailure[][]} the failed leaves of each of #complete (leaf runs) */ #failedLeaves = [];
   /** @type {string[]} */ #skipped = [];
   /** @type {WireFailure[]} */ #failures = [];
   /** @type {Map<string, string[]>} fences of each request sent and not answered, by request_id */
@@ -37,13 +47,26 @@ export class Outbox {
 
   /**
    * @param {string} fence @param {string} [result] the leaf's result as JSON ('' for none)
-   * @param {string} [end] where the lease ended after an accepted SHRINK ('0': the lease's end)
+   * @param {string} [end] where the lease ended after an accepted SHRINK or a leaf run's RELEASE
+   *   ('0': the lease's end)
+   * @param {string} [us] how long the handler ran, in microseconds ('0': not measured)
+   * @param {WireLeafFailure[]} [failedLeaves] a leaf run's leaves that failed
    */
-  complete(fence, result = '', end = '0') {
-    this.#add(fence, { kind: 'complete', result, end });
+  complete(fence, result = '', end = '0', us = '0', failedLeaves = []) {
+    this.#add(fence, { kind: 'complete', result, end, us, failedLeaves });
+    this.#queueComplete(fence, result, end, us, failedLeaves);
+  }
+
+  /**
+   * @param {string} fence @param {string} result @param {string} end @param {string} us
+   * @param {WireLeafFailure[]} failedLeaves
+   */
+  #queueComplete(fence, result, end, us, failedLeaves) {
     this.#complete.push(fence);
     this.#results.push(result);
     this.#ends.push(end);
+    this.#us.push(us);
+    this.#failedLeaves.push(failedLeaves);
   }
 
   /** @param {string} fence */
@@ -85,6 +108,8 @@ export class Outbox {
       const fences = this.#complete.splice(0, COMPLETION_BATCH);
       const results = this.#results.splice(0, fences.length);
       const ends = this.#ends.splice(0, fences.length);
+      const us = this.#us.splice(0, fences.length);
+      const failedLeaves = this.#failedLeaves.splice(0, fences.length).flat();
       const skipped = this.#skipped.splice(0, COMPLETION_BATCH - fences.length);
       const request_id = this.#requestId([...fences, ...skipped]);
       /** @type {any} */
@@ -93,6 +118,9 @@ export class Outbox {
       if (results.some((r) => r !== '')) complete.results_json = results;
       // Likewise one end per fence (docs/protocol.md, "Dynamic splits"), when a lease of it shrank.
       if (ends.some((e) => e !== '0')) complete.ends = ends;
+      // One handler time per fence (0 for probes), when some lease of the batch was measured.
+      if (us.some((u) => u !== '0')) complete.handler_us = us;
+      if (failedLeaves.length) complete.failed_leaves = failedLeaves;
       out.push({ complete });
     }
     while (this.#failures.length) {
@@ -142,14 +170,14 @@ export class Outbox {
     this.#complete = [];
     this.#results = [];
     this.#ends = [];
+    this.#us = [];
+    this.#failedLeaves = [];
     this.#skipped = [];
     this.#failures = [];
     this.#inflight.clear();
     for (const [fence, result] of this.#unacked) {
       if (result.kind === 'complete') {
-        this.#complete.push(fence);
-        this.#results.push(result.result);
-        this.#ends.push(result.end);
+        this.#queueComplete(fence, result.result, result.end, result.us, result.failedLeaves);
       } else if (result.kind === 'skip') this.#skipped.push(fence);
       else this.#failures.push(result.failure);
     }

@@ -100,6 +100,68 @@ export function enumName(value, prefix) {
   return name.startsWith(prefix) ? name.slice(prefix.length) : name;
 }
 
+/**
+ * The leases of a PackedLeases (docs/protocol.md, "Packed grants") as Lease messages look once
+ * decoded (uint64 fields as decimal strings, enums as names), so the rest of the worker reads one
+ * shape. Throws a RangeError for columns that break the page's rules (a coordinator defect: the
+ * worker ends the stream and reconnects).
+ * @param {any} packed
+ * @returns {any[]}
+ */
+export function decodePacked(packed) {
+  const { run_job_ids: jobs, run_lengths: lengths, fences, starts, ends, attempts } = packed;
+  const { probes, probe_is_leaf: probeIsLeaf, resumed, cursors, details } = packed;
+  const n = fences.length;
+  /** @param {string} why */
+  const bad = (why) => {
+    throw new RangeError(`packed grant: ${why}`);
+  };
+  if (starts.length !== n || ends.length !== n) bad('fences, starts and ends differ in length');
+  if (attempts.length !== 0 && attempts.length !== n) bad('attempts is neither empty nor one per lease');
+  if (jobs.length !== lengths.length) bad('run_job_ids and run_lengths differ in length');
+  if (probeIsLeaf.length !== probes.length) bad('probe_is_leaf is not as long as probes');
+  if (cursors.length !== resumed.length || details.length !== resumed.length)
+    bad('cursors and details are not as long as resumed');
+  /** @type {any[]} */
+  const leases = [];
+  for (let r = 0; r < jobs.length; r++) {
+    for (let k = 0; k < lengths[r]; k++) {
+      const i = leases.length;
+      if (i >= n) bad('run_lengths add up to more than the leases');
+      leases.push({
+        fence: String(fences[i]),
+        job_id: jobs[r],
+        kind: 'LEASE_KIND_LEAF',
+        start: String(starts[i]),
+        end: String(ends[i]),
+        attempt: attempts.length ? attempts[i] : 1,
+        cursor: String(starts[i]),
+        details: Buffer.alloc(0),
+        is_leaf: true,
+      });
+    }
+  }
+  if (leases.length !== n) bad('run_lengths add up to fewer than the leases');
+  /** @param {number[]} indexes @param {string} name */
+  const increasing = (indexes, name) => {
+    for (let k = 0; k < indexes.length; k++) {
+      if (indexes[k] >= n || (k > 0 && indexes[k] <= indexes[k - 1]))
+        bad(`${name} is not increasing lease indexes`);
+    }
+  };
+  increasing(probes, 'probes');
+  increasing(resumed, 'resumed');
+  probes.forEach((/** @type {number} */ i, /** @type {number} */ k) => {
+    leases[i].kind = 'LEASE_KIND_PROBE';
+    leases[i].is_leaf = probeIsLeaf[k];
+  });
+  resumed.forEach((/** @type {number} */ i, /** @type {number} */ k) => {
+    leases[i].cursor = String(cursors[k]);
+    leases[i].details = Buffer.from(details[k]);
+  });
+  return leases;
+}
+
 // Marks a BigInt in JSON.stringify's output (a string that starts with it is refused, so none is mistaken).
 const BIGINT_MARK = '\u0000bigint:';
 const BIGINT_TEXT = /"\\u0000bigint:(-?\d+)"/g;
@@ -114,7 +176,8 @@ const BIGINT_TEXT = /"\\u0000bigint:(-?\d+)"/g;
 export function encodeResult(value) {
   const text = JSON.stringify(value, (_key, v) => {
     if (typeof v === 'bigint') return `${BIGINT_MARK}${v}`;
-    if (typeof v === 'string' && v.startsWith(BIGINT_MARK)) throw new TypeError('a string starts with the BigInt mark');
+    if (typeof v === 'string' && v.startsWith(BIGINT_MARK))
+      throw new TypeError('a string starts with the BigInt mark');
     return v;
   });
   if (text === undefined) throw new TypeError(`${typeof value} is not a JSON value`);

@@ -13,12 +13,14 @@ import { Context, range } from './context.js';
 import * as defaults from './defaults.js';
 import { LeaseAbortedError, ParceloError, PermanentError } from './errors.js';
 import { Outbox } from './outbox.js';
-import { durationMs, encodeResult, enumName, SDK, u64 } from './proto.js';
+import { decodePacked, durationMs, encodeResult, enumName, SDK, u64 } from './proto.js';
+import { isLeafRun, leaves, RunResult } from './runs.js';
 
 export { Context, range } from './context.js';
 export { LeaseAbortedError, ParceloError, PermanentError } from './errors.js';
 export { backoffDelays } from './connection.js';
-export { SDK, VERSION } from './proto.js';
+export { SDK, VERSION, decodePacked } from './proto.js';
+export { leaves, isLeafRun, RunResult } from './runs.js';
 
 /**
  * @typedef {import('./context.js').Range} Range
@@ -41,8 +43,9 @@ export { SDK, VERSION } from './proto.js';
  */
 
 /**
- * Leaves of one job share this, from its JobInfo (`reducing`: the job keeps leaf results).
- * @typedef {{params: any, leaseTtlMs: number, reducing: boolean}} Job
+ * Leaves of one job share this, from its JobInfo (`reducing`: the job keeps leaf results; `reduce`:
+ * JobInfo.reduce; `maxRangeSize`: a lease wider than this is a leaf run).
+ * @typedef {{params: any, leaseTtlMs: number, reducing: boolean, reduce: string, maxRangeSize: bigint}} Job
  */
 
 /**
@@ -62,6 +65,10 @@ export { SDK, VERSION } from './proto.js';
  * @property {boolean} dropped CANCEL, LOST or JOB_GONE: report nothing
  * @property {boolean} release RELEASE or shutdown: give the lease back with the newest checkpoint
  * @property {boolean} given the lease was given back while its handler still ran (shutdown)
+ * @property {bigint} runSize a leaf run (docs/protocol.md, "Leaf runs"): its job's max_range_size; 0n: one leaf
+ * @property {bigint | null} doneTo a leaf run: the end of the last leaf that ran, null before the first
+ * @property {number} ran a leaf run: how many of its leaves ran
+ * @property {import('./outbox.js').WireLeafFailure[]} failedLeaves a leaf run: its leaves that failed
  */
 
 /** What a worker did; handy in tests and logs. */
@@ -73,6 +80,27 @@ export class WorkerStats {
   rejected = 0;
   dropped = 0;
   connects = 0;
+}
+
+/**
+ * Microseconds since `began` (process.hrtime.bigint()), at least 1: a handler that ran was measured.
+ * @param {bigint} began @returns {bigint}
+ */
+function microsSince(began) {
+  const us = (process.hrtime.bigint() - began) / 1000n;
+  return us > 0n ? us : 1n;
+}
+
+/** A failure's message as sent: `Name: message`, cut to what the coordinator keeps. @param {unknown} error */
+function errorText(error) {
+  const err = /** @type {any} */ (error);
+  const text = err instanceof Error ? `${err.name}: ${err.message}` : `Error: ${String(err)}`;
+  return text.slice(0, defaults.MAX_MESSAGE);
+}
+
+/** Whether a handler's error says "do not retry". @param {unknown} error @returns {boolean} */
+function isPermanent(error) {
+  return error instanceof PermanentError || /** @type {any} */ (error)?.permanent === true;
 }
 
 /** @type {Logger} */
@@ -150,7 +178,15 @@ export class Worker {
     this.stats = new WorkerStats();
     this.connection = new Connection({
       target,
-      hello: { worker_id: this.workerId, queues: this.queues, sdk: SDK },
+      // packed_grants: grants come as columns (decodePacked); leaf_runs: leases may be leaf runs.
+      hello: {
+        worker_id: this.workerId,
+        queues: this.queues,
+        sdk: SDK,
+        concurrency,
+        packed_grants: true,
+        leaf_runs: true,
+      },
       log: this.log,
       events: {
         onWelcome: (welcome) => this.#onWelcome(welcome),
@@ -248,6 +284,12 @@ export class Worker {
     /** @type {LeaseBeat} */
     const beat = { fence: held.fence };
     const ctx = held.ctx;
+    if (held.runSize) {
+      // A leaf run has no checkpoint and is never split: a progress message at most.
+      const message = ctx?.takeMessage();
+      if (message) beat.message = message;
+      return beat;
+    }
     const checkpoint = ctx?.lastCheckpoint;
     if (checkpoint) {
       beat.cursor = checkpoint[0].toString(); // proto3 optional: set only with a checkpoint
@@ -285,10 +327,24 @@ export class Worker {
         params,
         leaseTtlMs: durationMs(info.lease_ttl) ?? defaults.LEASE_TTL_MS,
         reducing: !['REDUCE_UNSPECIFIED', 'REDUCE_NONE', undefined].includes(info.reduce),
+        reduce: String(info.reduce ?? ''),
+        maxRangeSize: u64(info.max_range_size || 0),
       });
     }
-    this.#outstanding = Math.max(0, this.#outstanding - grant.leases.length);
-    for (const lease of grant.leases) {
+    // Lease messages, or (Hello.packed_grants) the same leases as columns: read both.
+    let leases = grant.leases ?? [];
+    if (grant.packed) {
+      try {
+        leases = [...leases, ...decodePacked(grant.packed)];
+      } catch (err) {
+        // A coordinator defect (docs/protocol.md, "Packed grants"): end the stream and reconnect.
+        this.connection.reset(/** @type {Error} */ (err).message);
+        return;
+      }
+    }
+    this.#outstanding = Math.max(0, this.#outstanding - leases.length);
+    for (const lease of leases) {
+      const maxRangeSize = this.#jobs.get(lease.job_id)?.maxRangeSize ?? 0n;
       /** @type {Held} */
       const held = {
         lease,
@@ -299,6 +355,10 @@ export class Worker {
         dropped: false,
         release: false,
         given: false,
+        runSize: isLeafRun(lease, maxRangeSize) ? maxRangeSize : 0n,
+        doneTo: null,
+        ran: 0,
+        failedLeaves: [],
       };
       this.#held.set(held.fence, held);
       if (this.#stopping) {
@@ -326,6 +386,8 @@ export class Worker {
       if (held === undefined || held.dropped || held.release) continue;
       if (action === 'RELEASE') {
         held.release = true;
+        // A leaf run that runs finishes the leaf it is in, then completes what it ran.
+        if (held.runSize && held.started) continue;
       } else if (action === 'CANCEL' || action === 'LOST') {
         held.dropped = true;
         this.stats.dropped += 1;
@@ -354,7 +416,10 @@ export class Worker {
     let accepted;
     /** @type {LeaseBeat} */
     let beat;
-    if (held !== undefined) {
+    if (held !== undefined && held.runSize) {
+      accepted = false; // a leaf run is never split
+      beat = this.#beat(held);
+    } else if (held !== undefined) {
       const running = held.started && held.ctx !== null && !held.dropped && !held.release && !held.given;
       accepted = running && /** @type {Context} */ (held.ctx).offerShrink(newEnd);
       beat = this.#beat(held);
@@ -426,7 +491,8 @@ export class Worker {
   #pump() {
     while (this.#waiting.length && this.#running < this.concurrency && !this.#stopping) {
       const held = /** @type {Held} */ (this.#waiting.shift());
-      this.#run(held).catch((err) => this.log.error(`running lease ${held.fence} failed: ${err.stack}`));
+      const run = held.runSize ? this.#runLeaves(held) : this.#run(held);
+      run.catch((err) => this.log.error(`running lease ${held.fence} failed: ${err.stack}`));
     }
     this.#askForLeases();
   }
@@ -454,6 +520,7 @@ export class Worker {
     let error = null;
     /** @type {unknown} */
     let value;
+    const began = process.hrtime.bigint();
     try {
       value = await this.handler(range(cursor, end), ctx);
     } catch (err) {
@@ -461,9 +528,103 @@ export class Worker {
     } finally {
       this.#running -= 1;
     }
-    this.#finish(held, error, false, value);
+    const us = microsSince(began);
+    this.#finish(held, error, false, value, us);
     this.#notify();
     this.#pump();
+  }
+
+  /**
+   * A leaf run (docs/protocol.md, "Leaf runs"): the handler on each of its leaves by the split
+   * rule, in order, one after another in this one slot. Each leaf gets a context of its own range
+   * (a first attempt, no checkpoint) with the run's fence and attempt; a leaf that throws (or
+   * returns what the job's reduce cannot combine) is noted in failedLeaves and the others go on.
+   * RELEASE stops after the leaf that runs; CANCEL, LOST, JOB_GONE and the drain timeout abort it.
+   * @param {Held} held
+   */
+  async #runLeaves(held) {
+    const { lease } = held;
+    const job = this.#jobs.get(lease.job_id);
+    const combined = new RunResult(job?.reduce);
+    const signal = held.controller.signal;
+    held.started = true;
+    this.#running += 1;
+    let us = 0n;
+    try {
+      for (const [start, end] of leaves(u64(lease.start), u64(lease.end), held.runSize)) {
+        if (held.dropped || held.release || held.given) break;
+        const leaf = range(start, end);
+        const ctx = new Context({
+          jobId: lease.job_id,
+          params: job?.params ?? {},
+          attempt: lease.attempt,
+          fence: u64(lease.fence),
+          leaf,
+          cursor: start,
+          details: null,
+          signal,
+        });
+        held.ctx = ctx;
+        /** @type {unknown} */
+        let error = null;
+        /** @type {unknown} */
+        let value;
+        const began = process.hrtime.bigint();
+        try {
+          value = await this.handler(leaf, ctx);
+        } catch (err) {
+          error = err ?? new Error('handler threw a nullish value');
+        }
+        us += microsSince(began);
+        if (error !== null && signal.aborted) break; // stopped part way: this leaf did not run
+        if (error === null) {
+          const why = combined.add(value);
+          if (why) error = new PermanentError(why);
+        }
+        if (error !== null) {
+          const failure = {
+            fence: held.fence,
+            start: start.toString(),
+            end: end.toString(),
+            message: errorText(error),
+            permanent: isPermanent(error),
+          };
+          held.failedLeaves.push(failure);
+          this.log.info(`leaf [${start}, ${end}) of ${lease.job_id} failed: ${failure.message}`);
+        }
+        held.doneTo = end;
+        held.ran += 1;
+      }
+    } finally {
+      this.#running -= 1;
+    }
+    this.#finishRun(held, combined, us > 0n ? us : 1n);
+    this.#notify();
+    this.#pump();
+  }
+
+  /**
+   * A leaf run's one completion: its fence, the end of the last leaf run when it stopped early, its
+   * leaves' results combined, the handler time summed, and its failed leaves. One that ran no leaf
+   * (released before its first) is given back.
+   * @param {Held} held @param {RunResult} combined @param {bigint} us
+   */
+  #finishRun(held, combined, us) {
+    if (held.given || held.dropped || !this.#held.delete(held.fence)) return;
+    if (held.doneTo === null) {
+      this.#giveBack(held);
+      return;
+    }
+    this.#jobOfFence.set(held.fence, held.lease.job_id);
+    let result = '';
+    if (combined.value !== null && this.#jobs.get(held.lease.job_id)?.reducing)
+      result = encodeResult(combined.value);
+    const end = held.doneTo === u64(held.lease.end) ? '0' : held.doneTo.toString();
+    this.#outbox.complete(held.fence, result, end, us.toString(), held.failedLeaves);
+    // Counted per leaf, as if each had been a lease.
+    this.stats.completed += held.ran - held.failedLeaves.length;
+    this.stats.failed += held.failedLeaves.length;
+    this.#scheduleFlush();
   }
 
   /** @param {Held} held */
@@ -489,8 +650,9 @@ export class Worker {
    * Turn a finished lease into its result.
    * @param {Held} held @param {unknown} error null: success @param {boolean} [skip]
    * @param {unknown} [value] what the handler returned: the leaf's result, for jobs with a reduce
+   * @param {bigint} [us] how long the handler ran, in microseconds (0n: not measured)
    */
-  #finish(held, error, skip = false, value = undefined) {
+  #finish(held, error, skip = false, value = undefined, us = 0n) {
     if (held.given || held.dropped || !this.#held.delete(held.fence)) return;
     const checkpoint = held.ctx?.lastCheckpoint ?? null;
     if (held.release) {
@@ -515,18 +677,12 @@ export class Worker {
         // A lease that accepted a SHRINK was run to its new end: say so in CompleteRequest.ends.
         const end = held.ctx?.shrunkTo?.toString() ?? '0';
         if (end !== '0') this.#endOfFence.set(held.fence, end);
-        this.#outbox.complete(held.fence, result, end);
+        this.#outbox.complete(held.fence, result, end, us.toString());
         this.stats.completed += 1;
       }
     } else {
-      const err = /** @type {any} */ (error);
-      const text = err instanceof Error ? `${err.name}: ${err.message}` : `Error: ${String(err)}`;
       /** @type {import('./outbox.js').WireFailure} */
-      const failure = {
-        fence: held.fence,
-        message: text.slice(0, defaults.MAX_MESSAGE),
-        permanent: err instanceof PermanentError || err?.permanent === true,
-      };
+      const failure = { fence: held.fence, message: errorText(error), permanent: isPermanent(error) };
       if (checkpoint) {
         failure.cursor = checkpoint[0].toString();
         failure.details = checkpoint[1];
@@ -615,7 +771,7 @@ export class Worker {
       if (!(await this.#waitUntil(() => this.#running === 0, defaults.ABORT_GRACE_MS))) {
         for (const held of running) {
           if (this.#held.has(held.fence)) {
-            this.#giveBack(held, held.ctx?.lastCheckpoint ?? null);
+            this.#giveBack(held, held.runSize ? null : (held.ctx?.lastCheckpoint ?? null)); // a run has no checkpoint
             held.given = true;
           }
         }

@@ -5,7 +5,8 @@ import { test } from 'node:test';
 import { Context, range } from '../context.js';
 import { COMPLETION_BATCH } from '../defaults.js';
 import { Outbox } from '../outbox.js';
-import { durationMs, encodeResult, enumName, workerServiceClient, wireU64 } from '../proto.js';
+import { decodePacked, durationMs, encodeResult, enumName, workerServiceClient, wireU64 } from '../proto.js';
+import { isLeafRun, leaves, RunResult } from '../runs.js';
 import { backoffDelays, creditToAsk } from '../worker.js';
 
 test('outbox batches results with fresh request ids and forgets what answers settle', () => {
@@ -155,7 +156,10 @@ test('outbox sends results beside their fences, or none when no leaf gave one', 
 });
 
 test('results are JSON with BigInts as exact integers', () => {
-  assert.equal(encodeResult({ n: (1n << 70n) + 1n, list: [2n, 'x'] }), '{"n":1180591620717411303425,"list":[2,"x"]}');
+  assert.equal(
+    encodeResult({ n: (1n << 70n) + 1n, list: [2n, 'x'] }),
+    '{"n":1180591620717411303425,"list":[2,"x"]}',
+  );
   assert.equal(encodeResult(3), '3');
   assert.throws(() => encodeResult(undefined), /not a JSON value/);
   assert.throws(() => encodeResult({ s: '\u0000bigint:1' }), /BigInt mark/);
@@ -273,4 +277,211 @@ test('a heartbeat carries splittable, claimed and the shrink answer on the wire'
     work.requestSerialize({ complete: { fences: ['5'], ends: ['150'] } }),
   );
   assert.deepEqual(complete.complete.ends, ['150']);
+});
+
+// -- packed grants (docs/protocol.md, "Packed grants") ------------------------------------------
+
+/** The page's example: three leases of job a (the second a retry resumed at 1,500), one probe of b. */
+function pageExample() {
+  return {
+    run_job_ids: ['a', 'b'],
+    run_lengths: [3, 1],
+    fences: ['41', '42', '43', '44'],
+    starts: ['0', '1000', '2000', '0'],
+    ends: ['1000', '2000', '3000', '8000'],
+    attempts: [1, 2, 1, 1],
+    probes: [3],
+    probe_is_leaf: [false],
+    resumed: [1],
+    cursors: ['1500'],
+    details: [Buffer.from('<opaque>')],
+  };
+}
+
+test('a packed grant decodes to the leases of the page example: jobs by runs, attempts, probes, resumed', () => {
+  const leases = decodePacked(pageExample());
+  assert.deepEqual(
+    leases.map((l) => [
+      l.fence,
+      l.job_id,
+      l.kind,
+      l.start,
+      l.end,
+      l.attempt,
+      l.cursor,
+      l.details.toString(),
+      l.is_leaf,
+    ]),
+    [
+      ['41', 'a', 'LEASE_KIND_LEAF', '0', '1000', 1, '0', '', true],
+      ['42', 'a', 'LEASE_KIND_LEAF', '1000', '2000', 2, '1500', '<opaque>', true],
+      ['43', 'a', 'LEASE_KIND_LEAF', '2000', '3000', 1, '2000', '', true],
+      ['44', 'b', 'LEASE_KIND_PROBE', '0', '8000', 1, '0', '', false],
+    ],
+  );
+});
+
+test('a packed grant without attempts is all first attempts; a job may have several runs; uint64 stays exact', () => {
+  const big = ((1n << 64n) - 2n).toString();
+  const leases = decodePacked({
+    run_job_ids: ['a', 'b', 'a'],
+    run_lengths: [1, 1, 2],
+    fences: ['1', '2', '3', big],
+    starts: ['0', '5', '10', '18446744073709551604'],
+    ends: ['5', '10', '15', big],
+    attempts: [],
+    probes: [1, 2],
+    probe_is_leaf: [true, false],
+    resumed: [],
+    cursors: [],
+    details: [],
+  });
+  assert.deepEqual(
+    leases.map((l) => [l.fence, l.job_id, l.attempt, l.kind, l.is_leaf, l.end]),
+    [
+      ['1', 'a', 1, 'LEASE_KIND_LEAF', true, '5'],
+      ['2', 'b', 1, 'LEASE_KIND_PROBE', true, '10'],
+      ['3', 'a', 1, 'LEASE_KIND_PROBE', false, '15'],
+      [big, 'a', 1, 'LEASE_KIND_LEAF', true, big],
+    ],
+  );
+});
+
+test('a packed grant decodes the same through the real protobuf encoding', () => {
+  // A WorkResponse{grant{packed}} encoded as a coordinator sends it, read back as the worker reads it.
+  const work = /** @type {any} */ (workerServiceClient().service.Work);
+  const msg = work.responseDeserialize(
+    work.responseSerialize({ grant: { packed: pageExample(), jobs: [] } }),
+  );
+  assert.deepEqual(msg.grant.leases, []);
+  const leases = decodePacked(msg.grant.packed);
+  assert.deepEqual(
+    leases.map((l) => [l.fence, l.job_id, l.attempt, l.kind, l.cursor, l.details.toString()]),
+    [
+      ['41', 'a', 1, 'LEASE_KIND_LEAF', '0', ''],
+      ['42', 'a', 2, 'LEASE_KIND_LEAF', '1500', '<opaque>'],
+      ['43', 'a', 1, 'LEASE_KIND_LEAF', '2000', ''],
+      ['44', 'b', 1, 'LEASE_KIND_PROBE', '0', ''],
+    ],
+  );
+});
+
+test('a packed grant that breaks the rules is refused', () => {
+  /** @type {[string, (p: any) => void][]} */
+  const cases = [
+    ['differ in length', (p) => p.ends.pop()],
+    ['attempts', (p) => p.attempts.pop()],
+    ['more than the leases', (p) => (p.run_lengths[1] = 2)],
+    ['fewer than the leases', (p) => (p.run_lengths[0] = 2)],
+    ['probe_is_leaf', (p) => p.probe_is_leaf.push(true)],
+    ['probes is not increasing', (p) => (p.probes[0] = 4)],
+    ['cursors and details', (p) => p.details.push(Buffer.alloc(0))],
+    ['resumed is not increasing', (p) => (p.resumed = [1, 1])],
+  ];
+  for (const [why, spoil] of cases) {
+    const packed = pageExample();
+    spoil(packed);
+    if (why === 'resumed is not increasing') {
+      packed.cursors.push('1600');
+      packed.details.push(Buffer.alloc(0));
+    }
+    assert.throws(() => decodePacked(packed), new RegExp(why), why);
+  }
+});
+
+// -- leaf runs (docs/protocol.md, "Leaf runs") ------------------------------------------------
+
+/** The split rule written out recursively, to check the generator against. */
+function byRule(/** @type {bigint} */ start, /** @type {bigint} */ end, /** @type {bigint} */ size) {
+  if (end - start <= size) return [[start, end]];
+  const mid = start + (end - start) / 2n;
+  return [...byRule(start, mid, size), ...byRule(mid, end, size)];
+}
+
+test('a run splits by the rule: mid = start + (end - start) / 2, until at most max_range_size wide', () => {
+  assert.deepEqual([...leaves(640n, 1280n, 10n)].length, 64);
+  assert.deepEqual([...leaves(640n, 1280n, 10n)][0], [640n, 650n]);
+  // Odd widths: the left half is the smaller one, and leaves may be narrower than the size.
+  assert.deepEqual(
+    [...leaves(0n, 25n, 10n)],
+    [
+      [0n, 6n],
+      [6n, 12n],
+      [12n, 18n],
+      [18n, 25n],
+    ],
+  );
+  assert.deepEqual([...leaves(3n, 13n, 10n)], [[3n, 13n]]);
+  for (const [start, end, size] of [
+    [0n, 40_960n, 10n],
+    [7n, 1_003n, 10n],
+    [(1n << 64n) - 1_000_001n, (1n << 64n) - 1n, 997n],
+  ]) {
+    const got = [...leaves(start, end, size)];
+    assert.deepEqual(got, byRule(start, end, size));
+    assert.ok(got.every(([s, e]) => e - s <= size && e > s));
+  }
+  assert.throws(() => [...leaves(0n, 10n, 0n)], RangeError);
+});
+
+test('a lease is a leaf run when it is a leaf lease wider than its job max_range_size', () => {
+  const leaf = { kind: 'LEASE_KIND_LEAF', start: '100', end: '120' };
+  assert.equal(isLeafRun(leaf, 10n), true);
+  assert.equal(isLeafRun(leaf, 20n), false);
+  assert.equal(isLeafRun(leaf, 0n), false); // no JobInfo: never guessed
+  assert.equal(isLeafRun({ ...leaf, kind: 'LEASE_KIND_PROBE' }, 10n), false);
+});
+
+test('a run combines its leaves results by the job reduce, exactly', () => {
+  const sum = new RunResult('REDUCE_SUM');
+  for (const v of [1, 2n, undefined, null, 1n << 70n]) assert.equal(sum.add(v), '');
+  assert.equal(sum.value, 3n + (1n << 70n));
+  assert.equal(encodeResult(sum.value), (3n + (1n << 70n)).toString());
+  const floats = new RunResult('REDUCE_SUM');
+  floats.add(1);
+  floats.add(0.5);
+  assert.equal(floats.value, 1.5);
+  const min = new RunResult('REDUCE_MIN');
+  for (const v of [5, 3n, 9, -2.5]) min.add(v);
+  assert.equal(min.value, -2.5);
+  const max = new RunResult('REDUCE_MAX');
+  for (const v of [5, 3n, 12n, -2.5]) max.add(v);
+  assert.equal(max.value, 12n);
+  assert.equal(new RunResult('REDUCE_SUM').value, null); // no leaf gave one: no result
+});
+
+test('a leaf result a numeric reduce cannot combine is refused with the coordinator message', () => {
+  const sum = new RunResult('REDUCE_SUM');
+  assert.equal(sum.add('12'), 'reduce sum combines numbers; the result is a string');
+  assert.equal(sum.add(true), 'reduce sum combines numbers; the result is a boolean');
+  assert.equal(new RunResult('REDUCE_MAX').add([1]), 'reduce max combines numbers; the result is an array');
+  assert.equal(
+    new RunResult('REDUCE_MIN').add({ a: 1 }),
+    'reduce min combines numbers; the result is an object',
+  );
+  assert.equal(sum.add(NaN), 'the result is not JSON: NaN is not a JSON number');
+  assert.equal(sum.add(-Infinity), 'the result is not JSON: -Infinity is not a JSON number');
+  assert.equal(sum.value, null); // refused results are not combined
+  // Without a numeric reduce nothing is combined (and nothing refused).
+  assert.equal(new RunResult('REDUCE_NONE').add('x'), '');
+});
+
+test("outbox sends handler time and a run's failed leaves with it, again after requeue", () => {
+  const box = new Outbox();
+  const failed = [{ fence: '5', start: '30', end: '40', message: 'Error: x', permanent: false }];
+  box.complete('4', '', '0', '12');
+  box.complete('5', '60', '0', '800', failed);
+  const [first] = box.take();
+  const c = /** @type {any} */ (first).complete;
+  assert.deepEqual(
+    [c.fences, c.results_json, c.handler_us, c.failed_leaves, c.ends],
+    [['4', '5'], ['', '60'], ['12', '800'], failed, undefined],
+  );
+  box.requeue();
+  const [again] = box.take();
+  const a = /** @type {any} */ (again).complete;
+  assert.deepEqual([a.fences, a.handler_us, a.failed_leaves], [['4', '5'], ['12', '800'], failed]);
+  box.complete('6');
+  const [unmeasured] = box.take();
+  assert.equal(/** @type {any} */ (unmeasured).complete.handler_us, undefined);
 });

@@ -564,3 +564,278 @@ test('a handler that never claims is not splittable and refuses SHRINK', async (
   stream.send({ heartbeat: { directives: [{ fence: '3', action: 'DIRECTIVE_ACTION_LOST' }] } });
   await worker.stop();
 });
+
+// -- packed grants and leaf runs (docs/protocol.md, "Packed grants", "Leaf runs") ----------------
+
+/** JobInfo of job `j`: leaves of 10 ids, reduce sum. */
+const RUN_JOB = {
+  job_id: 'j',
+  params_json: '{}',
+  lease_ttl: { seconds: 30 },
+  max_range_size: '10',
+  reduce: 'REDUCE_SUM',
+};
+
+/**
+ * A packed grant of job j: `leases` as [fence, start, end] (attempt 1, no checkpoint), plus extra columns.
+ * @param {[number, number, number][]} leases @param {object} [extra]
+ */
+function packedGrant(leases, extra = {}) {
+  return {
+    grant: {
+      leases: [],
+      jobs: [RUN_JOB],
+      packed: {
+        run_job_ids: ['j'],
+        run_lengths: [leases.length],
+        fences: leases.map(([f]) => String(f)),
+        starts: leases.map(([, s]) => String(s)),
+        ends: leases.map(([, , e]) => String(e)),
+        ...extra,
+      },
+    },
+  };
+}
+
+/** Completions until every fence of `fences` was in one; returns them merged by fence. */
+async function completions(/** @type {any} */ stream, /** @type {string[]} */ fences) {
+  /** @type {Map<string, any>} */
+  const byFence = new Map();
+  while (!fences.every((f) => byFence.has(f))) {
+    const c = await stream.next('complete');
+    c.fences.forEach((/** @type {string} */ f, /** @type {number} */ i) =>
+      byFence.set(f, {
+        result: c.results_json[i] ?? '',
+        us: c.handler_us[i] ?? '0',
+        end: c.ends[i] ?? '0',
+        failed: c.failed_leaves.filter((/** @type {any} */ l) => l.fence === f),
+        request_id: c.request_id,
+      }),
+    );
+  }
+  return byFence;
+}
+
+test('hello asks for packed grants and leaf runs; a packed grant runs like Lease messages', async () => {
+  const seen = [];
+  const worker = runWorker({
+    target: coord.target,
+    handler: async (range, ctx) => {
+      seen.push([range.start, range.end, ctx.attempt, ctx.cursor, ctx.details?.toString() ?? null]);
+    },
+    concurrency: 4,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  const hello = await stream.accept();
+  assert.deepEqual([hello.packed_grants, hello.leaf_runs, hello.concurrency], [true, true, 4]);
+  await stream.next('lease');
+  stream.send(
+    packedGrant(
+      [
+        [1, 0, 10],
+        [2, 10, 20],
+      ],
+      { attempts: [1, 3], resumed: [1], cursors: ['15'], details: [Buffer.from('half')] },
+    ),
+  );
+  const done = await completions(stream, ['1', '2']);
+  assert.ok(Number(done.get('1').us) > 0 && Number(done.get('2').us) > 0); // handler_us is reported
+  seen.sort((a, b) => Number(a[0] - b[0]));
+  assert.deepEqual(seen, [
+    [0n, 10n, 1, 0n, null],
+    [15n, 20n, 3, 15n, 'half'],
+  ]);
+  stream.send({ complete: { accepted: ['1', '2'], rejected: [], request_id: done.get('2').request_id } });
+  await worker.stop();
+});
+
+test('a leaf run runs its leaves in order in one slot and completes once, with exactly its failed leaf', async () => {
+  /** @type {any[]} */
+  const seen = [];
+  let running = 0;
+  let most = 0;
+  const worker = runWorker({
+    target: coord.target,
+    handler: async (range, ctx) => {
+      running += 1;
+      most = Math.max(most, running);
+      seen.push([range.start, range.end, ctx.leaf.start, ctx.cursor, ctx.fence, ctx.attempt]);
+      ctx.checkpoint(range.start + 1n); // never sent for a run
+      await sleep(2);
+      running -= 1;
+      if (range.start === 30n) throw new Error('flaky');
+      return range.end - range.start;
+    },
+    concurrency: 1,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(packedGrant([[5, 0, 80]])); // 8 leaves of 10
+  const done = await completions(stream, ['5']);
+  assert.deepEqual(
+    seen.map(([s, e]) => [s, e]),
+    [...Array(8)].map((_, i) => [BigInt(i * 10), BigInt(i * 10 + 10)]),
+  );
+  assert.ok(
+    seen.every(
+      ([s, , leaf, cursor, fence, attempt]) => leaf === s && cursor === s && fence === 5n && attempt === 1,
+    ),
+  );
+  assert.equal(most, 1); // one after another
+  const run = done.get('5');
+  assert.deepEqual(run.failed, [
+    { fence: '5', start: '30', end: '40', message: 'Error: flaky', permanent: false },
+  ]);
+  assert.equal(run.result, '70'); // seven leaves of 10 ids combined by reduce sum
+  assert.equal(run.end, '0'); // it ran to its end
+  assert.ok(Number(run.us) >= 8 * 1000, `handler_us ${run.us} sums the leaves`);
+  // Heartbeats of the run never carried a cursor nor splittable.
+  for (const msg of stream.received.filter((m) => m.msg === 'heartbeat')) {
+    for (const beat of msg.heartbeat.leases)
+      assert.deepEqual([beat.cursor, beat.splittable], [undefined, false]);
+  }
+  stream.send({ complete: { accepted: ['5'], rejected: [], request_id: run.request_id } });
+  await worker.stop();
+  assert.deepEqual([worker.stats.completed, worker.stats.failed], [7, 1]);
+});
+
+test('a leaf whose result the reduce cannot combine fails for good; PermanentError is permanent', async () => {
+  const worker = runWorker({
+    target: coord.target,
+    handler: async (range) => {
+      if (range.start === 10n) return 'twelve';
+      if (range.start === 20n) throw new PermanentError('bad record');
+      return 1;
+    },
+    concurrency: 1,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  stream.send(packedGrant([[9, 0, 40]]));
+  const run = (await completions(stream, ['9'])).get('9');
+  assert.deepEqual(
+    run.failed.map((/** @type {any} */ l) => [l.start, l.message, l.permanent]),
+    [
+      ['10', 'PermanentError: reduce sum combines numbers; the result is a string', true],
+      ['20', 'PermanentError: bad record', true],
+    ],
+  );
+  assert.equal(run.result, '2');
+  stream.send({ complete: { accepted: ['9'], rejected: [], request_id: run.request_id } });
+  await worker.stop();
+});
+
+test('a leaf run refuses SHRINK; RELEASE stops it after the leaf that runs (or gives it back unstarted); CANCEL reports nothing', async () => {
+  /** @type {Map<bigint, () => void>} */
+  const gates = new Map();
+  /** @type {bigint[]} */
+  const started = [];
+  let aborted = 0;
+  const worker = runWorker({
+    target: coord.target,
+    handler: async (range, ctx) => {
+      started.push(range.start);
+      if (range.start % 100n === 20n) {
+        // The third leaf of each run waits for the test (or an abort).
+        await new Promise((resolve, reject) => {
+          gates.set(range.start, () => resolve(undefined));
+          ctx.signal.addEventListener('abort', () => {
+            aborted += 1;
+            reject(ctx.signal.reason);
+          });
+        });
+      }
+      return 1n;
+    },
+    concurrency: 2,
+    prefetch: 1,
+    logger: quiet,
+  });
+  const stream = await coord.stream();
+  await stream.accept();
+  await stream.next('lease');
+  // Two runs start (two slots); the third waits for a slot.
+  stream.send(
+    packedGrant([
+      [1, 0, 80],
+      [2, 100, 180],
+      [3, 200, 280],
+    ]),
+  );
+  while (!(gates.has(20n) && gates.has(120n))) await sleep(5);
+  stream.send({
+    heartbeat: {
+      directives: [
+        { fence: '1', action: 'DIRECTIVE_ACTION_SHRINK', new_end: '50' },
+        { fence: '1', action: 'DIRECTIVE_ACTION_RELEASE' },
+        { fence: '2', action: 'DIRECTIVE_ACTION_CANCEL', reason: 'cancelled' },
+        { fence: '3', action: 'DIRECTIVE_ACTION_RELEASE' },
+      ],
+    },
+  });
+  let answer;
+  do answer = await stream.next('heartbeat');
+  while (!answer.leases.some((/** @type {any} */ l) => l.shrink));
+  assert.deepEqual(
+    answer.leases.map((/** @type {any} */ l) => [l.fence, l.shrink?.accepted, l.cursor]),
+    [['1', false, undefined]],
+  );
+  // Run 3 had not started: given back. Run 2 was cancelled: its leaf aborted, nothing reported.
+  const fail = await stream.next('fail');
+  assert.deepEqual(
+    fail.failures.map((/** @type {any} */ f) => [f.fence, f.released, f.cursor]),
+    [['3', true, undefined]],
+  );
+  assert.equal(aborted, 1); // run 2's leaf; run 1's leaf was not aborted by the RELEASE
+  /** @type {() => void} */ (gates.get(20n))();
+  const run = (await completions(stream, ['1'])).get('1');
+  assert.deepEqual([run.end, run.result, run.failed], ['30', '3', []]); // leaves 0, 10, 20 ran
+  assert.ok(!started.includes(30n) && !started.includes(130n) && !started.some((s) => s >= 200n));
+  stream.send({ complete: { accepted: ['1'], rejected: [], request_id: run.request_id } });
+  stream.send({ fail: { accepted: ['3'], rejected: [], request_id: fail.request_id } });
+  await sleep(50);
+  assert.ok(!stream.received.some((m) => m.msg === 'complete' && m.complete.fences.includes('2')));
+  await worker.stop();
+});
+
+test('a run completion is sent again after a reconnect, with its result, handler time and failed leaves', async () => {
+  let fail = true;
+  const worker = runWorker({
+    target: coord.target,
+    handler: async (range) => {
+      if (range.start === 10n && fail) {
+        fail = false;
+        throw new Error('flaky');
+      }
+      return 2;
+    },
+    concurrency: 1,
+    prefetch: 0,
+    logger: quiet,
+  });
+  const first = await coord.stream();
+  await first.accept();
+  await first.next('lease');
+  first.send(packedGrant([[4, 0, 40]])); // leaves [0, 10), [10, 20), [20, 30), [30, 40)
+  const sent = (await completions(first, ['4'])).get('4');
+  first.call.end(); // no answer
+  const second = await coord.stream();
+  await second.accept();
+  const again = (await completions(second, ['4'])).get('4');
+  assert.deepEqual([again.result, again.us, again.failed], [sent.result, sent.us, sent.failed]);
+  assert.deepEqual(
+    again.failed.map((/** @type {any} */ l) => [l.start, l.end]),
+    [['10', '20']],
+  );
+  assert.equal(again.result, '6');
+  second.send({ complete: { accepted: ['4'], rejected: [], request_id: again.request_id } });
+  await worker.stop();
+});
