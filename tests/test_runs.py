@@ -316,7 +316,9 @@ def test_a_run_result_combines_like_the_jobs_reduce_and_refuses_what_it_cannot()
     assert [high.add(v) for v in (5, -2, 9)] == ["", "", ""] and high.value == 9
     assert total.add("x") == "reduce sum combines numbers; the result is a string"
     assert total.add(True) == "reduce sum combines numbers; the result is a boolean"
-    assert "not a JSON number" in total.add(float("nan"))
+    # In the coordinator's words for a single leaf's NaN or infinity.
+    assert total.add(float("nan")) == "the result is not JSON: NaN is not a JSON number"
+    assert total.add(float("-inf")) == "the result is not JSON: -Infinity is not a JSON number"
     ignored = RunResult(types_pb2.REDUCE_NONE)
     assert ignored.add("anything") == "" and ignored.value is None
 

@@ -76,7 +76,9 @@ class RunResult:
         if isinstance(result, bool) or not isinstance(result, (int, float)):
             return f"reduce {self._name} combines numbers; the result is {_kind(result)}"
         if isinstance(result, float) and not math.isfinite(result):
-            return f"the handler's result is not JSON: {result} is not a JSON number"
+            # The coordinator's words for a single leaf's NaN or infinity.
+            name = "NaN" if math.isnan(result) else ("Infinity" if result > 0 else "-Infinity")
+            return f"the result is not JSON: {name} is not a JSON number"
         value = self.value
         if value is None:
             self.value = result

@@ -516,6 +516,8 @@ class Worker:
                     self._give_back(held)
                 else:
                     self._held.pop(directive.fence, None)
+            elif held.run_size and not held.dropped:
+                pass  # a leaf run given a RELEASE finishes the leaf it is in, then stops
             elif held.ctx is not None:
                 held.ctx.cancelled.set()
                 if held.task is not None:
