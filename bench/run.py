@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import grpc
 import psutil
@@ -267,21 +268,29 @@ def default_path(work: Path, leaves: int) -> DefaultPath:
 RESULT_PAIRS = 4
 
 
+def paired_jobs(
+    work: Path, workers: Workers, leaves: int, pairs: int, first: dict[str, Any], second: dict[str, Any]
+) -> tuple[float, float, float]:
+    """Jobs of ``leaves`` leaves of 1,000 ids created with the ``time_job`` options ``first`` and
+    ``second``, in ``pairs`` back-to-back pairs on one cluster: (median rate of the first, median
+    rate of the second, median of the paired ratios first / second)."""
+    coord, procs = start_cluster(work, workers)
+    try:
+        rates = [
+            tuple(leaves / time_job(coord, 0, leaves * 1000, 1000, **options) for options in (first, second))
+            for _ in range(pairs)
+        ]
+    finally:
+        for proc in procs:
+            proc.terminate(timeout=30)
+        coord.stop()
+    return paired_medians([(a, b) for a, b in rates])
+
+
 def results(work: Path, leaves: int = 1 << 20) -> tuple[float, float, float]:
     """Jobs of ``leaves`` leaves whose handler returns 1, with reduce sum and without, in pairs on
     one cluster: (median rate with, median rate without, median of the paired ratios)."""
-    coord, workers = start_cluster(work, TUNED_ONE)
-    try:
-        pairs = []
-        for _ in range(RESULT_PAIRS):
-            with_sum = leaves / time_job(coord, 0, leaves * 1000, 1000, reduce="sum")
-            without = leaves / time_job(coord, 0, leaves * 1000, 1000)
-            pairs.append((with_sum, without))
-    finally:
-        for proc in workers:
-            proc.terminate(timeout=30)
-        coord.stop()
-    return paired_medians(pairs)
+    return paired_jobs(work, TUNED_ONE, leaves, RESULT_PAIRS, {"reduce": "sum"}, {})
 
 
 WIDE = 14
@@ -712,19 +721,7 @@ def leaf_runs(work: Path) -> tuple[float, float, float]:
     """The throughput job with leaf runs (the default) and with ``leaf_runs=False`` (one leaf a
     lease), in back-to-back pairs on one cluster: (median rate on, median rate off, median of the
     paired ratios on / off)."""
-    coord, workers = start_cluster(work)
-    leaves = RUNS_LEAVES
-    try:
-        pairs = []
-        for _ in range(RUNS_PAIRS):
-            on = leaves / time_job(coord, 0, leaves * 1000, 1000)
-            off = leaves / time_job(coord, 0, leaves * 1000, 1000, leaf_runs=False)
-            pairs.append((on, off))
-    finally:
-        for proc in workers:
-            proc.terminate(timeout=30)
-        coord.stop()
-    return paired_medians(pairs)
+    return paired_jobs(work, TUNED, RUNS_LEAVES, RUNS_PAIRS, {}, {"leaf_runs": False})
 
 
 def write_report(path: Path, rows: list[Row]) -> None:
