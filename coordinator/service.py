@@ -354,9 +354,8 @@ class WorkerServicer(worker_pb2_grpc.WorkerServiceServicer):
                     name, f"has {given} entries for {len(request.fences)} fences: give one per fence, or none"
                 )
         handler_us = request.handler_us
+        self._limits.check_count("failed_leaves", len(request.failed_leaves))
         failed = _failed_leaves(request) if request.failed_leaves else None
-        if failed:
-            self._limits.check_count("failed_leaves", len(request.failed_leaves))
         accepted, rejected = self._core.complete(
             request.fences,
             request.skipped,

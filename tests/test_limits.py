@@ -181,6 +181,13 @@ def test_per_request_counts_are_bounded(
         lambda: workers.Complete(worker_pb2.CompleteRequest(fences=range(1, 102)), timeout=10)
     )
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "fences and skipped: 101" in details
+    leaf_failures = [worker_pb2.LeafFailure(fence=1, start=i, end=i + 1) for i in range(101)]
+    code, details = code_of(
+        lambda: workers.Complete(
+            worker_pb2.CompleteRequest(fences=[1], failed_leaves=leaf_failures), timeout=10
+        )
+    )
+    assert code == grpc.StatusCode.RESOURCE_EXHAUSTED and "failed_leaves: 101" in details
     failures = [worker_pb2.Failure(fence=f) for f in range(1, 102)]
     code, _ = code_of(lambda: workers.Fail(worker_pb2.FailRequest(failures=failures), timeout=10))
     assert code == grpc.StatusCode.RESOURCE_EXHAUSTED
