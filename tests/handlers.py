@@ -218,12 +218,15 @@ async def arecord(range_: Any, ctx: Any) -> None:
 
 
 def width_flaky(range_: Any, ctx: Any) -> int:
-    """Log the run and return the leaf's width; the first attempt of every leaf whose start is
-    ``params['every']`` apart (from ``params['offset']``) fails, and the leaf at
-    ``params['bad_start']`` fails for good."""
+    """Log the run, sleep ``params['sleep']`` seconds (default 0) and return the leaf's width; the
+    first attempt of every leaf whose start is ``params['every']`` apart (from ``params['offset']``)
+    fails, and the leaf at ``params['bad_start']`` fails for good."""
     from parcelo import PermanentError
 
     _log("run", range_, ctx)
+    delay = float(ctx.params.get("sleep", 0))
+    if delay:
+        time.sleep(delay)
     if range_.start == ctx.params.get("bad_start"):
         raise PermanentError("bad record")
     if range_.start % ctx.params["every"] == ctx.params["offset"] and ctx.attempt == 1:

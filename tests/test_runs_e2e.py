@@ -20,8 +20,9 @@ pytestmark = pytest.mark.integration
 
 DONE = {types_pb2.JOB_STATUS_COMPLETED, types_pb2.JOB_STATUS_FAILED}
 SIZE = 10
-NEVER_FAIL = {"every": 1, "offset": -1}
-"""``width_flaky`` params under which no leaf fails."""
+NEVER_FAIL = {"every": 1, "offset": -1, "sleep": 0.0003}
+"""``width_flaky`` params under which no leaf fails, each leaf taking about 0.35 ms (runs of 4 or
+8 leaves; 40,960 leaves on 2 x 4 slots last a few seconds, so a kill lands while runs are held)."""
 TTL = timedelta(seconds=2)
 
 
@@ -120,6 +121,7 @@ def test_kill9_of_a_worker_holding_runs_loses_no_id_and_counts_none_twice(
         coordinator, procs, log_dir, run_log, "width_flaky", "--prefetch", "64", n=2
     )
     wait_for(lambda: coordinator.get_job(job.id).stats.range_processed >= 40_000, 60, "a tenth done")
+    assert coordinator.get_job(job.id).stats.active_leases > 0  # runs are held as it dies
     victim.kill9()
     done = coordinator.wait_status(job.id, DONE, timeout=90)
     assert done.status == types_pb2.JOB_STATUS_COMPLETED
@@ -127,6 +129,7 @@ def test_kill9_of_a_worker_holding_runs_loses_no_id_and_counts_none_twice(
     ran = {s for s, _, _ in runs(run_log)}
     assert ran == {s for s, _ in reference_leaves(0, 409_600, SIZE)}
     assert survivor.alive()
+    assert max(_started_widths(coordinator, job.id)) > 1  # runs were granted
 
 
 def test_kill9_of_the_coordinator_while_runs_are_held_keeps_every_acknowledged_run(
@@ -139,13 +142,16 @@ def test_kill9_of_the_coordinator_while_runs_are_held_keeps_every_acknowledged_r
     )
     start_recording_workers(coord, procs, log_dir, run_log, "width_flaky", n=2)
     wait_for(lambda: coord.get_job(job.id).stats.range_processed >= 40_000, 60, "a tenth done")
-    before = coord.get_job(job.id).stats.range_processed
+    mid = coord.get_job(job.id)
+    before = mid.stats.range_processed
+    assert mid.status == types_pb2.JOB_STATUS_RUNNING and before < 409_600
     coord.kill9()
     coord.start()
     assert coord.get_job(job.id).stats.range_processed >= before  # what was shown was written
     done = coord.wait_status(job.id, DONE, timeout=90)
     assert done.status == types_pb2.JOB_STATUS_COMPLETED and result_of(done) == 409_600
     assert {s for s, _, _ in runs(run_log)} == {s for s, _ in reference_leaves(0, 409_600, SIZE)}
+    assert max(_started_widths(coord, job.id)) > 1  # runs were granted
 
 
 def test_pause_with_release_stops_runs_between_leaves_and_no_leaf_runs_twice(
