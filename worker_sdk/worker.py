@@ -562,27 +562,21 @@ class Worker:
                 loop.run_in_executor(self._pool, self._run_leases).add_done_callback(self._ran)
         self._ask_for_leases()
 
-    def _context(self, lease: GrantedLease) -> Context:
+    def _context(self, lease: GrantedLease, leaf: Range | None = None) -> Context:
+        """The context of ``lease``'s handler; ``leaf``: of that one leaf of a leaf run (a first
+        attempt, no checkpoint) instead."""
+        if leaf is None:
+            leaf, cursor, details = Range(lease.start, lease.end), lease.cursor or lease.start, lease.details
+        else:
+            cursor, details = leaf.start, b""
         return Context(
             job_id=lease.job_id,
             params=self._params.get(lease.job_id, {}),
             attempt=lease.attempt,
             fence=lease.fence,
-            leaf=Range(lease.start, lease.end),
-            cursor=lease.cursor or lease.start,
-            details=lease.details or None,
-        )
-
-    def _leaf_context(self, lease: GrantedLease, start: int, end: int) -> Context:
-        """The context of one leaf ``[start, end)`` of a leaf run (a first attempt, no checkpoint)."""
-        return Context(
-            job_id=lease.job_id,
-            params=self._params.get(lease.job_id, {}),
-            attempt=lease.attempt,
-            fence=lease.fence,
-            leaf=Range(start, end),
-            cursor=start,
-            details=None,
+            leaf=leaf,
+            cursor=cursor,
+            details=details or None,
         )
 
     def _unstart(self, held: _Held) -> bool:
@@ -692,14 +686,14 @@ class Worker:
     def _first_leaf(self, held: _Held) -> Context:
         """The context of a leaf run's first leaf (made as the run starts: a started lease has one)."""
         lease = held.lease
-        return self._leaf_context(lease, lease.start, first_leaf(lease.start, lease.end, held.run_size))
+        return self._context(lease, Range(lease.start, first_leaf(lease.start, lease.end, held.run_size)))
 
     def _next_leaf(self, held: _Held, start: int, end: int) -> tuple[Context, Any]:
         """The context (the one made when the run started, for its first leaf) and span (None
         without tracing) of the leaf ``[start, end)`` of a leaf run about to run."""
         ctx = held.ctx if start == held.lease.start else None
         if ctx is None:
-            ctx = held.ctx = self._leaf_context(held.lease, start, end)
+            ctx = held.ctx = self._context(held.lease, Range(start, end))
         return ctx, self._span(held.lease, ctx.leaf) if self._spans is not None else None
 
     def _leaf_ran(
